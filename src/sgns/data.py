@@ -1,0 +1,209 @@
+"""LightningDataModule producing batched (center [B], context [B], negatives [B, k]) tensors.
+
+Each epoch walks the corpus in chunks of whole sentences (in shuffled chunk order). A chunk is
+subsampled, turned into skip-gram pairs with dynamic windows, shuffled, and cut into batches;
+negatives are drawn per batch. Every chunk's randomness comes from a generator seeded by
+(seed, epoch, chunk), so an epoch can be replayed exactly: that is how ``len()`` knows the
+exact number of batches before the epoch starts.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from sgns.corpus import EncodedCorpus, PreparedCorpus, Vocabulary, prepare_corpus
+from sgns.errors import Word2VecError, check
+from sgns.sampling import AliasSampler, keep_probabilities, noise_distribution, skipgram_pairs, subsample
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _generator(*key: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
+class SkipGramEpochs(IterableDataset):
+    """Streams one epoch of shuffled SGNS batches; ``set_epoch`` chooses which."""
+
+    def __init__(
+        self,
+        corpus: EncodedCorpus,
+        keep_prob: np.ndarray,
+        noise: AliasSampler,
+        window: int,
+        negatives: int,
+        batch_size: int,
+        chunk_tokens: int,
+        seed: int,
+        shuffle: bool = True,
+    ):
+        self.ids = torch.from_numpy(corpus.ids)
+        self.starts = corpus.starts
+        self.sentence_lengths = torch.from_numpy(np.diff(corpus.starts))
+        self.keep_prob = torch.as_tensor(keep_prob, dtype=torch.float64)
+        self.noise, self.window, self.negatives = noise, window, negatives
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.epoch = 0
+        self._lengths: dict[int, int] = {}
+        # chunk boundaries on sentence starts, so no window is cut
+        starts = corpus.starts
+        cuts = np.searchsorted(starts, np.arange(0, starts[-1], max(1, chunk_tokens)))
+        self.chunk_sentences = np.unique(np.append(cuts, len(starts) - 1))  # sentence indices
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunk_sentences) - 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _chunk_pairs(self, chunk: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        s0, s1 = self.chunk_sentences[chunk], self.chunk_sentences[chunk + 1]
+        lengths = self.sentence_lengths[s0:s1]
+        tokens = self.ids[self.starts[s0] : self.starts[s1]].long()
+        sentence = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        tokens, sentence = subsample(tokens, sentence, self.keep_prob, generator)
+        return skipgram_pairs(tokens, sentence, self.window, generator)
+
+    def _chunk_order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n_chunks))
+        return torch.randperm(self.n_chunks, generator=_generator(self.seed, self.epoch)).tolist()
+
+    def __len__(self) -> int:
+        if self.epoch not in self._lengths:  # replay the epoch's pair generation to count
+            pairs = sum(len(self._chunk_pairs(c, _generator(self.seed, self.epoch, c))[0]) for c in range(self.n_chunks))
+            self._lengths = {self.epoch: -(-pairs // self.batch_size)}
+        return self._lengths[self.epoch]
+
+    def __iter__(self) -> Iterator[Batch]:
+        carry_c = carry_o = torch.empty(0, dtype=torch.long)
+        generator = None
+        for chunk in self._chunk_order():
+            generator = _generator(self.seed, self.epoch, chunk)
+            centres, contexts = self._chunk_pairs(chunk, generator)
+            if self.shuffle:
+                order = torch.randperm(len(centres), generator=generator)
+                centres, contexts = centres[order], contexts[order]
+            centres, contexts = torch.cat([carry_c, centres]), torch.cat([carry_o, contexts])
+            full = len(centres) // self.batch_size * self.batch_size
+            for i in range(0, full, self.batch_size):
+                yield self._batch(centres[i : i + self.batch_size], contexts[i : i + self.batch_size], generator)
+            carry_c, carry_o = centres[full:], contexts[full:]
+        if len(carry_c):
+            yield self._batch(carry_c, carry_o, generator)
+
+    def _batch(self, centres: torch.Tensor, contexts: torch.Tensor, generator: torch.Generator) -> Batch:
+        return centres, contexts, self.noise.sample((len(centres), self.negatives), generator)
+
+
+class SkipGramDataModule(L.LightningDataModule):
+    """Corpus preparation and SGNS batches; hyperparameter names follow gensim's Word2Vec."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        tokenizer: str = "lower",
+        min_count: int = 5,
+        max_vocab_size: int | None = None,
+        max_tokens: int | None = None,
+        max_sentence_length: int = 10_000,
+        window: int = 5,
+        negatives: int = 5,
+        ns_exponent: float = 0.75,
+        sample: float = 1e-3,
+        batch_size: int = 4096,
+        chunk_tokens: int = 1_000_000,
+        val_fraction: float = 0.01,
+        val_max_tokens: int = 100_000,
+        shuffle: bool = True,
+        num_workers: int = 0,
+        seed: int = 0,
+        probe_words: list[str] | None = None,
+    ):
+        super().__init__()
+        for name, value, low in [
+            ("window", window, 1), ("negatives", negatives, 1), ("batch_size", batch_size, 1),
+            ("min_count", min_count, 1), ("chunk_tokens", chunk_tokens, 1),
+            ("max_sentence_length", max_sentence_length, 1),
+        ]:  # fmt: skip
+            check(isinstance(value, int) and value >= low, f"data.{name} must be an integer >= {low}, got {value!r}")
+        for name, value in [("max_vocab_size", max_vocab_size), ("max_tokens", max_tokens)]:
+            check(value is None or (isinstance(value, int) and value >= 1), f"data.{name} must be null or an integer >= 1, got {value!r}")
+        check(sample >= 0, f"data.sample must be >= 0 (0 disables subsampling), got {sample!r}")
+        check(0 <= val_fraction < 1, f"data.val_fraction must be in [0, 1), got {val_fraction!r}")
+        check(ns_exponent == ns_exponent, "data.ns_exponent must be a number")
+        self.save_hyperparameters(logger=False)
+        self.corpus: PreparedCorpus | None = None
+
+    # -- preparation ---------------------------------------------------------------------
+    def prepare(self) -> PreparedCorpus:
+        """Read and encode the corpus once (idempotent); the vocabulary size is known after."""
+        if self.corpus is None:
+            h = self.hparams
+            self.corpus = prepare_corpus(
+                h.path, h.tokenizer, h.min_count, h.max_vocab_size, h.max_tokens,
+                h.val_fraction, h.val_max_tokens, h.max_sentence_length, h.seed,
+            )  # fmt: skip
+            if self.corpus.train.n_tokens < 2:
+                raise Word2VecError("corpus has fewer than 2 in-vocabulary tokens: nothing to train on")
+        return self.corpus
+
+    @property
+    def vocab(self) -> Vocabulary:
+        return self.prepare().vocab
+
+    @cached_property
+    def noise(self) -> AliasSampler:
+        return AliasSampler(noise_distribution(self.vocab.counts, self.hparams.ns_exponent))
+
+    @cached_property
+    def keep_prob(self) -> np.ndarray:
+        return keep_probabilities(self.vocab.counts, self.hparams.sample)
+
+    @cached_property
+    def train_set(self) -> SkipGramEpochs:
+        h = self.hparams
+        return SkipGramEpochs(
+            self.prepare().train, self.keep_prob, self.noise, h.window, h.negatives,
+            h.batch_size, h.chunk_tokens, h.seed, h.shuffle,
+        )  # fmt: skip
+
+    @cached_property
+    def val_set(self) -> TensorDataset | None:
+        """Fixed held-out pairs and negatives, so val/loss is comparable across epochs."""
+        val = self.prepare().val
+        if val.n_tokens < 2:
+            return None
+        epochs = SkipGramEpochs(val, self.keep_prob, self.noise, self.hparams.window, self.hparams.negatives,
+                                batch_size=1 << 62, chunk_tokens=1 << 62, seed=self.hparams.seed + 1, shuffle=False)  # fmt: skip
+        return TensorDataset(*next(iter(epochs)))
+
+    # -- Lightning hooks -------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    def train_dataloader(self) -> DataLoader:
+        if self.trainer is not None:
+            self.train_set.set_epoch(self.trainer.current_epoch)
+        return DataLoader(self.train_set, batch_size=None, num_workers=self.hparams.num_workers)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return DataLoader(self.val_set, batch_size=self.hparams.batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The vocabulary travels with every checkpoint, so vectors can be exported from it."""
+        return {"words": self.vocab.words, "counts": self.vocab.counts.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("words") != self.vocab.words:
+            raise Word2VecError("checkpoint was trained on a different vocabulary than this corpus and config")

@@ -1,0 +1,84 @@
+"""The three random ingredients of SGNS, as vectorised tensor code.
+
+- frequent-word subsampling (word2vec.c / gensim keep formula),
+- dynamic windows (reach drawn uniformly from 1..window per centre token),
+- negatives from the unigram distribution raised to ``ns_exponent`` (alias method, O(1) a draw).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
+    """P(keep w) = min(1, sqrt(t/f) + t/f), f = count/total (after min_count), t = ``sample``."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if sample <= 0:
+        return np.ones_like(counts)
+    threshold = sample * counts.sum()
+    return np.minimum(1.0, (np.sqrt(counts / threshold) + 1.0) * threshold / counts)
+
+
+def noise_distribution(counts: np.ndarray, exponent: float = 0.75) -> np.ndarray:
+    """Unigram distribution raised to ``exponent`` and normalised."""
+    weights = np.asarray(counts, dtype=np.float64) ** exponent
+    return weights / weights.sum()
+
+
+class AliasSampler:
+    """Exact O(1) sampling from a discrete distribution (Walker/Vose alias method)."""
+
+    def __init__(self, probs: np.ndarray):
+        n = len(probs)
+        scaled = np.asarray(probs, dtype=np.float64) * n / np.sum(probs)
+        prob = np.ones(n)
+        alias = np.arange(n)
+        small = [i for i in range(n) if scaled[i] < 1.0]
+        large = [i for i in range(n) if scaled[i] >= 1.0]
+        while small and large:
+            s, g = small.pop(), large.pop()
+            prob[s], alias[s] = scaled[s], g
+            scaled[g] -= 1.0 - scaled[s]
+            (small if scaled[g] < 1.0 else large).append(g)
+        # leftovers keep prob 1 (rounding error only)
+        self.prob = torch.as_tensor(prob, dtype=torch.float64)
+        self.alias = torch.as_tensor(alias, dtype=torch.long)
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
+        n = len(self.prob)
+        column = torch.randint(0, n, shape, generator=generator)
+        coin = torch.rand(shape, generator=generator, dtype=torch.float64)
+        return torch.where(coin < self.prob[column], column, self.alias[column])
+
+
+def subsample(
+    tokens: torch.Tensor, sentence: torch.Tensor, keep_prob: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop each token independently with 1 - keep_prob[token]; windows are formed afterwards."""
+    keep = torch.rand(len(tokens), generator=generator, dtype=torch.float64) < keep_prob[tokens]
+    return tokens[keep], sentence[keep]
+
+
+def skipgram_pairs(
+    tokens: torch.Tensor, sentence: torch.Tensor, window: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (centre, context) pairs of a token sequence under dynamic windows.
+
+    Each centre i draws a reach b_i uniformly from 1..window and pairs with every token at
+    distance <= b_i in the same sentence, on both sides (as word2vec.c). One vectorised pass
+    per distance, no per-token loop.
+    """
+    n = len(tokens)
+    reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=torch.int16)
+    centres, contexts = [], []
+    for d in range(1, min(window, n - 1) + 1):
+        same = sentence[d:] == sentence[:-d]
+        forward = same & (reach[:-d] >= d)  # centre i, context i + d
+        backward = same & (reach[d:] >= d)  # centre i + d, context i
+        centres += [tokens[:-d][forward], tokens[d:][backward]]
+        contexts += [tokens[d:][forward], tokens[:-d][backward]]
+    if not centres:
+        empty = tokens[:0]
+        return empty, empty
+    return torch.cat(centres), torch.cat(contexts)

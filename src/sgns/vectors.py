@@ -1,0 +1,124 @@
+"""Trained word vectors with gensim ``KeyedVectors``-style names and word2vec file formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from sgns.errors import UnknownWordError, Word2VecError, check
+
+
+class WordVectors:
+    """Words (descending count order) and their vectors; cosine similarity queries."""
+
+    def __init__(self, words: Sequence[str], vectors: np.ndarray | torch.Tensor, counts: Sequence[int] | None = None):
+        self.words = list(words)
+        self.vectors = np.ascontiguousarray(torch.as_tensor(vectors).float().numpy())
+        check(self.vectors.ndim == 2 and len(self.words) == len(self.vectors), "one vector per word expected")
+        self.counts = None if counts is None else np.asarray(counts, dtype=np.int64)
+        self.key_to_index = {w: i for i, w in enumerate(self.words)}
+        norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
+        self.unit = self.vectors / np.maximum(norms, 1e-12)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self.key_to_index
+
+    def index(self, word: str) -> int:
+        try:
+            return self.key_to_index[word]
+        except KeyError:
+            raise UnknownWordError(f"word {word!r} is not in the vocabulary ({len(self)} words)") from None
+
+    def __getitem__(self, word: str) -> np.ndarray:
+        return self.vectors[self.index(word)]
+
+    @property
+    def vector_size(self) -> int:
+        return self.vectors.shape[1]
+
+    def similarity(self, a: str, b: str) -> float:
+        """Cosine similarity of two words."""
+        return float(self.unit[self.index(a)] @ self.unit[self.index(b)])
+
+    def most_similar(
+        self, positive: str | Iterable[str] = (), negative: str | Iterable[str] = (), topn: int = 10
+    ) -> list[tuple[str, float]]:
+        """Nearest words by cosine to mean(unit(positive)) - mean(unit(negative)) (gensim's 3CosAdd)."""
+        positive = [positive] if isinstance(positive, str) else list(positive)
+        negative = [negative] if isinstance(negative, str) else list(negative)
+        check(bool(positive or negative), "most_similar needs at least one word")
+        ids = [self.index(w) for w in positive + negative]
+        weights = np.array([1.0] * len(positive) + [-1.0] * len(negative), dtype=np.float32)
+        query = weights @ self.unit[ids] / len(ids)
+        query /= max(np.linalg.norm(query), 1e-12)
+        sims = self.unit @ query
+        sims[ids] = -np.inf
+        top = np.argsort(-sims)[:topn]
+        return [(self.words[i], float(sims[i])) for i in top if np.isfinite(sims[i])]
+
+    # -- word2vec formats ----------------------------------------------------------------------
+    def save_word2vec_format(self, path: str | Path, binary: bool = False) -> None:
+        """Header ``"V d"``, then one row per word. Binary rows are the word, a space, d
+        little-endian float32 and a newline (word2vec.c); text rows use ``%.9g`` (exact float32)."""
+        n, d = self.vectors.shape
+        if binary:
+            data = self.vectors.astype("<f4")
+            with open(path, "wb") as out:
+                out.write(f"{n} {d}\n".encode())
+                for word, row in zip(self.words, data):
+                    out.write(word.encode("utf-8") + b" " + row.tobytes() + b"\n")
+        else:
+            row_format = " ".join(["%.9g"] * d) + "\n"
+            with open(path, "w", encoding="utf-8") as out:
+                out.write(f"{n} {d}\n")
+                out.writelines(word + " " + row_format % tuple(row) for word, row in zip(self.words, self.vectors.tolist()))
+
+    @classmethod
+    def load_word2vec_format(cls, path: str | Path, binary: bool | None = None) -> "WordVectors":
+        """Read text or binary word2vec files written by us, gensim or word2vec.c.
+
+        ``binary=None`` guesses from the suffix (``.bin`` is binary). Accepts trailing spaces
+        (C text) and rows with or without a newline after the floats (C vs gensim binary).
+        """
+        path = Path(path)
+        check(path.is_file(), f"vectors file not found: {path}")
+        binary = path.suffix == ".bin" if binary is None else binary
+        try:
+            with open(path, "rb") as handle:
+                header = handle.readline().split()
+                check(len(header) == 2 and all(h.isdigit() for h in header), f"{path}: first line must be '<vocab_size> <dim>'")
+                n, d = int(header[0]), int(header[1])
+                words: list[str] = []
+                vectors = np.empty((n, d), dtype=np.float32)
+                for i in range(n):
+                    if binary:
+                        words.append(_read_binary_word(handle, path))
+                        raw = handle.read(4 * d)
+                        check(len(raw) == 4 * d, f"{path}: truncated at word {i + 1} of {n}")
+                        vectors[i] = np.frombuffer(raw, dtype="<f4")
+                    else:
+                        parts = handle.readline().decode("utf-8", errors="replace").rstrip().split(" ")
+                        check(len(parts) == d + 1, f"{path}: line {i + 2} has {len(parts) - 1} values, expected {d}")
+                        words.append(parts[0])
+                        vectors[i] = np.array(parts[1:], dtype=np.float32)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Word2VecError(f"{path}: not a {'binary' if binary else 'text'} word2vec file ({exc})") from None
+        return cls(words, vectors)
+
+
+def _read_binary_word(handle, path: Path) -> str:
+    chars = bytearray()
+    while True:
+        ch = handle.read(1)
+        check(ch != b"", f"{path}: truncated binary vectors file")
+        if ch == b" ":
+            break
+        if ch != b"\n" or chars:  # skip the newline word2vec.c leaves before each word
+            chars += ch
+    return chars.decode("utf-8", errors="replace")

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny corpora and configs composed from the real conf/ directory."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+import sgns  # noqa: F401  (registers the config resolvers)
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def planted_corpus(path: Path, groups: int = 6, size: int = 5, sentences: int = 1500, length: int = 10, seed: int = 0) -> list[list[str]]:
+    """Sentences drawn from one group of words each: group members only ever co-occur."""
+    rng = random.Random(seed)
+    words = [[f"g{g}w{i}" for i in range(size)] for g in range(groups)]
+    with open(path, "w") as out:
+        for _ in range(sentences):
+            group = words[rng.randrange(groups)]
+            out.write(" ".join(rng.choice(group) for _ in range(length)) + "\n")
+    return words
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> tuple[Path, list[list[str]]]:
+    path = tmp_path / "planted.txt"
+    return path, planted_corpus(path)
+
+
+def compose_train(output_dir: Path, overrides: list[str] = ()) -> DictConfig:
+    """The real training config, with outputs in ``output_dir`` and no TensorBoard unless asked."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg

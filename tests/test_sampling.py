@@ -1,0 +1,84 @@
+"""Subsampling, dynamic windows and negative sampling follow their formulas and distributions."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from sgns.sampling import AliasSampler, keep_probabilities, noise_distribution, skipgram_pairs, subsample
+
+COUNTS = np.array([50_000, 20_000, 5_000, 1_000, 300, 40, 7, 5])
+
+
+def test_keep_probability_is_the_c_and_gensim_formula():
+    t, total = 1e-3, COUNTS.sum()
+    f = COUNTS / total
+    expected = np.minimum(1.0, np.sqrt(t / f) + t / f)
+    assert np.allclose(keep_probabilities(COUNTS, t), expected)
+    # word2vec.c writes it as (sqrt(c / (t T)) + 1) (t T) / c
+    c = COUNTS[0]
+    assert keep_probabilities(COUNTS, t)[0] == pytest.approx((math.sqrt(c / (t * total)) + 1) * (t * total) / c)
+    assert (keep_probabilities(COUNTS, 0.0) == 1).all()
+
+
+def test_subsampling_keeps_each_word_with_its_probability():
+    keep = keep_probabilities(COUNTS, 1e-3)
+    tokens = torch.from_numpy(np.repeat(np.arange(len(COUNTS)), 20_000))
+    kept, _ = subsample(tokens, torch.zeros_like(tokens), torch.from_numpy(keep), torch.Generator().manual_seed(0))
+    observed = np.bincount(kept.numpy(), minlength=len(COUNTS))
+    for word, p in enumerate(keep):  # each word: 20,000 Bernoulli(p) draws
+        assert stats.binomtest(int(observed[word]), 20_000, p).pvalue > 1e-4, (word, observed[word], p)
+
+
+@pytest.mark.parametrize("exponent", [0.75, 0.5, 1.0])
+def test_negatives_follow_unigram_power(exponent):
+    probs = noise_distribution(COUNTS, exponent)
+    assert np.allclose(probs, COUNTS**exponent / (COUNTS**exponent).sum())
+    draws = AliasSampler(probs).sample((400_000,), torch.Generator().manual_seed(1)).numpy()
+    observed = np.bincount(draws, minlength=len(COUNTS))
+    assert stats.chisquare(observed, probs * len(draws)).pvalue > 1e-4
+    # the same draws are clearly NOT from another exponent: the test can fail
+    other = noise_distribution(COUNTS, exponent + 0.1)
+    assert stats.chisquare(observed, other * len(draws)).pvalue < 1e-6
+
+
+def test_alias_sampler_handles_a_large_skewed_vocabulary():
+    counts = 1e6 / np.arange(1, 50_001)  # Zipf
+    probs = noise_distribution(counts)
+    draws = AliasSampler(probs).sample((2_000_000,), torch.Generator().manual_seed(2)).numpy()
+    observed = np.bincount(draws, minlength=len(probs))
+    assert observed[0] / len(draws) == pytest.approx(probs[0], rel=0.02)
+    assert observed[:100].sum() / len(draws) == pytest.approx(probs[:100].sum(), rel=0.01)
+
+
+def test_dynamic_window_distance_distribution():
+    """A reach b ~ U{1..W} per centre: P(distance = d) ∝ (W - d + 1)."""
+    W, n = 5, 200_000
+    tokens = torch.arange(n)
+    centres, contexts = skipgram_pairs(tokens, torch.zeros(n, dtype=torch.long), W, torch.Generator().manual_seed(3))
+    distance = (contexts - centres).abs().numpy()
+    observed = np.bincount(distance, minlength=W + 1)[1:]
+    weights = np.array([W - d + 1 for d in range(1, W + 1)], dtype=float)
+    assert stats.chisquare(observed, weights / weights.sum() * observed.sum()).pvalue > 1e-4
+    assert len(centres) / n == pytest.approx(W + 1, rel=0.01)  # average pairs per centre ≈ W + 1
+    # symmetric: as many pairs to the left as to the right
+    assert ((contexts > centres).sum() / len(centres)).item() == pytest.approx(0.5, abs=0.005)
+
+
+def test_windows_do_not_cross_sentences():
+    tokens = torch.arange(30)
+    sentence = torch.tensor([0] * 3 + [1] * 20 + [2] * 7)
+    centres, contexts = skipgram_pairs(tokens, sentence, 5, torch.Generator().manual_seed(4))
+    assert (sentence[centres] == sentence[contexts]).all()
+    assert len(centres) > 0 and not (centres == contexts).any()
+
+
+def test_maximal_window_gives_every_pair_within_reach():
+    torch.manual_seed(0)
+    tokens = torch.arange(6)
+    centres, contexts = skipgram_pairs(tokens, torch.zeros(6, dtype=torch.long), 1, torch.Generator())
+    assert sorted(zip(centres.tolist(), contexts.tolist())) == sorted(
+        [(i, i + 1) for i in range(5)] + [(i + 1, i) for i in range(5)]
+    )

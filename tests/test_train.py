@@ -1,0 +1,80 @@
+"""End to end: the real configs train, learn planted structure, write outputs, fail clearly."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gensim.models import KeyedVectors
+
+from conftest import compose_train
+from sgns.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fast_dev_run_of_the_default_config(tmp_path):
+    cfg = compose_train(tmp_path, ["debug=fast_dev_run"])
+    assert cfg.data.path is None  # the embedded Lee corpus
+    metrics = train(cfg)
+    assert "train/loss" in metrics and "val/loss" in metrics
+    assert KeyedVectors.load_word2vec_format(str(tmp_path / "vectors.bin"), binary=True).vector_size == 100
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sparse_adam", "adamw"])
+def test_planted_groups_become_nearest_neighbours(planted, tmp_path, optimizer):
+    path, groups = planted
+    out = tmp_path / "run"
+    cfg = compose_train(out, [
+        "data=text_file", f"data.path={path}", "data.min_count=1", "data.sample=0", "data.batch_size=256",
+        "data.val_fraction=0.05", "model.embedding_dim=16", f"model/optimizer={optimizer}", "trainer.max_epochs=3",
+    ])  # fmt: skip
+    metrics = train(cfg)
+    assert metrics["val/loss"] < 0.8 * 6 * 0.6931  # well below the untrained loss (k+1) log 2
+    kv = KeyedVectors.load_word2vec_format(str(out / "vectors.txt"))
+    for group in groups:
+        for word in group:
+            neighbours = {w for w, _ in kv.most_similar(word, topn=len(group) - 1)}
+            assert neighbours == set(group) - {word}, (word, neighbours)
+
+
+def test_outputs_of_a_run(planted, tmp_path):
+    path, _ = planted
+    cfg = compose_train(tmp_path, [f"data.path={path}", "data.min_count=1", "trainer.max_epochs=1"])
+    train(cfg)
+    for name in ["last.ckpt", "vocab.txt", "vectors.txt", "vectors.bin"]:
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    vocab = (tmp_path / "vocab.txt").read_text().split("\n")[0].split()
+    text = KeyedVectors.load_word2vec_format(str(tmp_path / "vectors.txt"))
+    assert text.index_to_key[0] == vocab[0]  # same descending-count order
+
+
+def _cli(*overrides, cwd=ROOT):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.path=/nonexistent/corpus.txt"], "corpus file not found: /nonexistent/corpus.txt"),
+        (["data.window=0"], "data.window must be an integer >= 1"),
+        (["model.embedding_dim=0"], "model.embedding_dim must be an integer >= 1"),
+        (["model.optimizer.lr=-1"], "model.optimizer.lr must be > 0"),
+    ],
+)
+def test_bad_input_exits_with_one_clear_line(tmp_path, overrides, message):
+    result = _cli(*overrides, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2, result.stderr
+    assert f"error: {message}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_empty_corpus_file(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    result = _cli(f"data.path={empty}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "error: corpus is empty" in result.stderr

@@ -1,0 +1,80 @@
+"""word2vec file formats round-trip through gensim and word2vec.c conventions; queries."""
+
+import numpy as np
+import pytest
+from gensim.models import KeyedVectors
+
+from sgns.errors import UnknownWordError, Word2VecError
+from sgns.vectors import WordVectors
+
+
+@pytest.fixture
+def vectors():
+    rng = np.random.default_rng(0)
+    words = ["the", "king", "queen", "man", "woman", "café"]
+    return WordVectors(words, rng.normal(size=(len(words), 7)).astype(np.float32), counts=[60, 50, 40, 30, 20, 10])
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_gensim_loads_our_files_exactly(vectors, tmp_path, binary):
+    path = tmp_path / ("v.bin" if binary else "v.txt")
+    vectors.save_word2vec_format(path, binary=binary)
+    kv = KeyedVectors.load_word2vec_format(str(path), binary=binary)
+    assert kv.index_to_key == vectors.words  # row order kept: descending count
+    assert np.array_equal(kv.vectors, vectors.vectors)  # %.9g is exact for float32
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_we_load_gensim_files_exactly(vectors, tmp_path, binary):
+    kv = KeyedVectors(vector_size=7)
+    kv.add_vectors(vectors.words, vectors.vectors)
+    path = tmp_path / "g"
+    kv.save_word2vec_format(str(path), binary=binary)  # gensim: no newline after binary rows
+    loaded = WordVectors.load_word2vec_format(path, binary=binary)
+    assert loaded.words == vectors.words and np.array_equal(loaded.vectors, vectors.vectors)
+
+
+def test_we_load_word2vec_c_conventions(vectors, tmp_path):
+    # C text: "%lf " with a trailing space; C binary: a newline after each row
+    text = tmp_path / "c.txt"
+    with open(text, "w") as out:
+        out.write(f"{len(vectors)} 7\n")
+        for w, row in zip(vectors.words, vectors.vectors):
+            out.write(w + " " + "".join("%lf " % x for x in row) + "\n")
+    loaded = WordVectors.load_word2vec_format(text, binary=False)
+    assert loaded.words == vectors.words and np.allclose(loaded.vectors, vectors.vectors, atol=1e-6)
+    binary = tmp_path / "c.bin"
+    vectors.save_word2vec_format(binary, binary=True)
+    raw = binary.read_bytes()
+    rows = sum(len(w.encode()) + 1 + 4 * 7 + 1 for w in vectors.words)  # word, space, floats, newline (C)
+    assert len(raw) == len(b"6 7\n") + rows and raw.endswith(b"\n")
+    loaded = WordVectors.load_word2vec_format(binary)
+    assert loaded.words == vectors.words and np.array_equal(loaded.vectors, vectors.vectors)
+
+
+def test_truncated_or_garbage_files_are_refused(vectors, tmp_path):
+    path = tmp_path / "v.bin"
+    vectors.save_word2vec_format(path, binary=True)
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(Word2VecError, match="truncated"):
+        WordVectors.load_word2vec_format(path)
+    (tmp_path / "x.txt").write_text("hello world\n")
+    with pytest.raises(Word2VecError, match="first line"):
+        WordVectors.load_word2vec_format(tmp_path / "x.txt")
+    with pytest.raises(Word2VecError, match="not found"):
+        WordVectors.load_word2vec_format(tmp_path / "missing.txt")
+
+
+def test_queries_match_gensim(vectors):
+    kv = KeyedVectors(vector_size=7)
+    kv.add_vectors(vectors.words, vectors.vectors)
+    assert vectors.similarity("king", "queen") == pytest.approx(kv.similarity("king", "queen"), abs=1e-6)
+    ours = vectors.most_similar(positive=["king", "woman"], negative=["man"], topn=3)
+    theirs = kv.most_similar(positive=["king", "woman"], negative=["man"], topn=3)
+    assert [w for w, _ in ours] == [w for w, _ in theirs]
+    assert np.allclose([s for _, s in ours], [s for _, s in theirs], atol=1e-5)
+
+
+def test_unknown_words_get_a_clear_error(vectors):
+    with pytest.raises(UnknownWordError, match="'kingdom' is not in the vocabulary"):
+        vectors.most_similar("kingdom")

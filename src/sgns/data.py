@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from sgns.corpus import EncodedCorpus, PreparedCorpus, Vocabulary, prepare_corpus
 from sgns.errors import Word2VecError, check
@@ -177,14 +177,14 @@ class SkipGramDataModule(L.LightningDataModule):
         )  # fmt: skip
 
     @cached_property
-    def val_set(self) -> TensorDataset | None:
-        """Fixed held-out pairs and negatives, so val/loss is comparable across epochs."""
-        val = self.prepare().val
+    def val_set(self) -> list[Batch]:
+        """Fixed held-out pairs and negatives, pre-batched, so val/loss compares across epochs."""
+        val, h = self.prepare().val, self.hparams
         if val.n_tokens < 2:
-            return None
-        epochs = SkipGramEpochs(val, self.keep_prob, self.noise, self.hparams.window, self.hparams.negatives,
-                                batch_size=1 << 62, chunk_tokens=1 << 62, seed=self.hparams.seed + 1, shuffle=False)  # fmt: skip
-        return TensorDataset(*next(iter(epochs)))
+            return []
+        epochs = SkipGramEpochs(val, self.keep_prob, self.noise, h.window, h.negatives,
+                                batch_size=h.batch_size, chunk_tokens=val.n_tokens, seed=h.seed + 1, shuffle=False)  # fmt: skip
+        return list(epochs)
 
     # -- Lightning hooks -------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -196,9 +196,7 @@ class SkipGramDataModule(L.LightningDataModule):
         return DataLoader(self.train_set, batch_size=None, num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
-        if self.val_set is None:
-            return []
-        return DataLoader(self.val_set, batch_size=self.hparams.batch_size)
+        return DataLoader(self.val_set, batch_size=None) if self.val_set else []
 
     def state_dict(self) -> dict[str, Any]:
         """The vocabulary travels with every checkpoint, so vectors can be exported from it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -38,10 +39,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     started = time.perf_counter()
     corpus = datamodule.prepare()
+    prepare_s = time.perf_counter() - started
     log.info(
         "corpus: %s raw tokens -> %s training tokens, %s validation tokens; vocabulary %s words (%.1f s)",
         f"{corpus.raw_tokens:,}", f"{corpus.train.n_tokens:,}", f"{corpus.val.n_tokens:,}",
-        f"{len(corpus.vocab):,}", time.perf_counter() - started,
+        f"{len(corpus.vocab):,}", prepare_s,
     )  # fmt: skip
     model = instantiate(cfg.model, vocab_size=len(corpus.vocab))
     loggers = _instantiate_all(cfg.get("logger"))
@@ -65,6 +67,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     written = export(vectors, corpus.vocab, output_dir, cfg.get("export", {}))
     raw_words = corpus.raw_tokens * trainer.current_epoch
     metrics["train/raw_words_per_s"] = raw_words / seconds if seconds > 0 else 0.0
+    summary = {"prepare_s": prepare_s, "train_s": seconds, "raw_tokens": corpus.raw_tokens,
+               "epochs": trainer.current_epoch, "vocab_size": len(corpus.vocab), **metrics}  # fmt: skip
+    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     report(vectors, written, trainer, seconds, metrics, list(cfg.get("probe_words") or []))
     return metrics
 
@@ -87,7 +92,7 @@ def report(vectors: WordVectors, written: list[Path], trainer: L.Trainer, second
     """Print where everything went and the nearest neighbours of the probe words."""
     lines = [f"trained {trainer.current_epoch} epoch(s), {trainer.global_step:,} steps in {seconds:.1f} s "
              f"({metrics['train/raw_words_per_s']:,.0f} raw words/s)"]  # fmt: skip
-    lines += [f"  {k} = {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(("val/", "train/loss"))]
+    lines += [f"  {k} = {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(("val/", "train/loss")) and not k.endswith("_oov")]
     checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "")
     lines += ["outputs:"] + [f"  {p}" for p in ([checkpoint] if checkpoint else []) + written]
     for logger in trainer.loggers:

@@ -62,6 +62,13 @@ class WordVectors:
         top = np.argsort(-sims)[:topn]
         return [(self.words[i], float(sims[i])) for i in top if np.isfinite(sims[i])]
 
+    def doesnt_match(self, words: Iterable[str]) -> str:
+        """The word furthest (by cosine) from the mean of the others' unit vectors, as gensim."""
+        words = list(words)
+        check(len(words) >= 2, "doesnt_match needs at least two words")
+        unit = self.unit[[self.index(w) for w in words]]
+        return words[int(np.argmin(unit @ unit.mean(axis=0)))]
+
     # -- word2vec formats ----------------------------------------------------------------------
     def save_word2vec_format(self, path: str | Path, binary: bool = False) -> None:
         """Header ``"V d"``, then one row per word. Binary rows are the word, a space, d

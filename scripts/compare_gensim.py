@@ -1,0 +1,147 @@
+"""Train ours and gensim Word2Vec on the same corpus slice, same settings, same run; print a table.
+
+    python scripts/compare_gensim.py                       # first 10M tokens of the shared corpus, 1 epoch
+    python scripts/compare_gensim.py --max-tokens 0 --epochs 3 -- model/optimizer=sparse_adam
+
+Each trainer runs in its own process (peak RSS from wait4), the order alternates between
+repeats, and both vector files are scored by the same code (gensim's evaluate_word_analogies
+with restrict_vocab=30000 and evaluate_word_pairs). Raw words/s = corpus tokens before
+min_count and subsampling x epochs / training seconds, for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CORPUS = os.environ.get("SGNS_ENWIKI", str(ROOT.parent / "shared" / "data" / "enwiki-40M.txt.gz"))
+
+
+def write_slice(source: str, max_tokens: int, target: Path) -> int:
+    """The first ``max_tokens`` whitespace tokens of ``source`` (0 = all), one line per line."""
+    if target.exists():
+        return int(target.with_suffix(".tokens").read_text())
+    opener = gzip.open if source.endswith(".gz") else open
+    total = 0
+    with opener(source, "rt", encoding="utf-8") as inp, open(target, "w", encoding="utf-8") as out:
+        for line in inp:
+            tokens = line.split()
+            if max_tokens and total + len(tokens) > max_tokens:
+                tokens = tokens[: max_tokens - total]
+            if tokens:
+                out.write(" ".join(tokens) + "\n")
+                total += len(tokens)
+            if max_tokens and total >= max_tokens:
+                break
+    target.with_suffix(".tokens").write_text(str(total))
+    return total
+
+
+def run_measured(cmd: list[str], log: Path) -> tuple[int, float, int]:
+    """Run a command; return (exit code, wall seconds, peak RSS in bytes) of that process alone."""
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    return os.waitstatus_to_exitcode(status), time.perf_counter() - started, usage.ru_maxrss * 1024
+
+
+def gensim_worker(args: argparse.Namespace) -> None:
+    """Child process: gensim's fast corpus_file mode, vocabulary scan timed apart from training."""
+    from gensim.models import Word2Vec
+
+    t0 = time.perf_counter()
+    model = Word2Vec(vector_size=args.dim, window=args.window, negative=args.negatives, sample=args.sample,
+                     min_count=args.min_count, sg=1, hs=0, workers=args.workers, seed=args.seed)  # fmt: skip
+    model.build_vocab(corpus_file=args.corpus)
+    t1 = time.perf_counter()
+    model.train(corpus_file=args.corpus, total_words=model.corpus_total_words, epochs=args.epochs)
+    t2 = time.perf_counter()
+    model.wv.save_word2vec_format(str(args.out / "vectors.bin"), binary=True)
+    json.dump({"prepare_s": t1 - t0, "train_s": t2 - t1, "raw_tokens": model.corpus_total_words},
+              open(args.out / "metrics.json", "w"))  # fmt: skip
+
+
+def evaluate(vectors: Path) -> dict[str, float]:
+    import gensim
+    from gensim.models import KeyedVectors
+
+    data = Path(gensim.__file__).parent / "test" / "test_data"
+    kv = KeyedVectors.load_word2vec_format(str(vectors), binary=True)
+    analogy, sections = kv.evaluate_word_analogies(str(data / "questions-words.txt"), restrict_vocab=30000)
+    total = next(s for s in sections if s["section"] == "Total accuracy")
+    pairs = {name: kv.evaluate_word_pairs(str(data / f), restrict_vocab=300000)[1][0]
+             for name, f in [("ws353", "wordsim353.tsv"), ("simlex", "simlex999.txt")]}  # fmt: skip
+    return {"analogy": analogy, "questions": len(total["correct"]) + len(total["incorrect"]), **pairs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default=DEFAULT_CORPUS, help="text or .gz corpus, one sentence per line")
+    parser.add_argument("--max-tokens", type=int, default=10_000_000, help="first N tokens; 0 = all")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--dim", type=int, default=100)
+    parser.add_argument("--window", type=int, default=5)
+    parser.add_argument("--negatives", type=int, default=5)
+    parser.add_argument("--sample", type=float, default=1e-4)
+    parser.add_argument("--min-count", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each, alternating which goes first")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench")
+    parser.add_argument("--worker", choices=["gensim"], help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for our trainer (after --)")
+    args = parser.parse_args()
+    if args.worker == "gensim":
+        return gensim_worker(args)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    corpus = args.out / f"corpus-{args.max_tokens or 'all'}.txt"
+    tokens = write_slice(args.corpus, args.max_tokens, corpus)
+    print(f"corpus: {corpus} ({tokens:,} tokens); d={args.dim} window={args.window} k={args.negatives} "
+          f"sample={args.sample} min_count={args.min_count} epochs={args.epochs}", flush=True)  # fmt: skip
+    common = ["--corpus", str(corpus), "--epochs", str(args.epochs), "--dim", str(args.dim), "--window", str(args.window),
+              "--negatives", str(args.negatives), "--sample", str(args.sample), "--min-count", str(args.min_count),
+              "--workers", str(args.workers), "--seed", str(args.seed)]  # fmt: skip
+    rows = []
+    for repeat in range(args.repeats):
+        order = ["ours", "gensim"] if repeat % 2 == 0 else ["gensim", "ours"]
+        for name in order:
+            out = args.out / f"{name}-{repeat}"
+            out.mkdir(exist_ok=True)
+            if name == "gensim":
+                cmd = [sys.executable, __file__, "--worker", "gensim", "--out", str(out), *common]
+            else:
+                cmd = [sys.executable, "train.py", "data=text_file", f"data.path={corpus}", "data.tokenizer=whitespace",
+                       "data.val_fraction=0", f"data.window={args.window}", f"data.negatives={args.negatives}",
+                       f"data.sample={args.sample}", f"data.min_count={args.min_count}", f"model.embedding_dim={args.dim}",
+                       f"trainer.max_epochs={args.epochs}", f"seed={args.seed}", "logger=none",
+                       "callbacks.progress_bar.refresh_rate=1000", f"hydra.run.dir={out}", *args.overrides]  # fmt: skip
+            code, wall, rss = run_measured(cmd, out / "log.txt")
+            if code != 0:
+                sys.exit(f"{name} failed (exit {code}); see {out / 'log.txt'}")
+            metrics = json.loads((out / "metrics.json").read_text())
+            row = {"name": name, "repeat": repeat, "wall_s": wall, "rss_mb": rss / 2**20, **metrics, **evaluate(out / "vectors.bin")}
+            row["raw_wps"] = tokens * args.epochs / row["train_s"]
+            rows.append(row)
+            print(f"  {name} (repeat {repeat}): train {row['train_s']:.1f} s, analogy {row['analogy']:.4f}", flush=True)
+
+    gensim_wps = sum(r["raw_wps"] for r in rows if r["name"] == "gensim") / args.repeats
+    print("\n| run | train s | end-to-end s | raw words/s | ours/gensim | peak RSS MB | analogy@30k (questions) | WS353 ρ | SimLex ρ |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} #{r['repeat']} | {r['train_s']:.1f} | {r['wall_s']:.1f} | {r['raw_wps']:,.0f} | "
+              f"{r['raw_wps'] / gensim_wps:.2f} | {r['rss_mb']:.0f} | {100 * r['analogy']:.1f} % ({r['questions']:,}) | "
+              f"{r['ws353']:.3f} | {r['simlex']:.3f} |")  # fmt: skip
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

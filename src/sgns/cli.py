@@ -1,0 +1,130 @@
+"""`sgns` command: evaluate and query vectors from a checkpoint or any word2vec file.
+
+    sgns evaluate outputs/runs/<time>/last.ckpt            # table of benchmark scores
+    sgns evaluate vectors.bin --restrict-vocab 300000 --json scores.json
+    sgns most-similar vectors.bin king woman --negative man
+    sgns similarity vectors.bin cat dog
+    sgns doesnt-match vectors.bin breakfast cereal dinner lunch
+    sgns export last.ckpt vectors.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sgns.errors import Word2VecError, check
+from sgns.evaluation import BENCHMARKS, evaluate_word_analogies, evaluate_word_pairs
+from sgns.vectors import WordVectors
+
+
+def load_vectors(path: str | Path) -> WordVectors:
+    """Word vectors from a Lightning checkpoint (``.ckpt``, loaded with weights_only) or a word2vec file."""
+    path = Path(path)
+    check(path.is_file(), f"file not found: {path}")
+    if path.suffix != ".ckpt":
+        return WordVectors.load_word2vec_format(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        vocab = checkpoint["SkipGramDataModule"]
+        weights = checkpoint["state_dict"]["model.center_embed.weight"]
+    except Exception as exc:  # truncated, foreign or not a checkpoint at all
+        raise Word2VecError(f"{path}: not a readable sgns checkpoint ({type(exc).__name__}: {exc})") from None
+    check(len(vocab["words"]) == len(weights), f"{path}: vocabulary and weights disagree")
+    return WordVectors(vocab["words"], weights, vocab["counts"])
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
+    vectors = load_vectors(args.vectors)
+    unit = torch.from_numpy(vectors.vectors)
+    results: dict = {"vectors": str(args.vectors), "words": len(vectors), "dim": vectors.vector_size}
+    started = time.perf_counter()
+    for path in args.analogies or [BENCHMARKS["analogy"]]:
+        r = evaluate_word_analogies(vectors.words, unit, path, args.restrict_vocab, args.method)
+        results[f"analogy:{Path(path).name}"] = {
+            "accuracy": r.accuracy, "semantic": r.semantic, "syntactic": r.syntactic, "correct": r.correct,
+            "evaluated": r.evaluated, "total": r.total, "method": "3CosAdd" if r.method == "add" else "3CosMul",
+            "restrict_vocab": r.restrict_vocab,
+            "sections": {k: {"correct": c, "evaluated": n} for k, (c, n) in r.sections.items()},
+        }  # fmt: skip
+    pairs = dict(p.split("=", 1) for p in args.pairs) if args.pairs else {k: BENCHMARKS[k] for k in ("ws353", "simlex")}
+    for name, path in pairs.items():
+        r = evaluate_word_pairs(vectors.words, unit, path)
+        results[f"pairs:{name}"] = {"spearman": r.spearman, "pairs": r.pairs, "oov": r.oov, "oov_ratio": r.oov_ratio}
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def _print_evaluation(results: dict) -> None:
+    print(f"{results['vectors']}: {results['words']:,} words, d={results['dim']}")
+    for key, r in results.items():
+        if key.startswith("analogy:"):
+            print(f"\n{key[8:]} ({r['method']}, restrict_vocab={r['restrict_vocab']:,}): "
+                  f"{100 * r['accuracy']:.2f} % of {r['evaluated']:,}/{r['total']:,} questions evaluated "
+                  f"(semantic {100 * r['semantic']:.2f} %, syntactic {100 * r['syntactic']:.2f} %)")  # fmt: skip
+            print(f"  {'section':<28} {'accuracy':>9} {'correct':>8} {'evaluated':>10}")
+            for name, s in r["sections"].items():
+                acc = f"{100 * s['correct'] / s['evaluated']:.2f} %" if s["evaluated"] else "-"
+                print(f"  {name:<28} {acc:>9} {s['correct']:>8,} {s['evaluated']:>10,}")
+    print(f"\n  {'word pairs':<28} {'spearman':>9} {'pairs':>8} {'oov':>10}")
+    for key, r in results.items():
+        if key.startswith("pairs:"):
+            print(f"  {key[6:]:<28} {r['spearman']:>9.4f} {r['pairs']:>8,} {100 * r['oov_ratio']:>9.1f}%")
+    print(f"\nevaluated in {results['seconds']:.2f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sgns", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("evaluate", help="analogy and word-similarity benchmarks")
+    ev.add_argument("vectors", help="last.ckpt, vectors.bin or vectors.txt (ours, gensim's or word2vec.c's)")
+    ev.add_argument("--restrict-vocab", type=int, default=30000, help="candidates: the N most frequent words")
+    ev.add_argument("--method", choices=["add", "mul"], default="add", help="3CosAdd (default) or 3CosMul")
+    ev.add_argument("--analogies", nargs="*", help="analogy files (default: questions-words.txt from gensim)")
+    ev.add_argument("--pairs", nargs="*", help="NAME=FILE word-pair files (default: ws353 and simlex)")
+    ev.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    ms = sub.add_parser("most-similar", help="nearest words to positive - negative")
+    ms.add_argument("vectors")
+    ms.add_argument("positive", nargs="*")
+    ms.add_argument("-n", "--negative", nargs="*", default=[])
+    ms.add_argument("--topn", type=int, default=10)
+    si = sub.add_parser("similarity", help="cosine similarity of two words")
+    si.add_argument("vectors")
+    si.add_argument("a")
+    si.add_argument("b")
+    dm = sub.add_parser("doesnt-match", help="the word that fits least with the others")
+    dm.add_argument("vectors")
+    dm.add_argument("words", nargs="+")
+    ex = sub.add_parser("export", help="write vectors (e.g. from a checkpoint) in word2vec format")
+    ex.add_argument("vectors")
+    ex.add_argument("output", type=Path, help=".bin for binary, anything else for text")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "evaluate":
+            results = _evaluate(args)
+            _print_evaluation(results)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1))
+        elif args.command == "most-similar":
+            for word, score in load_vectors(args.vectors).most_similar(args.positive, args.negative, args.topn):
+                print(f"{word}\t{score:.4f}")
+        elif args.command == "similarity":
+            print(f"{load_vectors(args.vectors).similarity(args.a, args.b):.4f}")
+        elif args.command == "doesnt-match":
+            print(load_vectors(args.vectors).doesnt_match(args.words))
+        elif args.command == "export":
+            load_vectors(args.vectors).save_word2vec_format(args.output, binary=args.output.suffix == ".bin")
+            print(args.output)
+    except Word2VecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,13 +22,16 @@ def test_fast_dev_run_of_the_default_config(tmp_path):
     assert KeyedVectors.load_word2vec_format(str(tmp_path / "vectors.bin"), binary=True).vector_size == 100
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "sparse_adam", "adamw"])
-def test_planted_groups_become_nearest_neighbours(planted, tmp_path, optimizer):
+@pytest.mark.parametrize(
+    "optimizer, fused",
+    [("sparse_adam", True), ("sgd", True), ("sparse_adam", False), ("sgd", False), ("adamw", False)],
+)
+def test_planted_groups_become_nearest_neighbours(planted, tmp_path, optimizer, fused):
     path, groups = planted
     out = tmp_path / "run"
     cfg = compose_train(out, [
         "data=text_file", f"data.path={path}", "data.min_count=1", "data.sample=0", "data.batch_size=256",
-        "data.val_fraction=0.05", "model.embedding_dim=16", f"model/optimizer={optimizer}", "trainer.max_epochs=3",
+        "data.val_fraction=0.05", "model.embedding_dim=16", f"model/optimizer={optimizer}", f"model.fused={fused}", "trainer.max_epochs=3",
     ])  # fmt: skip
     metrics = train(cfg)
     assert metrics["val/loss"] < 0.8 * 6 * 0.6931  # well below the untrained loss (k+1) log 2
@@ -64,6 +67,8 @@ def _cli(*overrides, cwd=ROOT):
         (["data.window=0"], "data.window must be an integer >= 1"),
         (["model.embedding_dim=0"], "model.embedding_dim must be an integer >= 1"),
         (["model.optimizer.lr=-1"], "model.optimizer.lr must be > 0"),
+        (["model/optimizer=adamw", "model.fused=true"], "model.fused=true supports SparseAdam and plain SGD, not AdamW"),
+        (["trainer=gpu"], "cannot use trainer.accelerator=gpu"),
     ],
 )
 def test_bad_input_exits_with_one_clear_line(tmp_path, overrides, message):

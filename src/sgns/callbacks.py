@@ -1,11 +1,14 @@
-"""Lightning callbacks: word-vector benchmarks at the end of training epochs."""
+"""Lightning callbacks: benchmarks per epoch, throughput, and TensorBoard views of the vectors."""
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 
 import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from sgns.evaluation import evaluate_all
 
@@ -56,3 +59,76 @@ class WordVectorEvaluation(L.Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best", -math.inf)
+
+
+class Throughput(L.Callback):
+    """Logs ``train/words_per_s`` (raw corpus words, as gensim counts them) and ``train/pairs_per_s``
+    over the last ``every_n_steps`` steps; words/s is shown in the progress bar."""
+
+    def __init__(self, every_n_steps: int = 50):
+        self.every_n_steps = every_n_steps
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._since, self._pairs, self._batches = time.perf_counter(), 0, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._pairs += len(batch[0])
+        self._batches += 1
+        if self._batches < self.every_n_steps:
+            return
+        seconds = time.perf_counter() - self._since
+        raw_words = trainer.datamodule.corpus.raw_tokens * self._batches / max(1, trainer.num_training_batches)
+        pl_module.log("train/words_per_s", raw_words / seconds, prog_bar=True)
+        pl_module.log("train/pairs_per_s", self._pairs / seconds)
+        self._since, self._pairs, self._batches = time.perf_counter(), 0, 0
+
+
+def _tensorboard(trainer: L.Trainer):
+    return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+class EmbeddingDashboard(L.Callback):
+    """TensorBoard views of the space: a per-epoch text panel with the nearest neighbours of the
+    probe words, and the projector with the ``top_n`` most frequent words (at the end, or every
+    epoch with ``projector_every_epoch``)."""
+
+    def __init__(self, probe_words: list[str] | None = None, neighbours: int = 8, top_n: int = 5000,
+                 projector_every_epoch: bool = False):  # fmt: skip
+        self.probe_words = list(probe_words or [])
+        self.neighbours, self.top_n, self.projector_every_epoch = neighbours, top_n, projector_every_epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer = _tensorboard(trainer)
+        if writer is None or trainer.sanity_checking:
+            return
+        words = trainer.datamodule.vocab.words
+        table = self.neighbour_table(words, pl_module.model.center_embed.weight.detach())
+        if table:
+            writer.add_text("neighbours", table, trainer.global_step)
+        if self.projector_every_epoch:
+            self._projector(writer, words, pl_module, trainer.global_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer = _tensorboard(trainer)
+        if writer is not None and not self.projector_every_epoch:
+            self._projector(writer, trainer.datamodule.vocab.words, pl_module, trainer.global_step)
+
+    def neighbour_table(self, words: list[str], vectors: torch.Tensor) -> str:
+        """A Markdown table: probe word | its nearest neighbours by cosine."""
+        index = {w: i for i, w in enumerate(words)}
+        probes = [w for w in self.probe_words if w in index]
+        if not probes:
+            return ""
+        unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        ids = torch.tensor([index[w] for w in probes], device=unit.device)
+        scores = unit[ids] @ unit.T
+        scores[torch.arange(len(ids)), ids] = float("-inf")
+        top = scores.topk(min(self.neighbours, len(words) - 1), dim=1).indices.cpu().tolist()
+        rows = [f"| {w} | {', '.join(words[j] for j in row)} |" for w, row in zip(probes, top)]
+        return "\n".join(["| word | nearest neighbours |", "|---|---|", *rows])
+
+    def _projector(self, writer, words: list[str], pl_module: L.LightningModule, step: int) -> None:
+        n = min(self.top_n, len(words))
+        vectors = pl_module.model.center_embed.weight.detach()[:n].float().cpu()
+        writer.add_embedding(vectors, metadata=words[:n], tag="center_embed", global_step=step)
+        writer.flush()

@@ -10,15 +10,21 @@ import lightning as L
 import torch
 
 from sgns.errors import Word2VecError, check
+from sgns.fused import FUSED_UPDATES, sgns_row_gradients
 from sgns.model import SkipGramModel
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
+def _unpack(optimizer: OptimizerFactory) -> tuple[type, dict]:
+    if isinstance(optimizer, functools.partial):
+        return optimizer.func, optimizer.keywords
+    return optimizer, {}
+
+
 def wants_sparse_gradients(optimizer: OptimizerFactory) -> bool:
     """SparseAdam needs sparse gradients; plain SGD profits from them; the rest need dense ones."""
-    cls = optimizer.func if isinstance(optimizer, functools.partial) else optimizer
-    kwargs = optimizer.keywords if isinstance(optimizer, functools.partial) else {}
+    cls, kwargs = _unpack(optimizer)
     if cls is torch.optim.SparseAdam:
         return True
     if cls is torch.optim.SGD:
@@ -29,6 +35,9 @@ def wants_sparse_gradients(optimizer: OptimizerFactory) -> bool:
 class Word2VecModule(L.LightningModule):
     """Skip-gram with negative sampling; ``optimizer`` is a partial (Hydra ``_partial_: true``).
 
+    ``fused=False`` is the reference path: loss.backward() and the optimiser's step.
+    ``fused=True`` (SparseAdam and SGD) computes the same gradients in closed form and
+    applies the same update to the touched rows only, under Lightning's manual optimisation.
     ``lr_schedule='linear'`` decays the learning rate linearly to ``min_lr_ratio`` × lr over all
     training steps, as word2vec.c and gensim do with alpha; ``'constant'`` keeps it.
     """
@@ -41,6 +50,7 @@ class Word2VecModule(L.LightningModule):
         init: str = "word2vec",
         lr_schedule: str = "linear",
         min_lr_ratio: float = 1e-4,
+        fused: bool = True,
     ):
         super().__init__()
         check(isinstance(embedding_dim, int) and embedding_dim >= 1, f"model.embedding_dim must be an integer >= 1, got {embedding_dim!r}")
@@ -48,22 +58,51 @@ class Word2VecModule(L.LightningModule):
         check(lr_schedule in ("linear", "constant"), f"model.lr_schedule must be 'linear' or 'constant', got {lr_schedule!r}")
         lr = optimizer.keywords.get("lr") if isinstance(optimizer, functools.partial) else None
         check(lr is None or (lr > 0 and math.isfinite(lr)), f"model.optimizer.lr must be > 0, got {lr!r}")
+        cls, _ = _unpack(optimizer)
+        check(not fused or wants_sparse_gradients(optimizer),
+              f"model.fused=true supports SparseAdam and plain SGD, not {cls.__name__}; use model.fused=false")  # fmt: skip
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.optimizer_factory = optimizer
-        self.model = SkipGramModel(vocab_size, embedding_dim, init, sparse=wants_sparse_gradients(optimizer))
+        self.automatic_optimization = not fused
+        sparse = not fused and wants_sparse_gradients(optimizer)
+        self.model = SkipGramModel(vocab_size, embedding_dim, init, sparse=sparse)
 
     def forward(self, center: torch.Tensor, context: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         return self.model(center, context, negatives)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        loss = self.model(*batch)
-        if not torch.isfinite(loss):
-            raise Word2VecError(
-                f"training loss became {loss.item()} at step {self.global_step}; stopping "
-                "(the last checkpoint is kept). Lower model.optimizer.lr."
-            )
+        if self.automatic_optimization:
+            loss = self._check_finite(self.model(*batch))
+        else:
+            loss = self._fused_step(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[0]))
         return loss
+
+    def _check_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        if not torch.isfinite(loss):
+            raise Word2VecError(
+                f"training loss became {loss.item()} at step {self.global_step}; stopping before the update "
+                "(the last checkpoint is kept). Lower model.optimizer.lr."
+            )
+        return loss
+
+    def _fused_step(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        optimizer = self.optimizers()
+        apply = FUSED_UPDATES[type(optimizer.optimizer)]
+        result = {}
+
+        def closure() -> torch.Tensor:
+            loss, c_rows, c_grads, o_rows, o_grads = sgns_row_gradients(self.model, *batch)
+            result["loss"] = self._check_finite(loss)
+            apply(optimizer.optimizer, [(self.model.center_embed.weight, c_rows, c_grads),
+                                        (self.model.outside_embed.weight, o_rows, o_grads)])  # fmt: skip
+            return loss
+
+        optimizer.step(closure=closure)  # Lightning counts the step; the closure did the update
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        return result["loss"]
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         self.log("val/loss", self.model(*batch), prog_bar=True, batch_size=len(batch[0]))

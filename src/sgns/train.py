@@ -14,6 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from sgns.errors import Word2VecError
@@ -37,6 +38,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     datamodule = instantiate(cfg.data)
+    loggers = _instantiate_all(cfg.get("logger"))
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    if not loggers:  # nothing to log learning rates to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    try:  # before the corpus is read: a wrong device should cost a glance, not a long preparation
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    except Exception as exc:
+        if (message := user_error(exc)) is None:
+            raise
+        raise Word2VecError(f"cannot use trainer.accelerator={cfg.trainer.accelerator} "
+                            f"(devices={cfg.trainer.devices}): {message}; try trainer=cpu") from None  # fmt: skip
     started = time.perf_counter()
     corpus = datamodule.prepare()
     prepare_s = time.perf_counter() - started
@@ -46,11 +58,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         f"{len(corpus.vocab):,}", prepare_s,
     )  # fmt: skip
     model = instantiate(cfg.model, vocab_size=len(corpus.vocab))
-    loggers = _instantiate_all(cfg.get("logger"))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    if not loggers:  # nothing to log learning rates to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -70,6 +77,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     summary = {"prepare_s": prepare_s, "train_s": seconds, "raw_tokens": corpus.raw_tokens,
                "epochs": trainer.current_epoch, "vocab_size": len(corpus.vocab), **metrics}  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    for logger in loggers:  # the HParams tab: this run's hyperparameters next to its final metrics
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True),
+                                   metrics={f"hp/{k}": v for k, v in metrics.items() if k.startswith(("val/", "train/"))})  # fmt: skip
     report(vectors, written, trainer, seconds, metrics, list(cfg.get("probe_words") or []))
     return metrics
 

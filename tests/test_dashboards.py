@@ -1,0 +1,77 @@
+"""TensorBoard contents, Hydra multirun sweeps with their summary, and the Optuna search."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import compose_train
+from sgns.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tensorboard_scalars_text_hparams_and_projector(planted, tmp_path):
+    path, groups = planted
+    cfg = compose_train(tmp_path, [f"data.path={path}", "data.min_count=1", "data.sample=0", "trainer.max_epochs=2",
+                                   "callbacks.throughput.every_n_steps=10", "trainer.log_every_n_steps=5",
+                                   f"probe_words=[{groups[0][0]},{groups[1][0]}]", "callbacks.embedding_dashboard.top_n=20"])  # fmt: skip
+    train(cfg)
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ["train/loss", "lr-SparseAdam", "train/words_per_s", "train/pairs_per_s", "val/loss", "val/analogy",
+                "val/analogy_best", "val/ws353", "val/simlex", "hp/val/loss"]:  # fmt: skip
+        assert tag in scalars, (tag, sorted(scalars))
+    assert len(events.Scalars("train/loss")) > 10  # per step, not per epoch
+    assert len(events.Scalars("val/loss")) == 2  # per epoch
+    text = [t for t in events.Tags()["tensors"] if t.startswith("neighbours")]
+    assert text and groups[0][1] in str(events.Tensors(text[0])[-1].tensor_proto.string_val)
+    assert "_hparams_/session_start_info" in events.summary_metadata
+    projector = list((tmp_path / "tensorboard").glob("*/center_embed/tensors.tsv"))
+    assert len(projector) == 1 and (tmp_path / "tensorboard" / "projector_config.pbtxt").exists()
+    rows = projector[0].read_text().strip().split("\n")
+    assert len(rows) == 20 and len(rows[0].split("\t")) == 100
+    metadata = (projector[0].parent / "metadata.tsv").read_text().strip().split("\n")
+    assert len(metadata) == 20
+
+
+def _sweep(*overrides, tmp_path):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                             "callbacks.progress_bar.refresh_rate=0"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, tmp_path / "sweep"
+
+
+def _summary(sweep):
+    with open(sweep / "summary.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_multirun_jobs_and_summary(planted, tmp_path):
+    path, _ = planted
+    result, sweep = _sweep("-m", f"data.path={path}", "data.min_count=1", "trainer.max_epochs=1",
+                           "model.embedding_dim=8,16", tmp_path=tmp_path)  # fmt: skip
+    rows = _summary(sweep)
+    assert ["model.embedding_dim=8" in r["overrides"] for r in rows] == [True, False]
+    assert ["model.embedding_dim=16" in r["overrides"] for r in rows] == [False, True]
+    assert all(r["status"] == "ok" and float(r["val/loss"]) > 0 for r in rows)
+    for job in ("0", "1"):
+        assert list((sweep / job / "tensorboard").glob("events.out.tfevents.*"))
+        assert (sweep / job / "vectors.bin").exists()
+    assert "sweep summary" in result.stdout and (sweep / "summary.md").exists()
+
+
+def test_optuna_search_runs_trials(planted, tmp_path):
+    path, _ = planted
+    _, sweep = _sweep("hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
+                      f"data.path={path}", "data.min_count=1", tmp_path=tmp_path)  # fmt: skip
+    rows = _summary(sweep)
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert all("model.embedding_dim=" in r["overrides"] for r in rows)
+    assert (sweep / "optimization_results.yaml").exists()

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sgns.evaluation import evaluate_all
+from sgns.outputs import export
+from sgns.vectors import WordVectors
 
 log = logging.getLogger("sgns")
 
@@ -67,9 +73,12 @@ class Throughput(L.Callback):
 
     def __init__(self, every_n_steps: int = 50):
         self.every_n_steps = every_n_steps
+        self._since, self._pairs, self._batches = time.perf_counter(), 0, 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._since, self._pairs, self._batches = time.perf_counter(), 0, 0
+
+    on_train_start = on_train_epoch_start  # a run resumed mid-epoch starts no epoch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self._pairs += len(batch[0])
@@ -132,3 +141,44 @@ class EmbeddingDashboard(L.Callback):
         vectors = pl_module.model.center_embed.weight.detach()[:n].float().cpu()
         writer.add_embedding(vectors, metadata=words[:n], tag="center_embed", global_step=step)
         writer.flush()
+
+
+class GracefulStop(L.Callback):
+    """Ctrl-C and SIGTERM stop training at the next batch boundary, write a checkpoint and the
+    current vectors, and say how to resume. A second Ctrl-C stops at once."""
+
+    def __init__(self, output_dir: str, checkpoint_name: str = "last.ckpt"):
+        self.output_dir, self.checkpoint_name = Path(output_dir), checkpoint_name
+        self._previous_handler = None
+        self.stopped: Path | None = None
+        self.signal = signal.SIGTERM
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handle_sigint(signum, frame):  # Lightning already turns SIGTERM into the same flag
+            if trainer.received_sigterm:
+                raise KeyboardInterrupt
+            self.signal = signal.SIGINT
+            trainer._signal_connector.received_sigterm = True
+
+        self._previous_handler = signal.signal(signal.SIGINT, handle_sigint)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handler()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handler()
+        if not isinstance(exception, SIGTERMException) or not trainer.is_global_zero:
+            return  # errors (NaN loss included) keep the last good checkpoint untouched
+        checkpoint = self.output_dir / self.checkpoint_name
+        trainer.save_checkpoint(checkpoint)
+        vocab = trainer.datamodule.vocab
+        export(WordVectors(vocab.words, pl_module.word_vectors(), vocab.counts), vocab, self.output_dir)
+        self.stopped = checkpoint
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None

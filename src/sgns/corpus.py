@@ -47,11 +47,21 @@ def default_corpus_path() -> Path:
 
 
 def open_text(path: str | Path) -> TextIO:
-    """Open a text file, transparently decompressing .gz/.bz2/.xz; undecodable bytes are replaced."""
+    """Open a UTF-8 text file, transparently decompressing .gz/.bz2/.xz.
+
+    Bytes that are not UTF-8 are replaced (U+FFFD), so a stray Latin-1 byte costs one token,
+    not the run; a file with NUL bytes in its first 64 KiB is refused as binary.
+    """
     path = Path(path)
     check(path.exists(), f"corpus file not found: {path}")
     check(not path.is_dir(), f"corpus path is a directory, not a file: {path}")
     opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix, open)
+    try:
+        with opener(path, "rb") as raw:
+            head = raw.read(1 << 16)
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        raise Word2VecError(f"cannot read corpus {path}: {exc}") from None
+    check(b"\0" not in head, f"corpus {path} looks like a binary file (NUL bytes), not text")
     return opener(path, "rt", encoding="utf-8", errors="replace")
 
 

@@ -3,14 +3,16 @@
 Each epoch walks the corpus in chunks of whole sentences (in shuffled chunk order). A chunk is
 subsampled, turned into skip-gram pairs with dynamic windows, shuffled, and cut into batches;
 negatives are drawn per batch. Every chunk's randomness comes from a generator seeded by
-(seed, epoch, chunk), so an epoch can be replayed exactly: that is how ``len()`` knows the
-exact number of batches before the epoch starts.
+(seed, epoch, chunk) and every batch's negatives from one seeded by (seed, epoch, batch), so an
+epoch can be replayed exactly: that is how ``len()`` knows the exact number of batches before the
+epoch starts, and how a run resumed from a mid-epoch checkpoint continues with the very batches
+it would have seen (the loader's state is the epoch and the number of batches done).
 """
 
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import numpy as np
@@ -51,6 +53,7 @@ class SkipGramEpochs(IterableDataset):
         self.noise, self.window, self.negatives = noise, window, negatives
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.epoch = 0
+        self.skip = 0  # batches of this epoch already trained (resume)
         self._lengths: dict[int, int] = {}
         # chunk boundaries on sentence starts, so no window is cut
         starts = corpus.starts
@@ -61,8 +64,8 @@ class SkipGramEpochs(IterableDataset):
     def n_chunks(self) -> int:
         return len(self.chunk_sentences) - 1
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
     def _chunk_pairs(self, chunk: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         s0, s1 = self.chunk_sentences[chunk], self.chunk_sentences[chunk + 1]
@@ -85,7 +88,7 @@ class SkipGramEpochs(IterableDataset):
 
     def __iter__(self) -> Iterator[Batch]:
         carry_c = carry_o = torch.empty(0, dtype=torch.long)
-        generator = None
+        index = 0
         for chunk in self._chunk_order():
             generator = _generator(self.seed, self.epoch, chunk)
             centres, contexts = self._chunk_pairs(chunk, generator)
@@ -95,13 +98,31 @@ class SkipGramEpochs(IterableDataset):
             centres, contexts = torch.cat([carry_c, centres]), torch.cat([carry_o, contexts])
             full = len(centres) // self.batch_size * self.batch_size
             for i in range(0, full, self.batch_size):
-                yield self._batch(centres[i : i + self.batch_size], contexts[i : i + self.batch_size], generator)
+                if index >= self.skip:
+                    yield self._batch(centres[i : i + self.batch_size], contexts[i : i + self.batch_size], index)
+                index += 1
             carry_c, carry_o = centres[full:], contexts[full:]
-        if len(carry_c):
-            yield self._batch(carry_c, carry_o, generator)
+        if len(carry_c) and index >= self.skip:
+            yield self._batch(carry_c, carry_o, index)
 
-    def _batch(self, centres: torch.Tensor, contexts: torch.Tensor, generator: torch.Generator) -> Batch:
-        return centres, contexts, self.noise.sample((len(centres), self.negatives), generator)
+    def _batch(self, centres: torch.Tensor, contexts: torch.Tensor, index: int) -> Batch:
+        negatives = self.noise.sample((len(centres), self.negatives), _generator(self.seed, self.epoch, 1 << 40, index))
+        return centres, contexts, negatives
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose state (epoch, batches done) goes into Lightning checkpoints."""
+
+    def __init__(self, dataset: SkipGramEpochs, progress: Callable[[], int], **kwargs: Any):
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.dataset.epoch, "batches": self._progress()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("epoch") == self.dataset.epoch:
+            self.dataset.set_epoch(self.dataset.epoch, skip=state.get("batches", 0))
 
 
 class SkipGramDataModule(L.LightningDataModule):
@@ -193,7 +214,13 @@ class SkipGramDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.trainer is not None:
             self.train_set.set_epoch(self.trainer.current_epoch)
-        return DataLoader(self.train_set, batch_size=None, num_workers=self.hparams.num_workers)
+        return ResumableLoader(self.train_set, self._batches_done, num_workers=self.hparams.num_workers)
+
+    def _batches_done(self) -> int:
+        """Batches of the current epoch fully trained, as Lightning counts them."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader | list:
         return DataLoader(self.val_set, batch_size=None) if self.val_set else []

@@ -107,14 +107,36 @@ class Word2VecModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         self.log("val/loss", self.model(*batch), prog_bar=True, batch_size=len(batch[0]))
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Never replace a good checkpoint with non-finite weights."""
+        for name, table in self.model.named_parameters():
+            if not torch.isfinite(table).all():
+                raise Word2VecError(f"{name} holds NaN/inf at step {self.global_step}; not saving a checkpoint "
+                                    "(the last one is kept). Lower model.optimizer.lr.")  # fmt: skip
+
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.hparams.lr_schedule == "constant":
             return {"optimizer": optimizer}
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self._total_steps()
         floor = self.hparams.min_lr_ratio
         decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(floor, 1.0 - step / total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        """Steps of the whole run, for the linear decay.
+
+        Counted from the data module rather than ``trainer.estimated_stepping_batches``: that
+        builds the train loader before a checkpoint is restored, and Lightning then skips
+        restoring the loader's position when resuming inside the first epoch.
+        """
+        trainer, datamodule = self.trainer, self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "train_set") or trainer.max_epochs in (None, -1):
+            return max(1, int(trainer.estimated_stepping_batches))
+        batches, limit = len(datamodule.train_set), trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        total = batches * trainer.max_epochs
+        return max(1, min(total, trainer.max_steps) if trainer.max_steps > 0 else total)
 
     @torch.no_grad()
     def word_vectors(self) -> torch.Tensor:

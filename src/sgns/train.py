@@ -10,14 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from sgns.callbacks import GracefulStop
 from sgns.errors import Word2VecError
+from sgns.outputs import export
 from sgns.vectors import WordVectors
 
 log = logging.getLogger("sgns")
@@ -37,6 +42,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
+    ckpt_path = cfg.get("ckpt_path")
+    ckpt_words = check_checkpoint(ckpt_path) if ckpt_path else None
     datamodule = instantiate(cfg.data)
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
@@ -57,22 +64,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
         f"{corpus.raw_tokens:,}", f"{corpus.train.n_tokens:,}", f"{corpus.val.n_tokens:,}",
         f"{len(corpus.vocab):,}", prepare_s,
     )  # fmt: skip
+    if ckpt_words is not None and ckpt_words != corpus.vocab.words:
+        raise Word2VecError(f"checkpoint {ckpt_path} was trained on a different vocabulary ({len(ckpt_words):,} words) "
+                            f"than this corpus and config give ({len(corpus.vocab):,} words)")  # fmt: skip
     model = instantiate(cfg.model, vocab_size=len(corpus.vocab))
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    started, first_step = time.perf_counter(), _checkpoint_step(ckpt_path)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
+        stopped = TrainingStopped(_stopped_message(trainer, stop))
+        stopped.exit_code = 128 + int(stop.signal if stop else 15)
+        raise stopped from None
     seconds = time.perf_counter() - started
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if trainer.interrupted:
-        raise Word2VecError("training was interrupted")
     if not trainer.is_global_zero:
         return metrics
 
     vectors = WordVectors(corpus.vocab.words, model.word_vectors(), corpus.vocab.counts)
-    written = export(vectors, corpus.vocab, output_dir, cfg.get("export", {}))
-    raw_words = corpus.raw_tokens * trainer.current_epoch
+    written = export(vectors, corpus.vocab, output_dir, **cfg.get("export", {}))
+    raw_words = corpus.raw_tokens * (trainer.global_step - first_step) / max(1, trainer.num_training_batches)
     metrics["train/raw_words_per_s"] = raw_words / seconds if seconds > 0 else 0.0
     summary = {"prepare_s": prepare_s, "train_s": seconds, "raw_tokens": corpus.raw_tokens,
                "epochs": trainer.current_epoch, "vocab_size": len(corpus.vocab), **metrics}  # fmt: skip
@@ -83,19 +97,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                    metrics={f"hp/{k}": v for k, v in metrics.items() if k.startswith(("val/", "train/"))})  # fmt: skip
     report(vectors, written, trainer, seconds, metrics, list(cfg.get("probe_words") or []))
     return metrics
-
-
-def export(vectors: WordVectors, vocab, output_dir: Path, options: dict) -> list[Path]:
-    """Write the vocabulary (``word count``) and the vectors in word2vec text and binary formats."""
-    written = [output_dir / "vocab.txt"]
-    vocab.save(written[0])
-    if options.get("text", True):
-        written.append(output_dir / "vectors.txt")
-        vectors.save_word2vec_format(written[-1], binary=False)
-    if options.get("binary", True):
-        written.append(output_dir / "vectors.bin")
-        vectors.save_word2vec_format(written[-1], binary=True)
-    return written
 
 
 def report(vectors: WordVectors, written: list[Path], trainer: L.Trainer, seconds: float,
@@ -114,6 +115,41 @@ def report(vectors: WordVectors, written: list[Path], trainer: L.Trainer, second
         for word in probes:
             lines.append(f"  {word:>12}: " + ", ".join(w for w, _ in vectors.most_similar(word, topn=6)))
     print("\n".join(lines), flush=True)
+
+
+class TrainingStopped(Word2VecError):
+    """Ctrl-C or SIGTERM: a checkpoint and the vectors were written; exit code 128 + signal number."""
+
+    exit_code = 143
+
+
+def check_checkpoint(path: str | Path) -> list[str]:
+    """A resume checkpoint must exist and load with ``weights_only=True`` (no unpickling of code);
+    returns its vocabulary."""
+    path = Path(path)
+    if not path.is_file():
+        raise Word2VecError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state["state_dict"]
+        return list(state["SkipGramDataModule"]["words"])
+    except Exception as exc:
+        raise Word2VecError(f"checkpoint {path} is not a readable sgns checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+
+
+def _checkpoint_step(path: str | None) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]) if path else 0
+
+
+def _stopped_message(trainer: L.Trainer, stop: GracefulStop | None) -> str:
+    if stop is None or stop.stopped is None:
+        return "training stopped before a checkpoint could be written"
+    overrides = []
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    command = " ".join(["python train.py", *overrides, f"ckpt_path={stop.stopped}", f"hydra.run.dir={stop.stopped.parent}"])
+    return (f"training stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; checkpoint and current "
+            f"vectors written to {stop.stopped.parent}. Resume with: {command}")  # fmt: skip
 
 
 def user_error(exc: BaseException) -> str | None:
@@ -136,6 +172,6 @@ def main(cfg: DictConfig) -> float | None:
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None

@@ -1,0 +1,58 @@
+"""Writing run outputs safely: every file goes to a temporary name and replaces the old one only
+when complete, so a crash or a full disk never leaves a half-written checkpoint or vectors file."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+
+from sgns.corpus import Vocabulary
+from sgns.errors import Word2VecError
+from sgns.vectors import WordVectors
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` (fsynced), else it is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise Word2VecError(f"cannot write {path}: {exc.strerror or exc}; the previous {path.name} (if any) is intact") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def export(vectors: WordVectors, vocab: Vocabulary, output_dir: str | Path, text: bool = True, binary: bool = True) -> list[Path]:
+    """Write the vocabulary (``word count``) and the vectors in word2vec text and binary formats."""
+    output_dir = Path(output_dir)
+    written = [write_atomically(output_dir / "vocab.txt", vocab.save)]
+    if text:
+        written.append(write_atomically(output_dir / "vectors.txt", lambda p: vectors.save_word2vec_format(p, binary=False)))
+    if binary:
+        written.append(write_atomically(output_dir / "vectors.bin", lambda p: vectors.save_word2vec_format(p, binary=True)))
+    return written
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary file, fsynced, then renamed over the old one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)

@@ -1,0 +1,205 @@
+"""Faults survived: kill -9 and resume, Ctrl-C/SIGTERM, NaN loss, full disk, bad input; determinism."""
+
+import errno
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gensim.models import KeyedVectors
+
+from conftest import compose_train, planted_corpus
+from sgns.errors import Word2VecError
+from sgns.train import train
+from sgns.vectors import WordVectors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args(corpus, run_dir, *extra):
+    return [f"data.path={corpus}", "data.min_count=1", "data.sample=0", "data.batch_size=64", "trainer.max_epochs=2",
+            "model.embedding_dim=16", "callbacks.model_checkpoint.every_n_train_steps=40", "logger=none",
+            "callbacks.progress_bar.refresh_rate=0", "callbacks.word_vectors.every_n_epochs=100",
+            f"hydra.run.dir={run_dir}", *extra]  # fmt: skip
+
+
+def _start(args):
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _finish(args):
+    proc = _start(args)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def _wait_for(path, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before writing a checkpoint"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "planted.txt"
+    planted_corpus(path, sentences=5000)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+    """An uninterrupted run; every interrupted-and-resumed run must end with exactly its vectors."""
+    run = tmp_path_factory.mktemp("reference")
+    _finish(_args(corpus, run))
+    return (run / "vectors.bin").read_bytes()
+
+
+def test_kill_9_at_random_moments_then_resume_gives_identical_vectors(corpus, reference, tmp_path):
+    rng = random.Random(0)
+    for kill in range(3):  # killed three times, at random moments, resumed each time
+        args = _args(corpus, tmp_path, *([f"ckpt_path={tmp_path / 'last.ckpt'}"] if kill else []))
+        proc = _start(args)
+        if kill:
+            time.sleep(rng.uniform(2.0, 3.0))  # startup included; may land mid-checkpoint-write
+        else:
+            _wait_for(tmp_path / "last.ckpt", proc)
+            time.sleep(rng.uniform(0.0, 1.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        torch.load(tmp_path / "last.ckpt", weights_only=True)  # never half written
+    _finish(_args(corpus, tmp_path, f"ckpt_path={tmp_path / 'last.ckpt'}"))
+    assert (tmp_path / "vectors.bin").read_bytes() == reference
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(corpus, reference, tmp_path, signum, code):
+    proc = _start(_args(corpus, tmp_path))
+    _wait_for(tmp_path / "last.ckpt", proc)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert "Resume with: python train.py" in err and "Traceback" not in err
+    assert KeyboardInterrupt.__name__ not in err
+    kv = KeyedVectors.load_word2vec_format(str(tmp_path / "vectors.bin"), binary=True)  # current vectors written
+    assert np.isfinite(kv.vectors).all()
+    command = err.split("Resume with: ")[1].strip().split()
+    assert command[:2] == ["python", "train.py"]
+    _finish(command[2:])
+    assert (tmp_path / "vectors.bin").read_bytes() == reference
+
+
+def _digest(run_dir):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.iterdir()) if p.is_file() and p.suffix in (".ckpt", ".bin", ".txt")}
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(corpus, tmp_path):
+    _finish(_args(corpus, tmp_path, "trainer.max_epochs=1"))
+    before = _digest(tmp_path)
+    proc = _start(_args(corpus, tmp_path, "model/optimizer=sgd", "model.optimizer.lr=1e30", "model.fused=true",
+                        "callbacks.model_checkpoint.every_n_train_steps=1"))  # fmt: skip
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert "NaN/inf" in err or "loss became" in err, err[-2000:]
+    after = _digest(tmp_path)
+    assert {k: v for k, v in after.items() if k != "last.ckpt"} == {k: v for k, v in before.items() if k != "last.ckpt"}
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]  # the last good one: finite
+    assert all(torch.isfinite(t).all() for t in state.values())
+
+
+@pytest.fixture(scope="module")
+def existing(tmp_path_factory):
+    """A finished small run whose outputs a failing command must leave alone."""
+    root = tmp_path_factory.mktemp("template")
+    planted_corpus(root / "small.txt", sentences=200)
+    _finish(_args(root / "small.txt", root / "run", "trainer.max_epochs=1"))
+    return root / "small.txt", root / "run"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["data.path={tmp}"], "corpus path is a directory"),
+        (["data.path={tmp}/binary.txt"], "looks like a binary file"),
+        (["data.min_count=100000"], "no word occurs at least min_count=100000 times"),
+        (["ckpt_path={tmp}/missing.ckpt"], "checkpoint not found"),
+        (["ckpt_path={tmp}/truncated.ckpt"], "is not a readable sgns checkpoint"),
+        (["ckpt_path={tmp}/other.ckpt"], "different vocabulary"),
+        (["data.negatives=0"], "data.negatives must be an integer >= 1"),
+        (["data.batch_size=0"], "data.batch_size must be an integer >= 1"),
+        (["data.sample=-0.1"], "data.sample must be >= 0"),
+        (["data.min_count=0"], "data.min_count must be an integer >= 1"),
+        (["model.optimizer.lr=0"], "model.optimizer.lr must be > 0"),
+        (["data.nonsense=1"], "Could not override 'data.nonsense'"),
+    ],
+)
+def test_bad_input_leaves_existing_outputs_untouched(existing, tmp_path_factory, extra, message):
+    small_corpus, template = existing
+    run = tmp_path_factory.mktemp("existing") / "run"
+    shutil.copytree(template, run)
+    tmp = tmp_path_factory.mktemp("inputs")
+    (tmp / "binary.txt").write_bytes(b"\x00\x01\x02 abc \x00" * 100)
+    (tmp / "truncated.ckpt").write_bytes(b"PK\x03\x04 not a whole zip")
+    if "other.ckpt" in extra[0]:  # a valid checkpoint of another vocabulary
+        other = tmp_path_factory.mktemp("other")
+        small = other / "small.txt"
+        small.write_text("alpha beta gamma\n" * 50)
+        _finish(_args(small, other, "trainer.max_epochs=1"))
+        (other / "last.ckpt").rename(tmp / "other.ckpt")
+    before = _digest(run)
+    proc = _start(_args(small_corpus, run, *[e.format(tmp=tmp) for e in extra]))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and message in err, err[-2000:]
+    assert "Traceback" not in err
+    assert _digest(run) == before
+
+
+def test_non_utf8_bytes_are_replaced_not_fatal(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\xe9 au lait\n".encode("latin-1") * 20)
+    from sgns.corpus import prepare_corpus
+
+    corpus = prepare_corpus(path, min_count=1)
+    assert {"caf", "au", "lait"} <= set(corpus.vocab.words)  # é became U+FFFD, which splits words
+
+
+def test_full_disk_keeps_previous_outputs(tmp_path, monkeypatch):
+    words, old = ["a", "b"], WordVectors(["a", "b"], np.eye(2, dtype=np.float32))
+    from sgns.corpus import Vocabulary
+    from sgns.outputs import export
+
+    export(old, Vocabulary(words, np.array([2, 1])), tmp_path)
+    before = _digest(tmp_path)
+
+    def full_disk(self, path, binary=False):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(WordVectors, "save_word2vec_format", full_disk)
+    with pytest.raises(Word2VecError, match="No space left on device; the previous vectors.txt"):
+        export(WordVectors(words, np.ones((2, 2), dtype=np.float32)), Vocabulary(words, np.array([2, 1])), tmp_path)
+    assert _digest(tmp_path) == before and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_same_seed_same_bits_other_seed_other_vectors(tmp_path):
+    corpus = tmp_path / "planted.txt"
+    planted_corpus(corpus, sentences=300)
+    runs = {}
+    for name, seed in [("a", 3), ("b", 3), ("c", 4)]:
+        cfg = compose_train(tmp_path / name, [f"data.path={corpus}", "data.min_count=1", "trainer.max_epochs=2",
+                                              f"seed={seed}", "logger=none"])  # fmt: skip
+        train(cfg)
+        runs[name] = (tmp_path / name / "vectors.bin").read_bytes()
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import random
 import shutil
 import signal
@@ -31,6 +30,14 @@ def run(args: list[str], log: Path, kill_after: float | None = None) -> tuple[in
             proc.send_signal(signal.SIGKILL)
             proc.wait()
     return proc.returncode, time.perf_counter() - started
+
+
+def step_of(checkpoint: Path) -> int:
+    import torch
+
+    if not checkpoint.exists():
+        return 0
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
 def analogy(vectors: Path) -> float:
@@ -60,16 +67,16 @@ def main() -> None:
 
     rng, target = random.Random(args.seed), args.out / "killed"
     log = args.out / "killed.log"
+    total = step_of(args.out / "uninterrupted" / "last.ckpt")
+    startup = 20.0  # imports and corpus preparation, roughly
     for k in range(args.kills):
         resume = [f"ckpt_path={target / 'last.ckpt'}"] if (target / "last.ckpt").exists() else []
-        moment = rng.uniform(0.15, 0.85) * whole
+        remaining = 1 - step_of(target / "last.ckpt") / total
+        moment = startup + rng.uniform(0.2, 0.8) * remaining * (whole - startup)  # somewhere in the work left
         code, seconds = run([*common, f"hydra.run.dir={target}", *resume], log, kill_after=moment)
-        step = "none yet"
-        if (target / "last.ckpt").exists():
-            import torch
-
-            step = torch.load(target / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)["global_step"]
-        print(f"kill {k + 1}: SIGKILL after {seconds:.0f} s (exit {code}); last checkpoint at step {step}", flush=True)
+        what = "killed with SIGKILL" if code == -signal.SIGKILL else f"ended by itself (exit {code})"
+        print(f"run {k + 1}: {what} after {seconds:.0f} s; last checkpoint at step {step_of(target / 'last.ckpt')} "
+              f"of {total}", flush=True)  # fmt: skip
     code, seconds = run([*common, f"hydra.run.dir={target}", f"ckpt_path={target / 'last.ckpt'}"], log)
     assert code == 0, f"resumed run failed, see {log}"
     print(f"final resume: {seconds:.0f} s", flush=True)
@@ -78,7 +85,7 @@ def main() -> None:
     a, b = args.out / "uninterrupted" / "vectors.bin", target / "vectors.bin"
     print("\n| run | analogy@30k | vectors.bin sha256 |\n|---|---|---|")
     print(f"| uninterrupted | {100 * analogy(a):.2f} % | {digest(a)} |")
-    print(f"| killed {args.kills}× with SIGKILL, resumed | {100 * analogy(b):.2f} % | {digest(b)} |")
+    print(f"| killed {args.kills}× with SIGKILL, resumed each time | {100 * analogy(b):.2f} % | {digest(b)} |")
     print("identical vectors" if a.read_bytes() == b.read_bytes() else "vectors differ")
 
 

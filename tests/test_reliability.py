@@ -130,6 +130,8 @@ def existing(tmp_path_factory):
 @pytest.mark.parametrize(
     "extra, message",
     [
+        (["data.path={tmp}/missing.txt"], "corpus file not found"),
+        (["data.path={tmp}/empty.txt"], "corpus is empty"),
         (["data.path={tmp}"], "corpus path is a directory"),
         (["data.path={tmp}/binary.txt"], "looks like a binary file"),
         (["data.min_count=100000"], "no word occurs at least min_count=100000 times"),
@@ -142,6 +144,9 @@ def existing(tmp_path_factory):
         (["data.min_count=0"], "data.min_count must be an integer >= 1"),
         (["model.optimizer.lr=0"], "model.optimizer.lr must be > 0"),
         (["data.nonsense=1"], "Could not override 'data.nonsense'"),
+        (["trainer=gpu"], "cannot use trainer.accelerator=gpu"),
+        (["callbacks.word_vectors.analogies=[{tmp}/missing.txt]"], "evaluation file not found"),
+        (["callbacks.word_vectors.word_pairs.ws353={tmp}/binary.txt"], "no 'word1<TAB>word2<TAB>score' lines"),
     ],
 )
 def test_bad_input_leaves_existing_outputs_untouched(existing, tmp_path_factory, extra, message):
@@ -150,6 +155,7 @@ def test_bad_input_leaves_existing_outputs_untouched(existing, tmp_path_factory,
     shutil.copytree(template, run)
     tmp = tmp_path_factory.mktemp("inputs")
     (tmp / "binary.txt").write_bytes(b"\x00\x01\x02 abc \x00" * 100)
+    (tmp / "empty.txt").write_text("\n\n")
     (tmp / "truncated.ckpt").write_bytes(b"PK\x03\x04 not a whole zip")
     if "other.ckpt" in extra[0]:  # a valid checkpoint of another vocabulary
         other = tmp_path_factory.mktemp("other")

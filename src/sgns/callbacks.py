@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from sgns.evaluation import evaluate_all
+from sgns.evaluation import evaluate_all, read_analogies, read_word_pairs
 from sgns.outputs import export
 from sgns.vectors import WordVectors
 
@@ -41,6 +41,10 @@ class WordVectorEvaluation(L.Callback):
     ):
         self.analogies = list(analogies) if analogies is not None else None
         self.word_pairs = dict(word_pairs) if word_pairs is not None else None
+        for path in (self.analogies or []):  # a bad file fails now, not after the first epoch
+            read_analogies(path)
+        for path in (self.word_pairs or {}).values():
+            read_word_pairs(path)
         self.restrict_vocab, self.method = restrict_vocab, method
         self.every_n_epochs, self.monitor, self.prog_bar = every_n_epochs, monitor, set(prog_bar)
         self.best = -math.inf

@@ -2,6 +2,7 @@
 
     python scripts/check_evaluation.py bench/ours-0/vectors.bin bench/gensim-0/vectors.bin
     python scripts/check_evaluation.py vectors.bin --restrict-vocab 30000 300000
+    python scripts/check_evaluation.py --synthetic 30000   # time: every question answerable
 """
 
 from __future__ import annotations
@@ -18,11 +19,23 @@ from sgns.evaluation import evaluate_word_analogies, evaluate_word_pairs, gensim
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("vectors", nargs="+", help="word2vec files (.bin binary, else text)")
+    parser.add_argument("vectors", nargs="*", help="word2vec files (.bin binary, else text)")
+    parser.add_argument("--synthetic", type=int, metavar="N",
+                        help="time random 100-d vectors for every analogy word plus fillers up to N words")
     parser.add_argument("--restrict-vocab", type=int, nargs="+", default=[30000, 300000])
     args = parser.parse_args()
     logging.getLogger("gensim").setLevel(logging.WARNING)
     questions = gensim_test_file("questions-words.txt")
+    if args.synthetic:
+        from sgns.evaluation import read_analogies
+
+        words = sorted({w.lower() for _, qs in read_analogies(questions) for q in qs for w in q})
+        words += [f"filler{i}" for i in range(args.synthetic - len(words))]
+        vectors = torch.randn(len(words), 100, generator=torch.Generator().manual_seed(0))
+        started = time.perf_counter()
+        result = evaluate_word_analogies(words, vectors, questions, restrict_vocab=args.synthetic)
+        print(f"{result.evaluated:,} questions x {len(words):,} candidates: {time.perf_counter() - started:.2f} s")
+        return
     print("| vectors | restrict_vocab | evaluator | analogy (evaluated/total) | seconds | WS353 ρ | SimLex ρ |")
     print("|---|---|---|---|---|---|---|")
     for path in args.vectors:

@@ -81,6 +81,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise stopped from None
     seconds = time.perf_counter() - started
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
+        # with step-based checkpoints Lightning saves none at the end: make last.ckpt the final state
+        trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
     if not trainer.is_global_zero:
         return metrics
 

@@ -147,7 +147,6 @@ class SkipGramDataModule(L.LightningDataModule):
         shuffle: bool = True,
         num_workers: int = 0,
         seed: int = 0,
-        probe_words: list[str] | None = None,
     ):
         super().__init__()
         for name, value, low in [

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torchmetrics.functional import spearman_corrcoef
 
-from sgns.errors import Word2VecError, check
+from sgns.errors import check
 
 
 def gensim_test_file(name: str) -> Path:
@@ -226,6 +226,6 @@ def evaluate_all(
 
 
 __all__ = [
-    "AnalogyResult", "SimilarityResult", "Word2VecError", "evaluate_all", "evaluate_word_analogies",
+    "AnalogyResult", "SimilarityResult", "evaluate_all", "evaluate_word_analogies",
     "evaluate_word_pairs", "gensim_test_file", "read_analogies", "read_word_pairs",
 ]  # fmt: skip

@@ -43,7 +43,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     ckpt_path = cfg.get("ckpt_path")
-    ckpt_words = check_checkpoint(ckpt_path) if ckpt_path else None
+    ckpt_words, first_step = check_checkpoint(ckpt_path) if ckpt_path else (None, 0)
     datamodule = instantiate(cfg.data)
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
@@ -71,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    started, first_step = time.perf_counter(), _checkpoint_step(ckpt_path)
+    started = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
@@ -126,22 +126,18 @@ class TrainingStopped(Word2VecError):
     exit_code = 143
 
 
-def check_checkpoint(path: str | Path) -> list[str]:
+def check_checkpoint(path: str | Path) -> tuple[list[str], int]:
     """A resume checkpoint must exist and load with ``weights_only=True`` (no unpickling of code);
-    returns its vocabulary."""
+    returns its vocabulary and global step."""
     path = Path(path)
     if not path.is_file():
         raise Word2VecError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         state["state_dict"]
-        return list(state["SkipGramDataModule"]["words"])
+        return list(state["SkipGramDataModule"]["words"]), int(state["global_step"])
     except Exception as exc:
         raise Word2VecError(f"checkpoint {path} is not a readable sgns checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from None
-
-
-def _checkpoint_step(path: str | None) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]) if path else 0
 
 
 def _stopped_message(trainer: L.Trainer, stop: GracefulStop | None) -> str:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
 from pathlib import Path
+
+# Prepared corpora and datasets' Arrow files go to a per-session directory, not the home cache.
+_CACHE = Path(tempfile.mkdtemp(prefix="sgns-test-cache-"))
+os.environ.setdefault("SGNS_CACHE_DIR", str(_CACHE / "sgns"))
+os.environ.setdefault("HF_DATASETS_CACHE", str(_CACHE / "hf"))
 
 import pytest
 from hydra import compose, initialize_config_dir

@@ -104,7 +104,7 @@ def test_an_epoch_covers_every_pair_once_in_shuffled_order(planted):
     dm = _module(path, window=1)
     centres = torch.cat([b[0] for b in dm.train_dataloader()])
     contexts = torch.cat([b[1] for b in dm.train_dataloader()])
-    ids = torch.from_numpy(dm.corpus.train.ids).long()
+    ids = torch.from_numpy(np.array(dm.corpus.train.ids)).long()
     # window 1 without subsampling is deterministic: every neighbour pair within a sentence, both ways
     starts = dm.corpus.train.starts
     same = np.ones(len(ids) - 1, dtype=bool)

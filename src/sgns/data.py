@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from sgns.corpus import EncodedCorpus, PreparedCorpus, Vocabulary, prepare_corpus
+from sgns.corpus import EncodedCorpus, PreparedCorpus, Vocabulary, check_tokenizer, prepare_corpus
 from sgns.errors import Word2VecError, check
+from sgns.sources import Source
 from sgns.sampling import AliasSampler, keep_probabilities, noise_distribution, skipgram_pairs, subsample
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -46,9 +47,7 @@ class SkipGramEpochs(IterableDataset):
         seed: int,
         shuffle: bool = True,
     ):
-        self.ids = torch.from_numpy(corpus.ids)
-        self.starts = corpus.starts
-        self.sentence_lengths = torch.from_numpy(np.diff(corpus.starts))
+        self.ids, self.starts = corpus.ids, corpus.starts  # numpy, possibly memory-mapped
         self.keep_prob = torch.as_tensor(keep_prob, dtype=torch.float64)
         self.noise, self.window, self.negatives = noise, window, negatives
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
@@ -69,8 +68,9 @@ class SkipGramEpochs(IterableDataset):
 
     def _chunk_pairs(self, chunk: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         s0, s1 = self.chunk_sentences[chunk], self.chunk_sentences[chunk + 1]
-        lengths = self.sentence_lengths[s0:s1]
-        tokens = self.ids[self.starts[s0] : self.starts[s1]].long()
+        starts = np.asarray(self.starts[s0 : s1 + 1])
+        lengths = torch.from_numpy(np.diff(starts))
+        tokens = torch.from_numpy(self.ids[starts[0] : starts[-1]].astype(np.int64))
         sentence = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
         tokens, sentence = subsample(tokens, sentence, self.keep_prob, generator)
         return skipgram_pairs(tokens, sentence, self.window, generator)
@@ -130,12 +130,20 @@ class SkipGramDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        path: str | None = None,
+        path: str | list[str] | None = None,
+        format: str | None = None,
+        text_column: str = "text",
+        dataset: str | None = None,
+        dataset_config: str | None = None,
+        split: str = "train",
         tokenizer: str = "lower",
         min_count: int = 5,
         max_vocab_size: int | None = None,
         max_tokens: int | None = None,
         max_sentence_length: int = 10_000,
+        respect_lines: bool = True,
+        num_proc: int | None = None,
+        cache_dir: str | None = None,
         window: int = 5,
         negatives: int = 5,
         ns_exponent: float = 0.75,
@@ -155,11 +163,13 @@ class SkipGramDataModule(L.LightningDataModule):
             ("max_sentence_length", max_sentence_length, 1),
         ]:  # fmt: skip
             check(isinstance(value, int) and value >= low, f"data.{name} must be an integer >= {low}, got {value!r}")
-        for name, value in [("max_vocab_size", max_vocab_size), ("max_tokens", max_tokens)]:
+        for name, value in [("max_vocab_size", max_vocab_size), ("max_tokens", max_tokens), ("num_proc", num_proc)]:
             check(value is None or (isinstance(value, int) and value >= 1), f"data.{name} must be null or an integer >= 1, got {value!r}")
         check(sample >= 0, f"data.sample must be >= 0 (0 disables subsampling), got {sample!r}")
         check(0 <= val_fraction < 1, f"data.val_fraction must be in [0, 1), got {val_fraction!r}")
         check(ns_exponent == ns_exponent, "data.ns_exponent must be a number")
+        check_tokenizer(tokenizer)
+        self.source = Source(path, format, text_column, dataset, dataset_config, split)
         self.save_hyperparameters(logger=False)
         self.corpus: PreparedCorpus | None = None
 
@@ -169,8 +179,9 @@ class SkipGramDataModule(L.LightningDataModule):
         if self.corpus is None:
             h = self.hparams
             self.corpus = prepare_corpus(
-                h.path, h.tokenizer, h.min_count, h.max_vocab_size, h.max_tokens,
+                None, h.tokenizer, h.min_count, h.max_vocab_size, h.max_tokens,
                 h.val_fraction, h.val_max_tokens, h.max_sentence_length, h.seed,
+                source=self.source, respect_lines=h.respect_lines, num_proc=h.num_proc, cache_dir=h.cache_dir,
             )  # fmt: skip
             if self.corpus.train.n_tokens < 2:
                 raise Word2VecError("corpus has fewer than 2 in-vocabulary tokens: nothing to train on")

@@ -98,6 +98,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True),
                                    metrics={f"hp/{k}": v for k, v in metrics.items() if k.startswith(("val/", "train/"))})  # fmt: skip
+            logger.finalize("success")  # flush: the writer was reopened after fit's own finalize
     report(vectors, written, trainer, seconds, metrics, list(cfg.get("probe_words") or []))
     return metrics
 

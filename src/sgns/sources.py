@@ -1,0 +1,182 @@
+"""Where corpus text comes from: local files or Hub datasets, loaded with Hugging Face ``datasets``.
+
+A source is one file, a list of files or a glob, in plain text (one sentence per line; ``.gz``,
+``.bz2`` and ``.xz`` decompressed), JSON lines or Parquet with a text column; or a dataset on
+the Hugging Face Hub by name, config and split. Whatever it is, it comes back as a
+``datasets.Dataset`` (Arrow, memory-mapped) with the text in one column, plus a key that
+changes whenever the source's content does.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from sgns.errors import Word2VecError, check
+
+COMPRESSED = (".gz", ".bz2", ".xz")
+FORMATS = {".txt": "text", ".text": "text", ".cor": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def default_corpus_path() -> Path:
+    """The Lee background news corpus (299 documents, ~60k words) shipped inside gensim."""
+    import gensim
+
+    return Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Local files (``path``: file, list or glob) or a Hub dataset (``dataset``, ``config``, ``split``)."""
+
+    path: str | list[str] | None = None
+    format: str | None = None  # text | json | parquet; null = from the file suffix
+    text_column: str = "text"
+    dataset: str | None = None
+    config: str | None = None
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        check(self.format in (None, "text", "json", "parquet"), f"data.format must be text, json, parquet or null, got {self.format!r}")
+        check(not (self.path and self.dataset), "set either data.path (local files) or data.dataset (Hub), not both")
+
+    @property
+    def is_hub(self) -> bool:
+        return bool(self.dataset)
+
+    def files(self) -> list[Path]:
+        """The local files, globs expanded and sorted; a clear error when there are none."""
+        if self.path in (None, ""):
+            return [default_corpus_path()]
+        patterns = [self.path] if isinstance(self.path, (str, Path)) else list(self.path)
+        check(len(patterns) > 0, "data.path is an empty list")
+        files: list[Path] = []
+        for pattern in map(str, patterns):
+            pattern = os.path.expanduser(pattern)
+            if glob.has_magic(pattern):
+                matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+                check(matches, f"no corpus file matches {pattern}")
+                files += matches
+            else:
+                path = Path(pattern)
+                check(path.exists(), f"corpus file not found: {path}")
+                check(not path.is_dir(), f"corpus path is a directory, not a file: {path} (use a glob such as {path}/*.txt)")
+                files.append(path)
+        return files
+
+    def file_format(self, files: list[Path]) -> str:
+        if self.format:
+            return self.format
+        kinds = {FORMATS.get(_suffix(f), "text") for f in files}
+        check(len(kinds) == 1, f"corpus files mix formats {sorted(kinds)}; set data.format")
+        return kinds.pop()
+
+    def key(self) -> str | None:
+        """Content key of local files (None for Hub datasets: their fingerprint comes after loading)."""
+        if self.is_hub:
+            return None
+        files = self.files()
+        return f"files:{self.file_format(files)}:{self.text_column}:{content_key(files)}"
+
+    def describe(self) -> str:
+        if self.is_hub:
+            return f"Hub dataset {self.dataset}" + (f" ({self.config})" if self.config else "") + f" split {self.split}"
+        return ", ".join(map(str, self.files()))
+
+
+def _suffix(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def content_key(files: list[Path]) -> str:
+    """Hash of the files' bytes (names do not matter, content does)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in files:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+        digest.update(b"\0file\0")
+    return digest.hexdigest()
+
+
+def check_not_binary(path: Path) -> None:
+    """Refuse a file whose first 64 KiB hold NUL bytes: it is not text (or is a wrong archive)."""
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+    try:
+        with opener(path, "rb") as raw:
+            head = raw.read(1 << 16)
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        raise Word2VecError(f"cannot read corpus {path}: {exc}") from None
+    check(b"\0" not in head, f"corpus {path} looks like a binary file (NUL bytes), not text")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub endpoint accepts a TCP connection (datasets itself retries for ~25 s)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _go_offline() -> None:
+    """Make datasets and huggingface_hub use only their local caches from here on."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    datasets.config.HF_HUB_OFFLINE = True
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def load(source: Source):
+    """The source as a ``datasets.Dataset`` whose only column, ``text``, holds the text."""
+    import datasets
+
+    if source.is_hub:
+        if not hub_reachable():
+            _go_offline()  # a cached copy still loads; anything else fails now, not after retries
+        try:
+            ds = datasets.load_dataset(source.dataset, source.config, split=source.split)
+        except Exception as exc:  # ConnectionError, DatasetNotFoundError, FileNotFoundError, ...
+            where = f"config {source.config!r}, split {source.split!r}" if source.config else f"split {source.split!r}"
+            raise Word2VecError(
+                f"cannot load Hub dataset {source.dataset!r} ({where}): {_first_line(exc)}. Offline? Download it "
+                "where the Hub is reachable (it is then cached) or point at a local copy: data=text_file data.path=FILE"
+            ) from None
+        column = source.text_column
+    else:
+        files = source.files()
+        kind = source.file_format(files)
+        if kind == "text":
+            for path in files:
+                check(path.stat().st_size > 0, f"corpus is empty (no tokens found): {path}")
+                check_not_binary(path)
+        options = {"encoding_errors": "replace"} if kind == "text" else {}
+        try:
+            ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", **options)
+        except Exception as exc:
+            raise Word2VecError(f"cannot read corpus {source.describe()} as {kind}: {_first_line(exc)}") from None
+        column = "text" if kind == "text" else source.text_column
+    check(column in ds.column_names, f"{source.describe()} has no column {column!r}; its columns are {ds.column_names} (set data.text_column)")
+    ds = ds.select_columns([column])
+    return ds.rename_column(column, "text") if column != "text" else ds
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -53,6 +53,8 @@ class WordVectorEvaluation(L.Callback):
         epoch = trainer.current_epoch + 1
         if trainer.sanity_checking or (epoch % self.every_n_epochs and epoch != trainer.max_epochs):
             return
+        if not trainer.is_global_zero:  # every rank holds the same tables
+            return
         words = trainer.datamodule.vocab.words
         metrics = evaluate_all(words, pl_module.model.center_embed.weight.detach(), self.analogies,
                                self.word_pairs, self.restrict_vocab, self.method)  # fmt: skip
@@ -92,7 +94,7 @@ class Throughput(L.Callback):
         seconds = time.perf_counter() - self._since
         raw_words = trainer.datamodule.corpus.raw_tokens * self._batches / max(1, trainer.num_training_batches)
         pl_module.log("train/words_per_s", raw_words / seconds, prog_bar=True)
-        pl_module.log("train/pairs_per_s", self._pairs / seconds)
+        pl_module.log("train/pairs_per_s", self._pairs * trainer.world_size / seconds)  # all ranks
         self._since, self._pairs, self._batches = time.perf_counter(), 0, 0
 
 
@@ -112,7 +114,7 @@ class EmbeddingDashboard(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = _tensorboard(trainer)
-        if writer is None or trainer.sanity_checking:
+        if writer is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
         words = trainer.datamodule.vocab.words
         table = self.neighbour_table(words, pl_module.model.center_embed.weight.detach())

@@ -53,7 +53,8 @@ class SkipGramEpochs(IterableDataset):
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.epoch = 0
         self.skip = 0  # batches of this epoch already trained (resume)
-        self._lengths: dict[int, int] = {}
+        self.rank, self.world_size = 0, 1  # distributed training: this process's share
+        self._pairs: dict[int, int] = {}
         # chunk boundaries on sentence starts, so no window is cut
         starts = corpus.starts
         cuts = np.searchsorted(starts, np.arange(0, starts[-1], max(1, chunk_tokens)))
@@ -65,6 +66,11 @@ class SkipGramEpochs(IterableDataset):
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
+
+    def set_rank(self, rank: int, world_size: int) -> None:
+        """Under distributed training, take slice ``rank`` of every world_size x batch_size pairs."""
+        check(0 <= rank < world_size, f"rank {rank} outside world size {world_size}")
+        self.rank, self.world_size = rank, world_size
 
     def _chunk_pairs(self, chunk: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         s0, s1 = self.chunk_sentences[chunk], self.chunk_sentences[chunk + 1]
@@ -80,15 +86,22 @@ class SkipGramEpochs(IterableDataset):
             return list(range(self.n_chunks))
         return torch.randperm(self.n_chunks, generator=_generator(self.seed, self.epoch)).tolist()
 
+    def pairs(self) -> int:
+        """(centre, context) pairs of this epoch, all ranks together (replays its pair generation once)."""
+        if self.epoch not in self._pairs:
+            self._pairs = {self.epoch: sum(len(self._chunk_pairs(c, _generator(self.seed, self.epoch, c))[0]) for c in range(self.n_chunks))}
+        return self._pairs[self.epoch]
+
     def __len__(self) -> int:
-        if self.epoch not in self._lengths:  # replay the epoch's pair generation to count
-            pairs = sum(len(self._chunk_pairs(c, _generator(self.seed, self.epoch, c))[0]) for c in range(self.n_chunks))
-            self._lengths = {self.epoch: -(-pairs // self.batch_size)}
-        return self._lengths[self.epoch]
+        return -(-self.pairs() // (self.batch_size * self.world_size))
 
     def __iter__(self) -> Iterator[Batch]:
+        """Every rank walks the same shuffled pair stream. Each step takes world_size x B pairs and
+        their negatives, and rank r keeps the r-th share, so together the ranks see every pair of
+        the epoch once, in equal step counts, and W ranks with batch B see exactly what one
+        process with batch W x B sees."""
         carry_c = carry_o = torch.empty(0, dtype=torch.long)
-        index = 0
+        index, step = 0, self.batch_size * self.world_size
         for chunk in self._chunk_order():
             generator = _generator(self.seed, self.epoch, chunk)
             centres, contexts = self._chunk_pairs(chunk, generator)
@@ -96,17 +109,23 @@ class SkipGramEpochs(IterableDataset):
                 order = torch.randperm(len(centres), generator=generator)
                 centres, contexts = centres[order], contexts[order]
             centres, contexts = torch.cat([carry_c, centres]), torch.cat([carry_o, contexts])
-            full = len(centres) // self.batch_size * self.batch_size
-            for i in range(0, full, self.batch_size):
+            full = len(centres) // step * step
+            for i in range(0, full, step):
                 if index >= self.skip:
-                    yield self._batch(centres[i : i + self.batch_size], contexts[i : i + self.batch_size], index)
+                    yield self._batch(centres[i : i + step], contexts[i : i + step], index)
                 index += 1
             carry_c, carry_o = centres[full:], contexts[full:]
         if len(carry_c) and index >= self.skip:
             yield self._batch(carry_c, carry_o, index)
 
     def _batch(self, centres: torch.Tensor, contexts: torch.Tensor, index: int) -> Batch:
+        """This rank's share of one step: near-equal slices (the last, short step may leave one empty)."""
         negatives = self.noise.sample((len(centres), self.negatives), _generator(self.seed, self.epoch, 1 << 40, index))
+        if self.world_size > 1:
+            base, extra = divmod(len(centres), self.world_size)
+            start = self.rank * base + min(self.rank, extra)
+            mine = slice(start, start + base + (self.rank < extra))
+            centres, contexts, negatives = centres[mine], contexts[mine], negatives[mine]
         return centres, contexts, negatives
 
 
@@ -220,10 +239,13 @@ class SkipGramDataModule(L.LightningDataModule):
     # -- Lightning hooks -------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
+        if self.trainer is not None:  # before anyone asks len(): each rank's share of the steps
+            self.train_set.set_rank(self.trainer.global_rank, self.trainer.world_size)
 
     def train_dataloader(self) -> DataLoader:
         if self.trainer is not None:
             self.train_set.set_epoch(self.trainer.current_epoch)
+            self.train_set.set_rank(self.trainer.global_rank, self.trainer.world_size)
         return ResumableLoader(self.train_set, self._batches_done, num_workers=self.hparams.num_workers)
 
     def _batches_done(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from typing import Any, Callable
 
@@ -73,9 +74,10 @@ class Word2VecModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         if self.automatic_optimization:
             loss = self._check_finite(self.model(*batch))
-        else:
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[0]), sync_dist=self.trainer.world_size > 1)
+        else:  # the fused step's loss is already the mean over all ranks' pairs
             loss = self._fused_step(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[0]))
+            self.log("train/loss", loss, prog_bar=True, batch_size=max(1, len(batch[0])))
         return loss
 
     def _check_finite(self, loss: torch.Tensor) -> torch.Tensor:
@@ -93,6 +95,8 @@ class Word2VecModule(L.LightningModule):
 
         def closure() -> torch.Tensor:
             loss, c_rows, c_grads, o_rows, o_grads = sgns_row_gradients(self.model, *batch)
+            if self.trainer.world_size > 1:
+                loss, c_rows, c_grads, o_rows, o_grads = self._gather_rows(loss, batch[2].shape[1], c_rows, c_grads, o_rows, o_grads)
             result["loss"] = self._check_finite(loss)
             apply(optimizer.optimizer, [(self.model.center_embed.weight, c_rows, c_grads),
                                         (self.model.outside_embed.weight, o_rows, o_grads)])  # fmt: skip
@@ -104,8 +108,53 @@ class Word2VecModule(L.LightningModule):
             scheduler.step()
         return result["loss"]
 
+    def _gather_rows(self, loss: torch.Tensor, k: int, c_rows: torch.Tensor, c_grads: torch.Tensor,
+                     o_rows: torch.Tensor, o_grads: torch.Tensor) -> tuple[torch.Tensor, ...]:  # fmt: skip
+        """Distributed fused step: every rank gets every rank's touched rows and their gradients.
+
+        Each rank sends its n pairs' row indices and gradient rows (n centre rows, n(1+k) outside
+        rows: n(2+k)(4d + 8) bytes) through all_gather; all ranks then apply the same update, so
+        the tables stay identical without a dense all-reduce of 2 x V x d floats. Rank r's
+        gradients (of its own mean loss) are weighted n_r / N: the update is that of the mean
+        loss over all N pairs of the step, which is DDP's gradient averaging for equal n_r.
+        """
+        n = len(c_rows)
+        own = torch.stack([loss.double() if n else loss.new_zeros((), dtype=torch.float64),
+                           torch.tensor(float(n), dtype=torch.float64, device=loss.device)])  # fmt: skip
+        stats = self.all_gather(own)  # [world, 2]
+        counts = stats[:, 1]
+        total = counts.sum().clamp_min(1.0)
+        out: list[torch.Tensor] = [((stats[:, 0] * counts).sum() / total).to(loss.dtype)]
+        share = (counts / total).to(c_grads.dtype)
+        for rows, grads, per_pair in ((c_rows, c_grads, 1), (o_rows, o_grads, 1 + k)):
+            lengths = (counts * per_pair).long()
+            longest = int(lengths.max())
+            padded_rows = rows.new_zeros(longest)
+            padded_rows[: len(rows)] = rows
+            padded = grads.new_zeros(longest, grads.shape[1])
+            padded[: len(rows)] = grads
+            valid = torch.arange(longest, device=rows.device)[None, :] < lengths[:, None].to(rows.device)
+            out.append(self.all_gather(padded_rows)[valid])
+            out.append((self.all_gather(padded) * share[:, None, None])[valid])
+        return tuple(out)
+
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self.log("val/loss", self.model(*batch), prog_bar=True, batch_size=len(batch[0]))
+        self.log("val/loss", self.model(*batch), prog_bar=True, batch_size=len(batch[0]), sync_dist=self.trainer.world_size > 1)
+
+    def on_train_end(self) -> None:
+        """Under distributed training, gather every rank's weight digest: they must be identical."""
+        self.rank_digests: list[str] = []
+        if self.trainer.world_size > 1:
+            own = torch.tensor(list(self.weights_digest()), dtype=torch.uint8, device=self.device)
+            self.rank_digests = [bytes(row.tolist()).hex() for row in self.all_gather(own).cpu()]
+
+    @torch.no_grad()
+    def weights_digest(self) -> bytes:
+        """SHA-256 of both tables' bytes (centre, then outside)."""
+        digest = hashlib.sha256()
+        for table in (self.model.center_embed.weight, self.model.outside_embed.weight):
+            digest.update(table.detach().cpu().contiguous().numpy().tobytes())
+        return digest.digest()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Never replace a good checkpoint with non-finite weights."""

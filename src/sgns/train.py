@@ -84,6 +84,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
         # with step-based checkpoints Lightning saves none at the end: make last.ckpt the final state
         trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
+    digests = getattr(model, "rank_digests", [])
+    if len(set(digests)) > 1:
+        raise Word2VecError(f"the {len(digests)} ranks ended with different weights ({', '.join(d[:12] for d in digests)}); "
+                            "vectors not exported")  # fmt: skip
     if not trainer.is_global_zero:
         return metrics
 
@@ -92,7 +96,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     raw_words = corpus.raw_tokens * (trainer.global_step - first_step) / max(1, trainer.num_training_batches)
     metrics["train/raw_words_per_s"] = raw_words / seconds if seconds > 0 else 0.0
     summary = {"prepare_s": prepare_s, "train_s": seconds, "raw_tokens": corpus.raw_tokens,
-               "epochs": trainer.current_epoch, "vocab_size": len(corpus.vocab), **metrics}  # fmt: skip
+               "epochs": trainer.current_epoch, "vocab_size": len(corpus.vocab), "world_size": trainer.world_size,
+               "pairs_last_epoch": datamodule.train_set.pairs(),
+               **metrics, **({"weights_sha256_per_rank": digests} if digests else {})}  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     for logger in loggers:  # the HParams tab: this run's hyperparameters next to its final metrics
         if isinstance(logger, TensorBoardLogger):

@@ -1,0 +1,133 @@
+"""Corpus sources through datasets: formats, tokenizers, parallel passes, the on-disk cache."""
+
+import gzip
+import json
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import sgns.corpus
+from sgns.corpus import TOKENIZERS, prepare_corpus
+from sgns.errors import Word2VecError
+from sgns.sources import Source
+
+LINES = ["The cat sat on the mat.", "", "A dog, a cat: the end!", "the dog sat on a log", "cats and dogs"] * 20
+
+
+def _same(a, b) -> None:
+    assert a.vocab.words == b.vocab.words and a.vocab.counts.tolist() == b.vocab.counts.tolist()
+    assert np.array_equal(a.train.ids, b.train.ids) and np.array_equal(a.train.starts, b.train.starts)
+    assert np.array_equal(a.val.ids, b.val.ids) and a.raw_tokens == b.raw_tokens
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(LINES) + "\n")
+    return path
+
+
+def test_json_lines_parquet_lists_and_globs_give_the_text_file_corpus(tmp_path, text_file):
+    reference = prepare_corpus(text_file, min_count=2, cache_dir=tmp_path / "cache")
+    half = len(LINES) // 2
+    for i, part in enumerate([LINES[:half], LINES[half:]]):
+        with gzip.open(tmp_path / f"part{i}.jsonl.gz", "wt") as out:
+            out.writelines(json.dumps({"id": n, "body": line}) + "\n" for n, line in enumerate(part))
+        pq.write_table(pa.table({"body": part, "n": list(range(len(part)))}), tmp_path / f"part{i}.parquet")
+    for path in [str(tmp_path / "part*.jsonl.gz"), [str(tmp_path / "part0.parquet"), str(tmp_path / "part1.parquet")]]:
+        corpus = prepare_corpus(source=Source(path=path, text_column="body"), min_count=2, cache_dir=tmp_path / "cache")
+        _same(corpus, reference)
+
+
+def test_missing_text_column_names_the_columns(tmp_path):
+    pq.write_table(pa.table({"body": ["a b"]}), tmp_path / "x.parquet")
+    with pytest.raises(Word2VecError, match=r"no column 'text'.*\['body'\]"):
+        prepare_corpus(tmp_path / "x.parquet", cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("path, message", [("nothing/*.txt", "no corpus file matches"), ("missing.txt", "not found")])
+def test_unmatched_globs_and_missing_files_are_one_error(tmp_path, path, message):
+    with pytest.raises(Word2VecError, match=message):
+        prepare_corpus(str(tmp_path / path), cache_dir=tmp_path / "cache")
+
+
+def test_tokenizers():
+    line = "Hello, World 42 café-au-lait x_y"
+    assert TOKENIZERS["lower"](line) == ["hello", "world", "42", "café", "au", "lait", "x", "y"]
+    assert TOKENIZERS["text8"](line) == ["hello", "world", "café", "au", "lait", "x", "y"]
+    assert TOKENIZERS["whitespace"](line) == ["Hello,", "World", "42", "café-au-lait", "x_y"]
+
+
+def test_jieba_segments_chinese(tmp_path):
+    pytest.importorskip("jieba")
+    assert TOKENIZERS["jieba"]("我爱北京天安门，自然语言处理很有趣。") == ["我", "爱", "北京", "天安门", "自然语言", "处理", "很", "有趣"]
+    path = tmp_path / "zh.txt"
+    path.write_text("我爱北京天安门。\n北京是中国的首都。\n天安门在北京。\n" * 5, encoding="utf-8")
+    corpus = prepare_corpus(path, tokenizer="jieba", min_count=5, cache_dir=tmp_path / "cache")
+    assert corpus.vocab.words[0] == "北京" and corpus.vocab.counts[0] == 15
+    assert {"天安门", "首都", "中国"} <= set(corpus.vocab.words)
+
+
+def test_second_preparation_comes_from_the_memory_mapped_cache(tmp_path, text_file, monkeypatch):
+    cache = tmp_path / "cache"
+    first = prepare_corpus(text_file, min_count=2, val_fraction=0.1, cache_dir=cache)
+    entries = list(cache.iterdir())
+    assert len(entries) == 1 and not list(cache.glob("*.tmp-*"))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("rebuilt although cached")
+
+    monkeypatch.setattr(sgns.corpus, "_build", no_build)
+    again = prepare_corpus(text_file, min_count=2, val_fraction=0.1, cache_dir=cache)
+    _same(first, again)
+    assert isinstance(again.train.ids, np.memmap) and isinstance(again.train.starts, np.memmap)
+    monkeypatch.undo()
+    prepare_corpus(text_file, min_count=3, val_fraction=0.1, cache_dir=cache)  # another setting: another entry
+    text_file.write_text("\n".join(reversed(LINES)) + "\n")  # same name, other content: another entry
+    prepare_corpus(text_file, min_count=2, val_fraction=0.1, cache_dir=cache)
+    assert len(list(cache.iterdir())) == 3
+
+
+def test_parallel_passes_match_one_process(tmp_path):
+    rng = np.random.default_rng(0)
+    words = np.array([f"w{i}" for i in range(300)])
+    path = tmp_path / "big.txt"
+    path.write_text("".join(" ".join(words[rng.zipf(1.3, rng.integers(1, 30)) % 300]) + "\n" for _ in range(30_000)))
+    options = dict(min_count=2, max_tokens=200_000, val_fraction=0.01, val_max_tokens=1_000, seed=3)
+    one = prepare_corpus(path, num_proc=1, cache_dir=tmp_path / "a", **options)
+    two = prepare_corpus(path, num_proc=2, cache_dir=tmp_path / "b", **options)
+    _same(one, two)
+    assert one.raw_tokens == 200_000
+    assert 900 <= one.val.n_tokens <= 1_000 and one.train.n_tokens + one.val.n_tokens <= 200_000
+
+
+def test_windows_cross_lines_only_when_asked(tmp_path, text_file):
+    lines = prepare_corpus(text_file, min_count=1, cache_dir=tmp_path / "cache")
+    stream = prepare_corpus(text_file, min_count=1, respect_lines=False, max_sentence_length=7, cache_dir=tmp_path / "cache")
+    assert np.array_equal(lines.train.ids, stream.train.ids)
+    assert len(lines.train.starts) - 1 == 80  # the non-empty lines
+    n = stream.train.n_tokens
+    assert stream.train.starts.tolist() == list(range(0, n, 7)) + [n]
+
+
+def test_offline_hub_dataset_fails_at_once_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: offline
+    started = time.perf_counter()
+    with pytest.raises(Word2VecError) as error:
+        prepare_corpus(source=Source(dataset="Salesforce/wikitext", config="wikitext-103-raw-v1"), cache_dir=tmp_path / "cache")
+    assert time.perf_counter() - started < 15
+    message = str(error.value)
+    assert "\n" not in message and "Salesforce/wikitext" in message and "data.path" in message
+
+
+def test_corrupt_archives_and_binary_files_are_refused(tmp_path):
+    broken = tmp_path / "broken.txt.gz"
+    broken.write_bytes(gzip.compress(b"some words here\n" * 100)[:40])
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(b"\0\1\2" * 100)
+    for path, message in [(broken, "cannot read corpus"), (binary, "binary")]:
+        with pytest.raises(Word2VecError, match=message):
+            prepare_corpus(path, cache_dir=tmp_path / "cache")

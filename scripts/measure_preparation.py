@@ -7,8 +7,8 @@ Each preparation runs in a fresh process with empty caches (ours and datasets'),
 run includes datasets' Arrow conversion; the second run reuses the cache. Peak RSS and PSS are
 sampled over the whole process tree (the main process plus datasets.map workers) every 0.25 s;
 RSS counts pages shared by forked workers, and the memory-mapped Arrow files read, once per
-process, PSS divides shared pages among the processes that share them, and anonymous memory
-leaves out file-backed pages (the kernel can drop those under pressure; heap it cannot).
+process; PSS divides shared pages among the processes that share them; anonymous PSS leaves out
+file-backed pages (the kernel can drop those under pressure; heap it cannot).
 The synthetic corpus (Zipf-distributed words, 5-40 per line) is written to a temporary
 directory and deleted afterwards.
 """
@@ -37,7 +37,7 @@ import json, sys, time
 t0 = time.perf_counter()
 from sgns.corpus import prepare_corpus
 t1 = time.perf_counter()
-c = prepare_corpus(sys.argv[1], tokenizer=sys.argv[2], min_count=5)
+c = prepare_corpus(sys.argv[1], tokenizer=sys.argv[2], min_count=5, num_proc=int(sys.argv[3]) if sys.argv[3] != "auto" else None)
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "prepare_s": t2 - t1, "raw_tokens": c.raw_tokens, "vocab": len(c.vocab),
                   "train_tokens": c.train.n_tokens}))
@@ -76,9 +76,10 @@ def measured(code: str, args: list[str], env: dict[str, str]) -> dict:
 
 
 def _anonymous(pid: int) -> int:
-    """Resident anonymous memory (heap, not file-backed pages such as memory-mapped Arrow files)."""
-    with open(f"/proc/{pid}/status") as status:
-        return next((int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon")), 0)
+    """Proportional anonymous memory (heap, not file-backed pages such as memory-mapped Arrow
+    files; pages shared copy-on-write with forked workers counted once)."""
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        return next((int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss_Anon")), 0)
 
 
 def synthetic(path: Path, tokens: int, vocab: int = 500_000, seed: int = 0) -> None:
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", default="whitespace")
     parser.add_argument("--synthetic", type=int, default=0, help="generate a corpus of this many tokens instead")
     parser.add_argument("--no-gensim", action="store_true")
+    parser.add_argument("--num-proc", type=int, default=0, help="data.num_proc for ours (0 = auto: by size, up to the cores)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="sgns-prep-"))
@@ -115,8 +117,9 @@ def main() -> None:
             print(f"generated {args.synthetic:,} tokens, {corpus.stat().st_size / 2**20:,.0f} MB, in {time.perf_counter() - started:.0f} s")
         env = {**os.environ, "SGNS_CACHE_DIR": str(work / "sgns"), "HF_DATASETS_CACHE": str(work / "hf"),
                "PYTHONPATH": str(ROOT / "src"), "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}  # fmt: skip
-        rows = [("ours, first run", measured(OURS, [str(corpus), args.tokenizer], env)),
-                ("ours, second run (cached)", measured(OURS, [str(corpus), args.tokenizer], env))]  # fmt: skip
+        procs = str(args.num_proc or "auto")
+        rows = [(f"ours, first run (num_proc={procs})", measured(OURS, [str(corpus), args.tokenizer, procs], env)),
+                ("ours, second run (cached)", measured(OURS, [str(corpus), args.tokenizer, procs], env))]  # fmt: skip
         if not args.no_gensim:  # gensim's corpus_file mode needs uncompressed text (not timed)
             plain = corpus
             if corpus.suffix == ".gz":
@@ -126,7 +129,7 @@ def main() -> None:
             rows.append(("gensim build_vocab (corpus_file, uncompressed)", measured(GENSIM, [str(plain)], env)))
         floor = measured("import json, sgns.corpus, datasets; print(json.dumps({}))", [], env)["peak_mb"]
         print(f"\ncorpus: {corpus} ({corpus.stat().st_size / 2**20:,.0f} MB on disk)")
-        print("| run | wall s | of which preparation s | peak RSS MB | peak PSS MB | peak anonymous MB | raw tokens | vocabulary |")
+        print("| run | wall s | of which preparation s | peak RSS MB | peak PSS MB | peak anonymous PSS MB | raw tokens | vocabulary |")
         print("|---|---|---|---|---|---|---|---|")
         for name, r in rows:
             print(f"| {name} | {r['wall_s']:.1f} | {r['prepare_s']:.1f} | {r['peak_mb']:,.0f} | {r['peak_pss_mb']:,.0f} "

@@ -14,55 +14,70 @@ order); ``min_count`` and ``max_vocab_size`` apply before sorting is cut.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
-from collections import Counter
+import sys
 from dataclasses import asdict, dataclass
-from itertools import repeat
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from sgns.errors import Word2VecError, check
 from sgns.sources import Source, default_corpus_path  # noqa: F401  (re-exported)
 
 log = logging.getLogger("sgns")
 
-CACHE_VERSION = 1
-_WORD = re.compile(r"[^\W_]+")  # runs of letters and digits, any script
-_LETTERS = re.compile(r"[^\W\d_]+")  # runs of letters, any script
+CACHE_VERSION = 2
+_WORD = re.compile(r"[^\W_]+")  # runs of letters and digits, any script (jieba's filter)
+_SPLIT = {"lower": r"[^\p{L}\p{N}]+", "text8": r"[^\p{L}]+"}  # RE2: what separates words
 
 
-def lower_words(line: str) -> list[str]:
-    """Default tokenizer: lowercase, split on anything that is not a letter or digit."""
-    return _WORD.findall(line.lower())
-
-
-def text8_words(line: str) -> list[str]:
-    """text8-style: lowercase letters only; digits and punctuation separate words and vanish."""
-    return _LETTERS.findall(line.lower())
-
-
-def whitespace(line: str) -> list[str]:
-    """Pre-tokenised text: split on whitespace, keep case."""
-    return line.split()
-
-
-def jieba_words(line: str) -> list[str]:
-    """Chinese word segmentation with jieba (``pip install 'sgns-lightning[zh]'``); drops punctuation."""
+def _jieba_lists(texts: list[str | None]) -> pa.Array:
     import jieba
 
-    return [w.lower() for w in jieba.lcut(line) if _WORD.search(w)]
+    return pa.array([[w.lower() for w in jieba.lcut(t) if _WORD.search(w)] if t else [] for t in texts], pa.list_(pa.string()))
 
 
-TOKENIZERS: dict[str, Callable[[str], list[str]]] = {
-    "lower": lower_words, "text8": text8_words, "whitespace": whitespace, "jieba": jieba_words,
-}  # fmt: skip
+def tokenize_batch(texts: pa.Array | pa.ChunkedArray, tokenizer: str) -> tuple[pa.Array, np.ndarray]:
+    """The tokens of a batch of lines, flat, and each line's token count; Arrow kernels, no Python loop.
+
+    lower: lowercase, words are runs of letters and digits (any script); text8: lowercase letters
+    only; whitespace: split on whitespace, keep case; jieba: Chinese word segmentation.
+    """
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if tokenizer == "jieba":
+        lists = _jieba_lists(texts.to_pylist())
+    elif tokenizer == "whitespace":
+        lists = pc.utf8_split_whitespace(texts)
+    else:
+        lists = pc.split_pattern_regex(pc.utf8_lower(texts), _SPLIT[tokenizer])
+    flat = pc.list_flatten(lists)
+    parents = pc.list_parent_indices(lists).to_numpy()
+    nonempty = pc.not_equal(flat, "")  # splitting leaves "" at the line's ends
+    flat = flat.filter(nonempty)
+    lengths = np.bincount(parents[nonempty.to_numpy(zero_copy_only=False)], minlength=len(texts)).astype(np.int64)
+    return flat, lengths
+
+
+def _one_line(tokenizer: str) -> Callable[[str], list[str]]:
+    def tokenize(line: str) -> list[str]:
+        return tokenize_batch(pa.array([line], pa.string()), tokenizer)[0].to_pylist()
+
+    tokenize.__name__ = f"{tokenizer}_tokens"
+    return tokenize
+
+
+TOKENIZERS: dict[str, Callable[[str], list[str]]] = {name: _one_line(name) for name in ("lower", "text8", "whitespace", "jieba")}
 
 
 def check_tokenizer(name: str) -> None:
@@ -210,13 +225,53 @@ def _entry_name(key: str, settings: Settings) -> str:
 
 
 # -- the two passes (run in datasets.map worker processes) --------------------------------------
-def _tokens(texts: list[str], indices: list[int], tokenizer: str, limit: tuple[int, int] | None) -> list[list[str]]:
-    tokenize = TOKENIZERS[tokenizer]
-    out = [tokenize(t) for t in texts]
-    if limit is not None and indices[-1] >= limit[0] >= indices[0]:
-        i = limit[0] - indices[0]
-        out[i] = out[i][: limit[1]]
-    return out
+def _madvise():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return libc.madvise
+    except (OSError, AttributeError):
+        return None
+
+
+_MADVISE = _madvise() if sys.platform.startswith("linux") else None
+_MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages (file-backed ones are simply dropped)
+
+
+def _page_out(column: pa.Array | pa.ChunkedArray) -> None:
+    """Hand the pages of a batch's text back to the kernel once tokenised.
+
+    The text is a memory-mapped Arrow file; pages read would otherwise stay resident in this
+    process until the whole pass ends, so the workers' RSS would grow to the corpus size.
+    Only whole pages inside the batch's bytes are advised; nothing is lost (they are re-read
+    from the file if ever touched again). A no-op off Linux or on older kernels.
+    """
+    if _MADVISE is None:
+        return
+    for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+        if len(chunk) == 0 or not (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)):
+            continue
+        _, offsets_buffer, data = chunk.buffers()
+        if data is None:
+            continue
+        offsets = np.frombuffer(offsets_buffer, dtype=np.int64 if pa.types.is_large_string(chunk.type) else np.int32)
+        start = data.address + int(offsets[chunk.offset])
+        end = data.address + int(offsets[chunk.offset + len(chunk)])
+        start = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+        end = end // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start:
+            _MADVISE(start, end - start, _MADV_PAGEOUT)
+
+
+def _tokens(batch: pa.Table, indices: list[int], tokenizer: str, limit: tuple[int, int] | None) -> tuple[pa.Array, np.ndarray]:
+    """A batch's flat tokens and line lengths; the line ``limit[0]`` (the last one read) keeps ``limit[1]`` tokens."""
+    flat, lengths = tokenize_batch(batch["text"], tokenizer)
+    _page_out(batch["text"])
+    if limit is not None and indices[0] <= limit[0] <= indices[-1]:
+        i = limit[0] - indices[0]  # the last line of the selection: its surplus is at the very end
+        surplus = int(lengths[i] - min(lengths[i], limit[1]))
+        flat, lengths[i] = flat.slice(0, len(flat) - surplus), lengths[i] - surplus
+    return flat, lengths
 
 
 def _held_out_candidates(indices: np.ndarray, seed: int, fraction: float) -> np.ndarray:
@@ -228,46 +283,74 @@ def _held_out_candidates(indices: np.ndarray, seed: int, fraction: float) -> np.
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < min(1.0, 2 * fraction)
 
 
-def _count_batch(batch: dict[str, list], indices: list[int], tokenizer: str, limit, seed: int, fraction: float) -> dict[str, list]:
+def _one_row(values: pa.Array | np.ndarray) -> pa.Array:
+    """A list column with one row holding ``values``."""
+    values = values if isinstance(values, pa.Array) else pa.array(values)
+    return pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)
+
+
+def _count_batch(batch: pa.Table, indices: list[int], tokenizer: str, limit, seed: int, fraction: float) -> pa.Table:
     """One row per batch: its word counts (first-appearance order) and its held-out candidates."""
-    tokens = _tokens(batch["text"], indices, tokenizer, limit)
-    counts: Counter[str] = Counter()
-    for line in tokens:
-        counts.update(line)
-    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
-    candidates = _held_out_candidates(np.asarray(indices), seed, fraction) & (lengths > 0) if fraction > 0 else lengths < 0
-    return {
-        "words": [list(counts)], "counts": [list(counts.values())],
-        "candidates": [np.asarray(indices)[candidates].tolist()], "lengths": [lengths[candidates].tolist()],
-        "lines": [int((lengths > 0).sum())],
-    }  # fmt: skip
+    flat, lengths = _tokens(batch, indices, tokenizer, limit)
+    counts = pc.value_counts(flat)
+    rows = np.asarray(indices)
+    candidates = _held_out_candidates(rows, seed, fraction) & (lengths > 0) if fraction > 0 else np.zeros(len(rows), bool)
+    return pa.table({
+        "words": _one_row(counts.field("values")), "counts": _one_row(counts.field("counts")),
+        "candidates": _one_row(rows[candidates].astype(np.int64)), "lengths": _one_row(lengths[candidates]),
+        "lines": pa.array([int((lengths > 0).sum())], pa.int64()),
+    })  # fmt: skip
 
 
-def _encode_batch(batch: dict[str, list], indices: list[int], tokenizer: str, limit, index: dict[str, int]):
+def _encode_batch(batch: pa.Table, indices: list[int], tokenizer: str, limit, words: pa.Array) -> pa.Table:
     """Each line as int32 ids of its in-vocabulary tokens, in order."""
-    import pyarrow as pa
-
-    tokens = _tokens(batch["text"], indices, tokenizer, limit)
-    flat = [t for line in tokens for t in line]
-    ids = np.array(list(map(index.get, flat, repeat(-1))), dtype=np.int32)
-    line = np.repeat(np.arange(len(tokens)), np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens)))
-    known = ids >= 0
-    offsets = np.zeros(len(tokens) + 1, dtype=np.int32)
-    np.cumsum(np.bincount(line[known], minlength=len(tokens)), out=offsets[1:])
-    return pa.table({"ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids[known]))})
+    flat, lengths = _tokens(batch, indices, tokenizer, limit)
+    ids = pc.index_in(flat, value_set=words)  # int32, null when out of vocabulary
+    known = ids.is_valid().to_numpy(zero_copy_only=False)
+    line = np.repeat(np.arange(len(lengths)), lengths)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(np.bincount(line[known], minlength=len(lengths)), out=offsets[1:])
+    return pa.table({"ids": pa.ListArray.from_arrays(pa.array(offsets), ids.drop_null().cast(pa.int32()))})
 
 
 def _token_limit(ds, tokenizer: str, max_tokens: int) -> tuple[int, int] | None:
     """(last line, tokens kept from it) for the first ``max_tokens`` tokens; None if the corpus is shorter."""
     total, first = 0, 0
-    for batch in ds.iter(batch_size=10_000):
-        for i, text in enumerate(batch["text"]):
-            n = len(TOKENIZERS[tokenizer](text))
-            if total + n >= max_tokens:
-                return first + i, max_tokens - total
-            total += n
-        first += len(batch["text"])
+    for batch in ds.with_format("arrow").iter(batch_size=10_000):
+        lengths = tokenize_batch(batch["text"], tokenizer)[1]
+        reached = np.flatnonzero(total + np.cumsum(lengths) >= max_tokens)
+        if len(reached):
+            i = int(reached[0])
+            return first + i, max_tokens - total - int(lengths[:i].sum())
+        total += int(lengths.sum())
+        first += len(lengths)
     return None
+
+
+class _CountMerger:
+    """Sums per-batch word counts with Arrow's group-by (first appearance order kept)."""
+
+    def __init__(self, flush_at: int = 2_000_000) -> None:
+        self._table = pa.table({"w": pa.array([], pa.string()), "c": pa.array([], pa.int64())})
+        self._pending: list[pa.Table] = []
+        self._pending_rows, self.flush_at = 0, flush_at
+
+    def add(self, words: pa.Array, counts: pa.Array) -> None:
+        self._pending.append(pa.table({"w": words, "c": counts.cast(pa.int64())}))
+        self._pending_rows += len(words)
+        if self._pending_rows >= self.flush_at:
+            self._flush()
+
+    def _flush(self) -> None:
+        merged = pa.concat_tables([self._table, *self._pending])
+        self._table = merged.group_by("w", use_threads=False).aggregate([("c", "sum")]).rename_columns(["w", "c"])
+        self._pending, self._pending_rows = [], 0
+
+    @property
+    def table(self) -> pa.Table:
+        if self._pending:
+            self._flush()
+        return self._table
 
 
 def _auto_num_proc(ds, num_proc: int | None) -> int | None:
@@ -288,37 +371,40 @@ def _build(ds, s: Settings, entry: Path, num_proc: int | None, name: str) -> Non
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "passes").mkdir(parents=True)
     try:
+        ds = ds.with_format("arrow")  # map functions get and return pyarrow tables
         common = dict(batched=True, with_indices=True, num_proc=procs, remove_columns=["text"])
         counted = ds.map(
             _count_batch, batch_size=10_000, fn_kwargs=dict(tokenizer=s.tokenizer, limit=limit, seed=s.seed, fraction=s.val_fraction),
-            cache_file_name=str(tmp / "passes" / "count.arrow"), new_fingerprint=f"{entry.name}-count", desc="count words", **common,
+            cache_file_name=str(tmp / "passes" / "count.arrow"), new_fingerprint=f"{entry.name}-count", desc="count words",
+            writer_batch_size=4, **common,  # each output row holds a whole batch's counts: flush them often
         )  # fmt: skip
-        counts: Counter[str] = Counter()
-        candidates, candidate_lengths, lines = [], [], 0
-        for rows in counted.iter(batch_size=16):
-            for words, numbers in zip(rows["words"], rows["counts"]):
-                counts.update(dict(zip(words, numbers)))
-            candidates += [i for row in rows["candidates"] for i in row]
-            candidate_lengths += [n for row in rows["lengths"] for n in row]
-            lines += sum(rows["lines"])
+        merger, candidates, candidate_lengths, lines = _CountMerger(), [], [], 0
+        for rows in _read_batches(counted):
+            merger.add(pc.list_flatten(rows["words"]), pc.list_flatten(rows["counts"]))
+            candidates.append(pc.list_flatten(rows["candidates"]).to_numpy())
+            candidate_lengths.append(pc.list_flatten(rows["lengths"]).to_numpy())
+            lines += pc.sum(rows["lines"]).as_py() or 0
         del counted
-        raw_tokens = sum(counts.values())
+        words, counts = merger.table["w"].combine_chunks(), merger.table["c"].to_numpy().copy()
+        raw_tokens = int(counts.sum())
         check(raw_tokens > 0, f"corpus is empty (no tokens found): {name}")
 
-        val_lines = _held_out_lines(np.asarray(candidates, dtype=np.int64), np.asarray(candidate_lengths, dtype=np.int64),
+        val_lines = _held_out_lines(np.concatenate(candidates), np.concatenate(candidate_lengths),
                                     s.val_fraction * raw_tokens, s.val_max_tokens, s.seed)  # fmt: skip
         val_lines = val_lines[: lines - 1]  # never hold out every line
         if len(val_lines):  # the vocabulary is counted on training lines only
-            held = ds.select(val_lines)
-            for line in _tokens(held["text"], val_lines.tolist(), s.tokenizer, limit):
-                counts.subtract(line)
-        words = list(counts)
-        vocab, _ = _build_vocab(words, np.fromiter(counts.values(), dtype=np.int64, count=len(words)), s.min_count, s.max_vocab_size)
+            held = ds.select(val_lines).with_format("arrow")[:]
+            flat, _ = _tokens(held, val_lines.tolist(), s.tokenizer, limit)
+            held_counts = pc.value_counts(flat)
+            at = pc.index_in(held_counts.field("values"), value_set=words).to_numpy()
+            np.subtract.at(counts, at, held_counts.field("counts").to_numpy())
+        vocab, _ = _build_vocab(words, counts, s.min_count, s.max_vocab_size)
         check(len(vocab) > 0, f"no word occurs at least min_count={s.min_count} times in {name} ({raw_tokens} tokens)")
-        del counts, words
+        del merger, words, counts
+        pa.default_memory_pool().release_unused()  # the encode workers fork from this process
 
         encoded = ds.map(
-            _encode_batch, batch_size=10_000, fn_kwargs=dict(tokenizer=s.tokenizer, limit=limit, index=vocab.index),
+            _encode_batch, batch_size=10_000, fn_kwargs=dict(tokenizer=s.tokenizer, limit=limit, words=pa.array(vocab.words, pa.string())),
             cache_file_name=str(tmp / "passes" / "encode.arrow"), new_fingerprint=f"{entry.name}-encode", desc="encode", **common,
         )  # fmt: skip
         _write_ids(encoded, val_lines, s, tmp)
@@ -335,43 +421,55 @@ def _build(ds, s: Settings, entry: Path, num_proc: int | None, name: str) -> Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class _StartsWriter:
+    """Sentence start offsets, appended batch by batch to a flat int64 file (memory stays flat)."""
+
+    def __init__(self, path: Path, s: Settings):
+        self.out, self.s, self.total = open(path, "wb"), s, 0
+
+    def add(self, lengths: np.ndarray) -> None:
+        if self.s.respect_lines:
+            lengths = _split_long(lengths[lengths > 0], self.s.max_sentence_length)
+            (self.total + np.cumsum(lengths) - lengths).astype(np.int64).tofile(self.out)
+        self.total += int(lengths.sum())
+
+    def close(self) -> None:
+        if not self.s.respect_lines:  # one stream, cut every max_sentence_length tokens
+            np.arange(0, self.total, self.s.max_sentence_length, dtype=np.int64).tofile(self.out)
+        np.array([self.total], dtype=np.int64).tofile(self.out)
+        self.out.close()
+
+
+def _read_batches(dataset) -> Iterator[pa.RecordBatch]:
+    """The dataset's Arrow files read as streams, batch by batch: unlike iterating the
+    memory-mapped dataset, pages read are not kept resident in this process."""
+    for cache in dataset.cache_files:
+        with pa.OSFile(cache["filename"]) as source:
+            yield from pa.ipc.open_stream(source)
+
+
 def _write_ids(encoded, val_lines: np.ndarray, s: Settings, out: Path) -> None:
     """Stream the encoded lines into train_ids.bin / train_starts.bin (flat, memory-mappable) and val."""
     val_set = np.sort(val_lines)
-    n_train = 0
-    lengths: list[np.ndarray] = []
-    val_ids, val_lengths = [], []
+    train_starts, val_starts = _StartsWriter(out / "train_starts.bin", s), _StartsWriter(out / "val_starts.bin", s)
+    val_ids = []
     first = 0
     with open(out / "train_ids.bin", "wb") as ids_out:
-        for table in encoded.with_format("arrow").iter(batch_size=100_000):
-            column = table["ids"].combine_chunks()
+        for table in _read_batches(encoded):
+            column = table.column("ids")
             values = column.values.to_numpy()
-            offsets = column.offsets.to_numpy()
-            line_lengths = np.diff(offsets).astype(np.int64)
-            rows = np.arange(first, first + len(line_lengths))
-            is_val = np.isin(rows, val_set, assume_unique=True)
+            line_lengths = np.diff(column.offsets.to_numpy()).astype(np.int64)
+            is_val = np.isin(np.arange(first, first + len(line_lengths)), val_set, assume_unique=True)
             token_is_val = np.repeat(is_val, line_lengths)
-            ids_out.write(np.ascontiguousarray(values[~token_is_val], dtype=np.int32).tobytes())
-            n_train += int((~token_is_val).sum())
-            lengths.append(line_lengths[~is_val])
+            values[~token_is_val].astype(np.int32).tofile(ids_out)
+            train_starts.add(line_lengths[~is_val])
             if is_val.any():
                 val_ids.append(values[token_is_val])
-                val_lengths.append(line_lengths[is_val])
+                val_starts.add(line_lengths[is_val])
             first += len(line_lengths)
-    _write_starts(np.concatenate(lengths), n_train, s, out / "train_starts.bin")
+    train_starts.close()
+    val_starts.close()
     np.save(out / "val_ids.npy", np.concatenate(val_ids).astype(np.int32) if val_ids else np.empty(0, np.int32))
-    _write_starts(np.concatenate(val_lengths) if val_lengths else np.empty(0, np.int64), None, s, out / "val_starts.bin")
-
-
-def _write_starts(lengths: np.ndarray, total: int | None, s: Settings, path: Path) -> None:
-    total = int(lengths.sum()) if total is None else total
-    if s.respect_lines:
-        lengths = _split_long(lengths[lengths > 0], s.max_sentence_length)
-        starts = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=starts[1:])
-    else:  # one stream, cut every max_sentence_length tokens
-        starts = np.append(np.arange(0, total, s.max_sentence_length, dtype=np.int64), total)
-    starts.tofile(path)
 
 
 def _open(entry: Path) -> PreparedCorpus:
@@ -384,8 +482,6 @@ def _open(entry: Path) -> PreparedCorpus:
 
     train = EncodedCorpus(mapped("train_ids.bin", np.int32), mapped("train_starts.bin", np.int64))
     val = EncodedCorpus(np.load(entry / "val_ids.npy"), np.fromfile(entry / "val_starts.bin", dtype=np.int64))
-    if len(val.starts) == 0:
-        val = EncodedCorpus(val.ids, np.zeros(1, dtype=np.int64))
     return PreparedCorpus(Vocabulary.load(entry / "vocab.txt"), train, val, raw_tokens=meta["raw_tokens"])
 
 
@@ -400,7 +496,7 @@ def _held_out_lines(candidates: np.ndarray, lengths: np.ndarray, budget: float, 
 
 
 def _build_vocab(
-    words: list[str], counts: np.ndarray, min_count: int, max_vocab_size: int | None
+    words: pa.Array | list[str], counts: np.ndarray, min_count: int, max_vocab_size: int | None
 ) -> tuple[Vocabulary, np.ndarray]:
     """Keep words with count >= min_count (then the max_vocab_size most frequent), sorted."""
     kept = np.flatnonzero(counts >= min_count)
@@ -409,4 +505,5 @@ def _build_vocab(
         kept = kept[:max_vocab_size]
     remap = np.full(len(words), -1, dtype=np.int64)
     remap[kept] = np.arange(len(kept))
-    return Vocabulary([words[i] for i in kept], counts[kept]), remap
+    kept_words = words.take(pa.array(kept)).to_pylist() if isinstance(words, pa.Array) else [words[i] for i in kept]
+    return Vocabulary(kept_words, counts[kept]), remap

@@ -131,3 +131,12 @@ def test_corrupt_archives_and_binary_files_are_refused(tmp_path):
     for path, message in [(broken, "cannot read corpus"), (binary, "binary")]:
         with pytest.raises(Word2VecError, match=message):
             prepare_corpus(path, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("suffix, opener", [(".bz2", "bz2"), (".xz", "lzma")])
+def test_bz2_and_xz_text_give_the_plain_text_corpus(tmp_path, text_file, suffix, opener):
+    import importlib
+
+    packed = tmp_path / f"corpus.txt{suffix}"
+    packed.write_bytes(importlib.import_module(opener).compress(text_file.read_bytes()))
+    _same(prepare_corpus(packed, min_count=2, cache_dir=tmp_path / "cache"), prepare_corpus(text_file, min_count=2, cache_dir=tmp_path / "cache"))

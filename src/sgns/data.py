@@ -245,7 +245,6 @@ class SkipGramDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.trainer is not None:
             self.train_set.set_epoch(self.trainer.current_epoch)
-            self.train_set.set_rank(self.trainer.global_rank, self.trainer.world_size)
         return ResumableLoader(self.train_set, self._batches_done, num_workers=self.hparams.num_workers)
 
     def _batches_done(self) -> int:

@@ -14,6 +14,7 @@ import hashlib
 import os
 import socket
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -49,8 +50,9 @@ class Source:
     def is_hub(self) -> bool:
         return bool(self.dataset)
 
+    @cached_property
     def files(self) -> list[Path]:
-        """The local files, globs expanded and sorted; a clear error when there are none."""
+        """The local files, globs expanded and sorted (once); a clear error when there are none."""
         if self.path in (None, ""):
             return [default_corpus_path()]
         patterns = [self.path] if isinstance(self.path, (str, Path)) else list(self.path)
@@ -80,13 +82,13 @@ class Source:
         """Content key of local files (None for Hub datasets: their fingerprint comes after loading)."""
         if self.is_hub:
             return None
-        files = self.files()
+        files = self.files
         return f"files:{self.file_format(files)}:{self.text_column}:{content_key(files)}"
 
     def describe(self) -> str:
         if self.is_hub:
             return f"Hub dataset {self.dataset}" + (f" ({self.config})" if self.config else "") + f" split {self.split}"
-        return ", ".join(map(str, self.files()))
+        return ", ".join(map(str, self.files))
 
 
 def _suffix(path: Path) -> str:
@@ -161,7 +163,7 @@ def load(source: Source):
             ) from None
         column = source.text_column
     else:
-        files = source.files()
+        files = source.files
         kind = source.file_format(files)
         if kind == "text":
             for path in files:

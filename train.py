@@ -1,9 +1,15 @@
 """Train word2vec (skip-gram, negative sampling): `python train.py [hydra overrides]`."""
 
-import hydra
-from omegaconf import DictConfig
+import os
 
-from sgns.train import main
+# OpenMP threads spin between the many small operations of a step instead of sleeping and waking
+# (about 20 % faster on CPU); must be set before torch loads. Set OMP_WAIT_POLICY to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from sgns.train import main  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -147,3 +147,14 @@ def test_validation_pairs_are_fixed(planted):
 def test_nonsense_values_are_refused(name, value):
     with pytest.raises(Word2VecError, match=f"data.{name}"):
         SkipGramDataModule(**{name: value})
+
+
+def test_shared_negatives_one_draw_per_batch_and_exact_pair_count(planted):
+    path, _ = planted
+    dm = _module(path, sample=1e-2, shared_negatives=16)
+    batches = list(dm.train_dataloader())
+    pairs = dm.train_set.pairs()  # counted without building the pairs
+    assert sum(len(b[0]) for b in batches) == pairs and len(batches) == len(dm.train_set) == -(-pairs // 64)
+    for centre, context, negatives in batches:
+        assert negatives.shape == (16,) and negatives.dtype == centre.dtype == context.dtype == torch.long
+    assert not torch.equal(batches[0][2], batches[1][2])

@@ -1,9 +1,17 @@
-"""The fused fast path equals the reference autograd path: gradients and optimiser steps."""
+"""The fused fast path equals the reference autograd path: loss, gradients and optimiser steps,
+with k negatives per pair and with K negatives shared by the batch, in one update or several."""
 
+import math
+
+import pytest
 import torch
+import torch.nn.functional as F
 
-from sgns.fused import apply_sgd, apply_sparse_adam, sgns_row_gradients
+from sgns.fused import apply_sgd, apply_sparse_adam, gradient_scale, sgns_row_gradients
 from sgns.model import SkipGramModel
+from sgns.module import split_batch
+
+SHARED = [False, True]
 
 
 def _models(vocab=30, dim=8, seed=0):
@@ -16,40 +24,64 @@ def _models(vocab=30, dim=8, seed=0):
     return reference, fused
 
 
-def _batch(vocab=30, B=64, k=5, seed=1):
+def _batch(vocab=30, B=64, k=5, seed=1, shared=False, K=12):
     g = torch.Generator().manual_seed(seed)  # small vocabulary: many repeated rows in a batch
-    return torch.randint(0, vocab, (B,), generator=g), torch.randint(0, vocab, (B,), generator=g), torch.randint(0, vocab, (B, k), generator=g)
+    negatives = torch.randint(0, vocab, (K,) if shared else (B, k), generator=g)
+    return torch.randint(0, vocab, (B,), generator=g), torch.randint(0, vocab, (B,), generator=g), negatives
 
 
-def test_row_gradients_equal_autograd():
+def _dense(table: torch.Tensor, updates) -> torch.Tensor:
+    total = torch.zeros_like(table)
+    for param, rows, grads in updates:
+        if param is table:
+            total.index_add_(0, rows, grads)
+    return total
+
+
+def test_shared_negative_loss_is_the_formula():
+    """-log σ(v·u_o) - (k/K) Σ_j log σ(-v·u_j), averaged over the batch, written out by hand."""
+    _, model = _models()
+    center, context, negatives = _batch(shared=True, K=7, B=5)
+    V, U = model.center_embed.weight, model.outside_embed.weight
+    expected = 0.0
+    for c, o in zip(center.tolist(), context.tolist()):
+        expected += -math.log(torch.sigmoid(V[c] @ U[o]).item())
+        expected += -(5 / 7) * sum(math.log(torch.sigmoid(-(V[c] @ U[j])).item()) for j in negatives.tolist())
+    assert model(center, context, negatives, negatives_per_pair=5).item() == pytest.approx(expected / 5, rel=1e-12)
+
+
+@pytest.mark.parametrize("shared", SHARED)
+@pytest.mark.parametrize("scale", [1.0, -0.3])
+def test_row_gradients_equal_autograd(shared, scale):
     reference, fused = _models()
-    batch = _batch()
-    loss = reference(*batch)
+    batch = _batch(shared=shared)
+    loss = reference(*batch, negatives_per_pair=5)
     loss.backward()
-    fused_loss, c_rows, c_grads, o_rows, o_grads = sgns_row_gradients(fused, *batch)
+    fused_loss, updates = sgns_row_gradients(fused, *batch, negatives_per_pair=5, scale=scale)
     assert torch.allclose(fused_loss, loss)
-    dense_c = torch.zeros_like(fused.center_embed.weight).index_add_(0, c_rows, c_grads)
-    dense_o = torch.zeros_like(fused.outside_embed.weight).index_add_(0, o_rows, o_grads)
-    assert torch.allclose(dense_c, reference.center_embed.weight.grad.to_dense(), atol=1e-12)
-    assert torch.allclose(dense_o, reference.outside_embed.weight.grad.to_dense(), atol=1e-12)
+    for table, ref_table in ((fused.center_embed.weight, reference.center_embed.weight),
+                             (fused.outside_embed.weight, reference.outside_embed.weight)):  # fmt: skip
+        assert torch.allclose(_dense(table, updates), scale * ref_table.grad.to_dense(), atol=1e-12)
+    assert sgns_row_gradients(fused, *batch, with_loss=False)[0] is None
 
 
-def _run(optimizer_cls, apply, steps=5, **kwargs):
+def _run(optimizer_cls, apply, shared, steps=5, **kwargs):
     reference, fused = _models()
     ref_opt = optimizer_cls(list(reference.parameters()), **kwargs)
     fused_opt = optimizer_cls(list(fused.parameters()), **kwargs)
     for step in range(steps):
-        batch = _batch(seed=step)
+        batch = _batch(seed=step, shared=shared)
         ref_opt.zero_grad()
         reference(*batch).backward()
         ref_opt.step()
-        _, c_rows, c_grads, o_rows, o_grads = sgns_row_gradients(fused, *batch)
-        apply(fused_opt, [(fused.center_embed.weight, c_rows, c_grads), (fused.outside_embed.weight, o_rows, o_grads)])
+        _, updates = sgns_row_gradients(fused, *batch, scale=gradient_scale(fused_opt))
+        apply(fused_opt, updates)
     return reference, fused, ref_opt, fused_opt
 
 
-def test_fused_sparse_adam_equals_torch_sparse_adam():
-    reference, fused, ref_opt, fused_opt = _run(torch.optim.SparseAdam, apply_sparse_adam, lr=0.05)
+@pytest.mark.parametrize("shared", SHARED)
+def test_fused_sparse_adam_equals_torch_sparse_adam(shared):
+    reference, fused, ref_opt, fused_opt = _run(torch.optim.SparseAdam, apply_sparse_adam, shared, lr=0.05)
     for p_ref, p_fused in zip(reference.parameters(), fused.parameters()):
         assert torch.allclose(p_ref, p_fused, atol=1e-12)
         assert not torch.equal(p_fused, _models()[1].state_dict()["center_embed.weight"])  # it moved
@@ -58,7 +90,40 @@ def test_fused_sparse_adam_equals_torch_sparse_adam():
         assert ref_opt.state[p_ref]["step"] == fused_opt.state[p_fused]["step"] == 5
 
 
-def test_fused_sgd_equals_torch_sparse_sgd():
-    reference, fused, _, _ = _run(torch.optim.SGD, apply_sgd, lr=2.0)
+@pytest.mark.parametrize("shared", SHARED)
+def test_fused_sgd_equals_torch_sparse_sgd(shared):
+    reference, fused, _, _ = _run(torch.optim.SGD, apply_sgd, shared, lr=2.0)
     for p_ref, p_fused in zip(reference.parameters(), fused.parameters()):
         assert torch.allclose(p_ref, p_fused, atol=1e-12)
+
+
+@pytest.mark.parametrize("shared", SHARED)
+def test_micro_batches_are_consecutive_sgd_steps_on_shares_of_the_batch_loss(shared):
+    """Splitting a batch of B into parts of m: each part is one SGD step on (m/B) x its mean loss,
+    i.e. on its share of the batch-mean loss, taken after the previous part's step."""
+    batch = _batch(B=60, shared=shared, K=12)
+    parts = split_batch(batch, 3)
+    assert [len(p[0]) for p in parts] == [20, 20, 20]
+    assert torch.equal(torch.cat([p[2] for p in parts]), batch[2])  # negatives split, not repeated
+    reference, fused = _models()
+    opt = torch.optim.SGD(list(reference.parameters()), lr=1.5)
+    for part in parts:
+        opt.zero_grad()
+        (reference(*part) * len(part[0]) / 60).backward()
+        opt.step()
+        _, updates = sgns_row_gradients(fused, *part, scale=-1.5 * len(part[0]) / 60)
+        apply_sgd(None, updates)
+    for p_ref, p_fused in zip(reference.parameters(), fused.parameters()):
+        assert torch.allclose(p_ref, p_fused, atol=1e-12)
+
+
+def test_shared_negatives_weigh_like_k_per_pair_in_expectation():
+    """Averaged over many draws of K shared negatives, the negative term equals that of k per pair."""
+    torch.manual_seed(0)
+    v = torch.randn(50, 8) * 0.5
+    u = torch.randn(40, 8) * 0.5
+    scores = F.logsigmoid(-(v @ u.T))  # every (centre, candidate) pair; negatives drawn uniformly
+    exact = 5 * scores.mean(dim=1)  # E[Σ_{k=5} log σ(-v·u_j)]
+    draws = torch.randint(0, 40, (20000, 16))
+    shared = (5 / 16) * scores[:, draws].sum(dim=2).mean(dim=1)
+    assert torch.allclose(shared, exact, rtol=0.01)  # Monte Carlo error about 0.3 %

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from sgns.sampling import AliasSampler, keep_probabilities, noise_distribution, skipgram_pairs, subsample
+from sgns.sampling import AliasSampler, keep_probabilities, noise_distribution, skipgram_pair_count, skipgram_pairs, subsample
 
 COUNTS = np.array([50_000, 20_000, 5_000, 1_000, 300, 40, 7, 5])
 
@@ -82,3 +82,12 @@ def test_maximal_window_gives_every_pair_within_reach():
     assert sorted(zip(centres.tolist(), contexts.tolist())) == sorted(
         [(i, i + 1) for i in range(5)] + [(i + 1, i) for i in range(5)]
     )
+
+
+@pytest.mark.parametrize("n, window", [(0, 5), (1, 5), (2, 1), (57, 5), (3000, 3), (20000, 10)])
+def test_pair_count_equals_the_pairs_built_from_the_same_draws(n, window):
+    g = torch.Generator().manual_seed(n)
+    tokens = torch.randint(0, 50, (n,), generator=g)
+    sentence = torch.sort(torch.randint(0, max(1, n // 7), (n,), generator=g)).values
+    built = skipgram_pairs(tokens, sentence, window, torch.Generator().manual_seed(1))[0]
+    assert skipgram_pair_count(sentence, window, torch.Generator().manual_seed(1)) == len(built)

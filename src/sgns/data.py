@@ -1,8 +1,9 @@
-"""LightningDataModule producing batched (center [B], context [B], negatives [B, k]) tensors.
+"""LightningDataModule producing batched (center [B], context [B], negatives [B, k] or [K]) tensors.
 
 Each epoch walks the corpus in chunks of whole sentences (in shuffled chunk order). A chunk is
 subsampled, turned into skip-gram pairs with dynamic windows, shuffled, and cut into batches;
-negatives are drawn per batch. Every chunk's randomness comes from a generator seeded by
+negatives are drawn per batch: k per pair, or K shared by all pairs of the batch
+(``shared_negatives``). Every chunk's randomness comes from a generator seeded by
 (seed, epoch, chunk) and every batch's negatives from one seeded by (seed, epoch, batch), so an
 epoch can be replayed exactly: that is how ``len()`` knows the exact number of batches before the
 epoch starts, and how a run resumed from a mid-epoch checkpoint continues with the very batches
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from sgns.corpus import EncodedCorpus, PreparedCorpus, Vocabulary, check_tokenizer, prepare_corpus
 from sgns.errors import Word2VecError, check
 from sgns.sources import Source
-from sgns.sampling import AliasSampler, keep_probabilities, noise_distribution, skipgram_pairs, subsample
+from sgns.sampling import AliasSampler, keep_probabilities, noise_distribution, skipgram_pair_count, skipgram_pairs, subsample
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -46,11 +47,13 @@ class SkipGramEpochs(IterableDataset):
         chunk_tokens: int,
         seed: int,
         shuffle: bool = True,
+        shared_negatives: int = 0,
     ):
         self.ids, self.starts = corpus.ids, corpus.starts  # numpy, possibly memory-mapped
         self.keep_prob = torch.as_tensor(keep_prob, dtype=torch.float64)
         self.noise, self.window, self.negatives = noise, window, negatives
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.shared_negatives = shared_negatives
         self.epoch = 0
         self.skip = 0  # batches of this epoch already trained (resume)
         self.rank, self.world_size = 0, 1  # distributed training: this process's share
@@ -72,14 +75,17 @@ class SkipGramEpochs(IterableDataset):
         check(0 <= rank < world_size, f"rank {rank} outside world size {world_size}")
         self.rank, self.world_size = rank, world_size
 
-    def _chunk_pairs(self, chunk: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _chunk_tokens(self, chunk: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A chunk's tokens after subsampling, and their sentence ids."""
         s0, s1 = self.chunk_sentences[chunk], self.chunk_sentences[chunk + 1]
         starts = np.asarray(self.starts[s0 : s1 + 1])
         lengths = torch.from_numpy(np.diff(starts))
-        tokens = torch.from_numpy(self.ids[starts[0] : starts[-1]].astype(np.int64))
+        tokens = torch.from_numpy(self.ids[starts[0] : starts[-1]].astype(np.int32))  # pairs kept as int32: half the memory
         sentence = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-        tokens, sentence = subsample(tokens, sentence, self.keep_prob, generator)
-        return skipgram_pairs(tokens, sentence, self.window, generator)
+        return subsample(tokens, sentence, self.keep_prob, generator)
+
+    def _chunk_pairs(self, chunk: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return skipgram_pairs(*self._chunk_tokens(chunk, generator), self.window, generator)
 
     def _chunk_order(self) -> list[int]:
         if not self.shuffle:
@@ -87,10 +93,16 @@ class SkipGramEpochs(IterableDataset):
         return torch.randperm(self.n_chunks, generator=_generator(self.seed, self.epoch)).tolist()
 
     def pairs(self) -> int:
-        """(centre, context) pairs of this epoch, all ranks together (replays its pair generation once)."""
+        """(centre, context) pairs of this epoch, all ranks together (replays its subsampling and
+        window draws once, and counts the pairs without building them)."""
         if self.epoch not in self._pairs:
-            self._pairs = {self.epoch: sum(len(self._chunk_pairs(c, _generator(self.seed, self.epoch, c))[0]) for c in range(self.n_chunks))}
+            self._pairs = {self.epoch: sum(self._chunk_pair_count(c) for c in range(self.n_chunks))}
         return self._pairs[self.epoch]
+
+    def _chunk_pair_count(self, chunk: int) -> int:
+        generator = _generator(self.seed, self.epoch, chunk)
+        _, sentence = self._chunk_tokens(chunk, generator)
+        return skipgram_pair_count(sentence, self.window, generator)
 
     def __len__(self) -> int:
         return -(-self.pairs() // (self.batch_size * self.world_size))
@@ -100,14 +112,14 @@ class SkipGramEpochs(IterableDataset):
         their negatives, and rank r keeps the r-th share, so together the ranks see every pair of
         the epoch once, in equal step counts, and W ranks with batch B see exactly what one
         process with batch W x B sees."""
-        carry_c = carry_o = torch.empty(0, dtype=torch.long)
+        carry_c = carry_o = torch.empty(0, dtype=torch.int32)
         index, step = 0, self.batch_size * self.world_size
         for chunk in self._chunk_order():
             generator = _generator(self.seed, self.epoch, chunk)
             centres, contexts = self._chunk_pairs(chunk, generator)
             if self.shuffle:
                 order = torch.randperm(len(centres), generator=generator)
-                centres, contexts = centres[order], contexts[order]
+                centres, contexts = centres.index_select(0, order), contexts.index_select(0, order)
             centres, contexts = torch.cat([carry_c, centres]), torch.cat([carry_o, contexts])
             full = len(centres) // step * step
             for i in range(0, full, step):
@@ -119,14 +131,17 @@ class SkipGramEpochs(IterableDataset):
             yield self._batch(carry_c, carry_o, index)
 
     def _batch(self, centres: torch.Tensor, contexts: torch.Tensor, index: int) -> Batch:
-        """This rank's share of one step: near-equal slices (the last, short step may leave one empty)."""
-        negatives = self.noise.sample((len(centres), self.negatives), _generator(self.seed, self.epoch, 1 << 40, index))
+        """This rank's share of one step: near-equal slices (the last, short step may leave one empty);
+        shared negatives are the whole step's, the same on every rank."""
+        shape = (self.shared_negatives,) if self.shared_negatives else (len(centres), self.negatives)
+        negatives = self.noise.sample(shape, _generator(self.seed, self.epoch, 1 << 40, index))
         if self.world_size > 1:
             base, extra = divmod(len(centres), self.world_size)
             start = self.rank * base + min(self.rank, extra)
             mine = slice(start, start + base + (self.rank < extra))
-            centres, contexts, negatives = centres[mine], contexts[mine], negatives[mine]
-        return centres, contexts, negatives
+            centres, contexts = centres[mine], contexts[mine]
+            negatives = negatives if self.shared_negatives else negatives[mine]
+        return centres.long(), contexts.long(), negatives
 
 
 class ResumableLoader(DataLoader):
@@ -165,10 +180,11 @@ class SkipGramDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         window: int = 5,
         negatives: int = 5,
+        shared_negatives: int = 0,
         ns_exponent: float = 0.75,
         sample: float = 1e-3,
         batch_size: int = 4096,
-        chunk_tokens: int = 1_000_000,
+        chunk_tokens: int = 250_000,
         val_fraction: float = 0.01,
         val_max_tokens: int = 100_000,
         shuffle: bool = True,
@@ -179,7 +195,7 @@ class SkipGramDataModule(L.LightningDataModule):
         for name, value, low in [
             ("window", window, 1), ("negatives", negatives, 1), ("batch_size", batch_size, 1),
             ("min_count", min_count, 1), ("chunk_tokens", chunk_tokens, 1),
-            ("max_sentence_length", max_sentence_length, 1),
+            ("max_sentence_length", max_sentence_length, 1), ("shared_negatives", shared_negatives, 0),
         ]:  # fmt: skip
             check(isinstance(value, int) and value >= low, f"data.{name} must be an integer >= {low}, got {value!r}")
         for name, value in [("max_vocab_size", max_vocab_size), ("max_tokens", max_tokens), ("num_proc", num_proc)]:
@@ -223,7 +239,7 @@ class SkipGramDataModule(L.LightningDataModule):
         h = self.hparams
         return SkipGramEpochs(
             self.prepare().train, self.keep_prob, self.noise, h.window, h.negatives,
-            h.batch_size, h.chunk_tokens, h.seed, h.shuffle,
+            h.batch_size, h.chunk_tokens, h.seed, h.shuffle, h.shared_negatives,
         )  # fmt: skip
 
     @cached_property
@@ -233,7 +249,8 @@ class SkipGramDataModule(L.LightningDataModule):
         if val.n_tokens < 2:
             return []
         epochs = SkipGramEpochs(val, self.keep_prob, self.noise, h.window, h.negatives,
-                                batch_size=h.batch_size, chunk_tokens=val.n_tokens, seed=h.seed + 1, shuffle=False)  # fmt: skip
+                                batch_size=h.batch_size, chunk_tokens=val.n_tokens, seed=h.seed + 1, shuffle=False,
+                                shared_negatives=h.shared_negatives)  # fmt: skip
         return list(epochs)
 
     # -- Lightning hooks -------------------------------------------------------------------

@@ -130,7 +130,7 @@ def evaluate_word_analogies(
     quads = torch.tensor(rows, device=unit.device)
     variants = (canonical != torch.arange(len(unit), device=unit.device)).nonzero().squeeze(1)
     hits = torch.empty(len(rows), dtype=torch.bool, device=unit.device)
-    batch_size = max(1, min(batch_size, (1 << 26) // len(unit)))  # scores: at most 64M floats
+    batch_size = max(1, min(batch_size, (1 << 23) // len(unit)))  # scores: at most 8M floats (32 MB)
     for start in range(0, len(rows), batch_size):
         a, b, c, d = quads[start : start + batch_size].T
         if method == "add":  # argmax cos(x, b - a + c), as gensim's most_similar

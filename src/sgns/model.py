@@ -7,9 +7,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def sgns_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """Per-pair loss -log σ(pos) - Σ_k log σ(-neg_k); logsigmoid is the stable form of log(σ(x) + 1e-8)."""
-    return -(F.logsigmoid(pos) + F.logsigmoid(-neg).sum(dim=-1))
+def sgns_loss(pos: torch.Tensor, neg: torch.Tensor, neg_weight: float = 1.0) -> torch.Tensor:
+    """Per-pair loss -log σ(pos) - w Σ_j log σ(-neg_j); logsigmoid is the stable form of log(σ(x) + 1e-8).
+
+    w = 1 for k negatives per pair; K negatives shared by a batch stand in for k each with w = k/K.
+    """
+    return -(F.logsigmoid(pos) + neg_weight * F.logsigmoid(-neg).sum(dim=-1))
+
+
+def negative_weight(negatives: torch.Tensor, per_pair: int) -> float:
+    """1 for per-pair negatives [B, k]; k/K for K negatives [K] shared by the batch."""
+    return 1.0 if negatives.dim() == 2 else per_pair / max(1, negatives.numel())
 
 
 class SkipGramModel(nn.Module):
@@ -31,14 +39,17 @@ class SkipGramModel(nn.Module):
     def scores(
         self, center: torch.Tensor, context: torch.Tensor, negatives: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positive scores dot(v_c, u_o) [B] and negative scores bmm(u_neg, v_c) [B, k]."""
+        """Positive scores dot(v_c, u_o) [B] and negative scores [B, k]: bmm(u_neg, v_c) for per-pair
+        negatives [B, k], or one matrix product v_c u_negᵀ for negatives [K] shared by the batch."""
         v_c = self.center_embed(center)  # [B, d]
         u_o = self.outside_embed(context)  # [B, d]
-        u_neg = self.outside_embed(negatives)  # [B, k, d]
+        u_neg = self.outside_embed(negatives)  # [B, k, d] or [K, d]
         pos = (v_c * u_o).sum(dim=-1)
-        neg = torch.bmm(u_neg, v_c.unsqueeze(2)).squeeze(2)
+        neg = v_c @ u_neg.T if negatives.dim() == 1 else torch.bmm(u_neg, v_c.unsqueeze(2)).squeeze(2)
         return pos, neg
 
-    def forward(self, center: torch.Tensor, context: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        """Loss averaged over the batch."""
-        return sgns_loss(*self.scores(center, context, negatives)).mean()
+    def forward(
+        self, center: torch.Tensor, context: torch.Tensor, negatives: torch.Tensor, negatives_per_pair: int = 5
+    ) -> torch.Tensor:
+        """Loss averaged over the batch (``negatives_per_pair`` k weighs shared negatives k/K)."""
+        return sgns_loss(*self.scores(center, context, negatives), negative_weight(negatives, negatives_per_pair)).mean()

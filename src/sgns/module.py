@@ -11,7 +11,7 @@ import lightning as L
 import torch
 
 from sgns.errors import Word2VecError, check
-from sgns.fused import FUSED_UPDATES, sgns_row_gradients
+from sgns.fused import FUSED_UPDATES, Update, gradient_scale, sgns_row_gradients
 from sgns.model import SkipGramModel
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -33,6 +33,20 @@ def wants_sparse_gradients(optimizer: OptimizerFactory) -> bool:
     return False
 
 
+def split_batch(batch: tuple[torch.Tensor, ...], parts: int) -> list[tuple[torch.Tensor, ...]]:
+    """``parts`` consecutive slices of a batch; shared negatives [K] are split the same way."""
+    center, context, negatives = batch
+    if parts == 1:
+        return [batch]
+    shared = negatives.dim() == 1
+    if shared and len(negatives) < parts:
+        raise Word2VecError(f"data.shared_negatives={len(negatives)} cannot be split into model.micro_batches={parts} parts")
+    n, K = len(center), len(negatives)
+    cut = [n * i // parts for i in range(parts + 1)]
+    neg_cut = [K * i // parts for i in range(parts + 1)] if shared else cut
+    return [(center[a:b], context[a:b], negatives[c:e]) for a, b, c, e in zip(cut, cut[1:], neg_cut, neg_cut[1:])]
+
+
 class Word2VecModule(L.LightningModule):
     """Skip-gram with negative sampling; ``optimizer`` is a partial (Hydra ``_partial_: true``).
 
@@ -41,6 +55,10 @@ class Word2VecModule(L.LightningModule):
     applies the same update to the touched rows only, under Lightning's manual optimisation.
     ``lr_schedule='linear'`` decays the learning rate linearly to ``min_lr_ratio`` × lr over all
     training steps, as word2vec.c and gensim do with alpha; ``'constant'`` keeps it.
+    ``negatives`` is k, the negatives per pair: batches with K shared negatives weigh them k/K.
+    ``micro_batches`` > 1 (fused path) splits every batch, and its shared negatives, into that
+    many consecutive updates, each a share of the batch-mean loss's gradient (so lr keeps its
+    meaning): updates stay small while Lightning's per-step work is paid once per batch.
     """
 
     def __init__(
@@ -52,11 +70,16 @@ class Word2VecModule(L.LightningModule):
         lr_schedule: str = "linear",
         min_lr_ratio: float = 1e-4,
         fused: bool = True,
+        negatives: int = 5,
+        micro_batches: int = 1,
     ):
         super().__init__()
         check(isinstance(embedding_dim, int) and embedding_dim >= 1, f"model.embedding_dim must be an integer >= 1, got {embedding_dim!r}")
         check(init in ("word2vec", "seed"), f"model.init must be 'word2vec' or 'seed', got {init!r}")
+        check(isinstance(negatives, int) and negatives >= 1, f"model.negatives must be an integer >= 1, got {negatives!r}")
         check(lr_schedule in ("linear", "constant"), f"model.lr_schedule must be 'linear' or 'constant', got {lr_schedule!r}")
+        check(isinstance(micro_batches, int) and micro_batches >= 1, f"model.micro_batches must be an integer >= 1, got {micro_batches!r}")
+        check(micro_batches == 1 or fused, "model.micro_batches > 1 needs the fused path (model.fused=true)")
         lr = optimizer.keywords.get("lr") if isinstance(optimizer, functools.partial) else None
         check(lr is None or (lr > 0 and math.isfinite(lr)), f"model.optimizer.lr must be > 0, got {lr!r}")
         cls, _ = _unpack(optimizer)
@@ -69,16 +92,22 @@ class Word2VecModule(L.LightningModule):
         self.model = SkipGramModel(vocab_size, embedding_dim, init, sparse=sparse)
 
     def forward(self, center: torch.Tensor, context: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        return self.model(center, context, negatives)
+        return self.model(center, context, negatives, self.hparams.negatives)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         if self.automatic_optimization:
-            loss = self._check_finite(self.model(*batch))
+            loss = self._check_finite(self(*batch))
             self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[0]), sync_dist=self.trainer.world_size > 1)
-        else:  # the fused step's loss is already the mean over all ranks' pairs
-            loss = self._fused_step(batch)
-            self.log("train/loss", loss, prog_bar=True, batch_size=max(1, len(batch[0])))
+        else:  # the loss (the mean over all ranks' pairs) is computed, checked and logged every
+            # log_every_n_steps steps only: it and self.log each cost as much as a tenth of a step
+            loss = self._fused_step(batch, with_loss=batch_idx % self.trainer.log_every_n_steps == 0)
+            if loss is not None:
+                self.log("train/loss", loss, prog_bar=True, batch_size=max(1, len(batch[0])))
         return loss
+
+    def on_fit_start(self) -> None:
+        if self.device.type == "cpu":  # tiny gradients of rare rows must not fall into slow denormal arithmetic
+            torch.set_flush_denormal(True)
 
     def _check_finite(self, loss: torch.Tensor) -> torch.Tensor:
         if not torch.isfinite(loss):
@@ -88,19 +117,26 @@ class Word2VecModule(L.LightningModule):
             )
         return loss
 
-    def _fused_step(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _fused_step(self, batch: tuple[torch.Tensor, ...], with_loss: bool = True) -> torch.Tensor | None:
+        """One update of the touched rows; returns the batch loss (None without ``with_loss``)."""
         optimizer = self.optimizers()
         apply = FUSED_UPDATES[type(optimizer.optimizer)]
         result = {}
 
-        def closure() -> torch.Tensor:
-            loss, c_rows, c_grads, o_rows, o_grads = sgns_row_gradients(self.model, *batch)
-            if self.trainer.world_size > 1:
-                loss, c_rows, c_grads, o_rows, o_grads = self._gather_rows(loss, batch[2].shape[1], c_rows, c_grads, o_rows, o_grads)
-            result["loss"] = self._check_finite(loss)
-            apply(optimizer.optimizer, [(self.model.center_embed.weight, c_rows, c_grads),
-                                        (self.model.outside_embed.weight, o_rows, o_grads)])  # fmt: skip
-            return loss
+        def closure() -> torch.Tensor | None:
+            total = 0.0
+            for part in split_batch(batch, self.hparams.micro_batches):
+                if not len(part[0]) and self.trainer.world_size == 1:
+                    continue  # (under DDP every rank joins every gather, even with nothing to send)
+                scale = gradient_scale(optimizer.optimizer) * len(part[0]) / max(1, len(batch[0]))
+                loss, updates = sgns_row_gradients(self.model, *part, self.hparams.negatives, scale, with_loss)
+                if self.trainer.world_size > 1:
+                    loss, updates = self._gather_rows(loss, len(part[0]), updates)
+                if with_loss:
+                    total = total + self._check_finite(loss) * (len(part[0]) / max(1, len(batch[0])))
+                apply(optimizer.optimizer, updates)
+            result["loss"] = total if with_loss else None
+            return result["loss"]
 
         optimizer.step(closure=closure)  # Lightning counts the step; the closure did the update
         scheduler = self.lr_schedulers()
@@ -108,38 +144,39 @@ class Word2VecModule(L.LightningModule):
             scheduler.step()
         return result["loss"]
 
-    def _gather_rows(self, loss: torch.Tensor, k: int, c_rows: torch.Tensor, c_grads: torch.Tensor,
-                     o_rows: torch.Tensor, o_grads: torch.Tensor) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    def _gather_rows(self, loss: torch.Tensor | None, n: int, updates: list[Update]) -> tuple[torch.Tensor | None, list[Update]]:
         """Distributed fused step: every rank gets every rank's touched rows and their gradients.
 
-        Each rank sends its n pairs' row indices and gradient rows (n centre rows, n(1+k) outside
-        rows: n(2+k)(4d + 8) bytes) through all_gather; all ranks then apply the same update, so
-        the tables stay identical without a dense all-reduce of 2 x V x d floats. Rank r's
-        gradients (of its own mean loss) are weighted n_r / N: the update is that of the mean
-        loss over all N pairs of the step, which is DDP's gradient averaging for equal n_r.
+        Each rank sends its n pairs' row indices and gradient rows (n centre rows, n context rows,
+        n·k or K negative rows: about n(2+k)(4d + 8) bytes) through all_gather; all ranks then
+        apply the same update, so the tables stay identical without a dense all-reduce of
+        2 x V x d floats. Rank r's gradients (of its own mean loss) are weighted n_r / N: the
+        update is that of the mean loss over all N pairs of the step, which is DDP's gradient
+        averaging for equal n_r.
         """
-        n = len(c_rows)
-        own = torch.stack([loss.double() if n else loss.new_zeros((), dtype=torch.float64),
-                           torch.tensor(float(n), dtype=torch.float64, device=loss.device)])  # fmt: skip
-        stats = self.all_gather(own)  # [world, 2]
+        device = updates[0][1].device
+        sizes = torch.tensor([n, *(len(rows) for _, rows, _ in updates)], dtype=torch.float64, device=device)
+        own = torch.cat([(loss.double() if n and loss is not None else sizes.new_zeros(())).reshape(1), sizes])
+        stats = self.all_gather(own)  # [world, 2 + blocks]
         counts = stats[:, 1]
         total = counts.sum().clamp_min(1.0)
-        out: list[torch.Tensor] = [((stats[:, 0] * counts).sum() / total).to(loss.dtype)]
-        share = (counts / total).to(c_grads.dtype)
-        for rows, grads, per_pair in ((c_rows, c_grads, 1), (o_rows, o_grads, 1 + k)):
-            lengths = (counts * per_pair).long()
+        mean_loss = None if loss is None else ((stats[:, 0] * counts).sum() / total).to(loss.dtype)
+        share = counts / total
+        gathered = []
+        for block, (table, rows, grads) in enumerate(updates):
+            lengths = stats[:, 2 + block].long()
             longest = int(lengths.max())
             padded_rows = rows.new_zeros(longest)
             padded_rows[: len(rows)] = rows
             padded = grads.new_zeros(longest, grads.shape[1])
             padded[: len(rows)] = grads
             valid = torch.arange(longest, device=rows.device)[None, :] < lengths[:, None].to(rows.device)
-            out.append(self.all_gather(padded_rows)[valid])
-            out.append((self.all_gather(padded) * share[:, None, None])[valid])
-        return tuple(out)
+            weighted = self.all_gather(padded) * share.to(grads.dtype)[:, None, None]
+            gathered.append((table, self.all_gather(padded_rows)[valid], weighted[valid]))
+        return mean_loss, gathered
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self.log("val/loss", self.model(*batch), prog_bar=True, batch_size=len(batch[0]), sync_dist=self.trainer.world_size > 1)
+        self.log("val/loss", self(*batch), prog_bar=True, batch_size=len(batch[0]), sync_dist=self.trainer.world_size > 1)
 
     def on_train_end(self) -> None:
         """Under distributed training, gather every rank's weight digest: they must be identical."""

@@ -56,8 +56,24 @@ def subsample(
     tokens: torch.Tensor, sentence: torch.Tensor, keep_prob: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop each token independently with 1 - keep_prob[token]; windows are formed afterwards."""
-    keep = torch.rand(len(tokens), generator=generator, dtype=torch.float64) < keep_prob[tokens]
+    keep = torch.rand(len(tokens), generator=generator, dtype=torch.float64) < keep_prob[tokens.long()]
     return tokens[keep], sentence[keep]
+
+
+def skipgram_pair_count(sentence: torch.Tensor, window: int, generator: torch.Generator) -> int:
+    """len() of what ``skipgram_pairs`` would return for these sentence ids and this generator
+    state (the same draw of reaches), without building the pairs."""
+    n = len(sentence)
+    if n < 2:
+        return 0
+    reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=torch.int16).long()
+    first = torch.ones(n, dtype=torch.bool)
+    first[1:] = sentence[1:] != sentence[:-1]
+    starts = torch.nonzero(first).squeeze(1)
+    lengths = torch.diff(starts, append=torch.tensor([n]))
+    position = torch.arange(n) - torch.repeat_interleave(starts, lengths)
+    after = torch.repeat_interleave(lengths, lengths) - 1 - position
+    return int((torch.minimum(reach, position) + torch.minimum(reach, after)).sum())
 
 
 def skipgram_pairs(
@@ -74,10 +90,10 @@ def skipgram_pairs(
     centres, contexts = [], []
     for d in range(1, min(window, n - 1) + 1):
         same = sentence[d:] == sentence[:-d]
-        forward = same & (reach[:-d] >= d)  # centre i, context i + d
-        backward = same & (reach[d:] >= d)  # centre i + d, context i
-        centres += [tokens[:-d][forward], tokens[d:][backward]]
-        contexts += [tokens[d:][forward], tokens[:-d][backward]]
+        forward = torch.nonzero(same & (reach[:-d] >= d)).squeeze(1)  # centre i, context i + d
+        backward = torch.nonzero(same & (reach[d:] >= d)).squeeze(1)  # centre i + d, context i
+        centres += [tokens.index_select(0, forward), tokens.index_select(0, backward + d)]
+        contexts += [tokens.index_select(0, forward + d), tokens.index_select(0, backward)]
     if not centres:
         empty = tokens[:0]
         return empty, empty

@@ -84,7 +84,9 @@ class WordVectors:
             row_format = " ".join(["%.9g"] * d) + "\n"
             with open(path, "w", encoding="utf-8") as out:
                 out.write(f"{n} {d}\n")
-                out.writelines(word + " " + row_format % tuple(row) for word, row in zip(self.words, self.vectors.tolist()))
+                for start in range(0, n, 4096):  # a block at a time: Python floats cost 24 bytes each
+                    block = self.vectors[start : start + 4096].tolist()
+                    out.writelines(word + " " + row_format % tuple(row) for word, row in zip(self.words[start:], block))
 
     @classmethod
     def load_word2vec_format(cls, path: str | Path, binary: bool | None = None) -> "WordVectors":

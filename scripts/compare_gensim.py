@@ -1,12 +1,15 @@
 """Train ours and gensim Word2Vec on the same corpus slice, same settings, same run; print a table.
 
     python scripts/compare_gensim.py                       # first 10M tokens of the shared corpus, 1 epoch
+    python scripts/compare_gensim.py --repeats 2 --scaling  # + our time at 10M/20M/40M tokens and d=300
     python scripts/compare_gensim.py --max-tokens 0 --epochs 3 -- model/optimizer=sparse_adam
 
 Each trainer runs in its own process (peak RSS from wait4), the order alternates between
 repeats, and both vector files are scored by the same code (gensim's evaluate_word_analogies
-with restrict_vocab=30000 and evaluate_word_pairs). Raw words/s = corpus tokens before
-min_count and subsampling x epochs / training seconds, for both.
+with restrict_vocab=30000 and evaluate_word_pairs); our own end-of-epoch evaluation is switched
+off so that both training times cover training only. Raw words/s = corpus tokens before
+min_count and subsampling x epochs / training seconds, for both. Each side's memory floor is
+the peak RSS of a bare import of its libraries, measured in the same run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +55,39 @@ def run_measured(cmd: list[str], log: Path) -> tuple[int, float, int]:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), time.perf_counter() - started, usage.ru_maxrss * 1024
+
+
+FLOORS = {"ours": "import torch, lightning, hydra, torchmetrics, datasets", "gensim": "import gensim"}
+
+
+def ours_command(args: argparse.Namespace, corpus: Path, out: Path, dim: int | None = None) -> list[str]:
+    """Our trainer on ``corpus`` with a fresh preparation cache (like gensim's vocabulary scan, every run)."""
+    shutil.rmtree(out / "cache", ignore_errors=True)
+    return [sys.executable, "train.py", "data=text_file", f"data.path={corpus}", "data.tokenizer=whitespace",
+            "data.val_fraction=0", f"data.window={args.window}", f"data.negatives={args.negatives}",
+            f"data.sample={args.sample}", f"data.min_count={args.min_count}", f"model.embedding_dim={dim or args.dim}",
+            f"trainer.max_epochs={args.epochs}", f"seed={args.seed}", "logger=none", "~callbacks.word_vectors",
+            "callbacks.progress_bar.refresh_rate=1000", f"hydra.run.dir={out}", f"data.cache_dir={out / 'cache'}",
+            *args.overrides]  # fmt: skip
+
+
+def scaling(args: argparse.Namespace) -> None:
+    """Our training time against corpus size (d fixed) and against d (corpus fixed)."""
+    runs = [(n, args.dim) for n in (10_000_000, 20_000_000, 40_000_000)] + [(10_000_000, 300)]
+    print("\n| ours: tokens | d | train s | s per 1M tokens | raw words/s | peak RSS MB | analogy@30k |")
+    print("|---|---|---|---|---|---|---|")
+    for max_tokens, dim in runs:
+        corpus = args.out / f"corpus-{max_tokens}.txt"
+        tokens = write_slice(args.corpus, max_tokens, corpus)
+        out = args.out / f"scaling-{max_tokens}-{dim}"
+        out.mkdir(exist_ok=True)
+        code, _, rss = run_measured(ours_command(args, corpus, out, dim=dim), out / "log.txt")
+        if code != 0:
+            sys.exit(f"ours failed (exit {code}); see {out / 'log.txt'}")
+        train_s = json.loads((out / "metrics.json").read_text())["train_s"]
+        analogy = evaluate(out / "vectors.bin")["analogy"]
+        print(f"| {tokens:,} | {dim} | {train_s:.1f} | {train_s / tokens * 1e6 / args.epochs:.2f} | "
+              f"{tokens * args.epochs / train_s:,.0f} | {rss / 2**20:.0f} | {100 * analogy:.1f} % |", flush=True)  # fmt: skip
 
 
 def gensim_worker(args: argparse.Namespace) -> None:
@@ -96,6 +133,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each, alternating which goes first")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench")
+    parser.add_argument("--scaling", action="store_true", help="also time ours at 10M/20M/40M tokens and at d=300")
     parser.add_argument("--worker", choices=["gensim"], help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for our trainer (after --)")
     args = parser.parse_args()
@@ -110,6 +148,10 @@ def main() -> None:
     common = ["--corpus", str(corpus), "--epochs", str(args.epochs), "--dim", str(args.dim), "--window", str(args.window),
               "--negatives", str(args.negatives), "--sample", str(args.sample), "--min-count", str(args.min_count),
               "--workers", str(args.workers), "--seed", str(args.seed)]  # fmt: skip
+    floors = {}
+    for name, imports in FLOORS.items():  # peak RSS of a bare import of each side's libraries
+        code, _, rss = run_measured([sys.executable, "-c", imports], args.out / f"floor-{name}.log")
+        floors[name] = rss / 2**20 if code == 0 else float("nan")
     rows = []
     for repeat in range(args.repeats):
         order = ["ours", "gensim"] if repeat % 2 == 0 else ["gensim", "ours"]
@@ -119,11 +161,7 @@ def main() -> None:
             if name == "gensim":
                 cmd = [sys.executable, __file__, "--worker", "gensim", "--out", str(out), *common]
             else:
-                cmd = [sys.executable, "train.py", "data=text_file", f"data.path={corpus}", "data.tokenizer=whitespace",
-                       "data.val_fraction=0", f"data.window={args.window}", f"data.negatives={args.negatives}",
-                       f"data.sample={args.sample}", f"data.min_count={args.min_count}", f"model.embedding_dim={args.dim}",
-                       f"trainer.max_epochs={args.epochs}", f"seed={args.seed}", "logger=none",
-                       "callbacks.progress_bar.refresh_rate=1000", f"hydra.run.dir={out}", *args.overrides]  # fmt: skip
+                cmd = ours_command(args, corpus, out)
             code, wall, rss = run_measured(cmd, out / "log.txt")
             if code != 0:
                 sys.exit(f"{name} failed (exit {code}); see {out / 'log.txt'}")
@@ -134,13 +172,16 @@ def main() -> None:
             print(f"  {name} (repeat {repeat}): train {row['train_s']:.1f} s, analogy {row['analogy']:.4f}", flush=True)
 
     gensim_wps = sum(r["raw_wps"] for r in rows if r["name"] == "gensim") / args.repeats
-    print("\n| run | train s | end-to-end s | raw words/s | ours/gensim | peak RSS MB | analogy@30k (questions) | WS353 ρ | SimLex ρ |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| run | train s | end-to-end s | raw words/s | ours/gensim | peak RSS MB (floor) | above floor MB | analogy@30k (questions) | WS353 ρ | SimLex ρ |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        floor = floors[r["name"]]
         print(f"| {r['name']} #{r['repeat']} | {r['train_s']:.1f} | {r['wall_s']:.1f} | {r['raw_wps']:,.0f} | "
-              f"{r['raw_wps'] / gensim_wps:.2f} | {r['rss_mb']:.0f} | {100 * r['analogy']:.1f} % ({r['questions']:,}) | "
-              f"{r['ws353']:.3f} | {r['simlex']:.3f} |")  # fmt: skip
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+              f"{r['raw_wps'] / gensim_wps:.2f} | {r['rss_mb']:.0f} ({floor:.0f}) | {r['rss_mb'] - floor:.0f} | "
+              f"{100 * r['analogy']:.1f} % ({r['questions']:,}) | {r['ws353']:.3f} | {r['simlex']:.3f} |")  # fmt: skip
+    (args.out / "results.json").write_text(json.dumps({"floors_mb": floors, "runs": rows}, indent=1))
+    if args.scaling:
+        scaling(args)
 
 
 if __name__ == "__main__":

@@ -127,3 +127,14 @@ def test_shared_negatives_weigh_like_k_per_pair_in_expectation():
     draws = torch.randint(0, 40, (20000, 16))
     shared = (5 / 16) * scores[:, draws].sum(dim=2).mean(dim=1)
     assert torch.allclose(shared, exact, rtol=0.01)  # Monte Carlo error about 0.3 %
+
+
+@pytest.mark.parametrize("shared", SHARED)
+def test_a_rank_with_no_pairs_sends_empty_updates(shared):
+    """Under DDP the last, short step can leave a rank no pairs; it still joins every gather."""
+    _, fused = _models()
+    center, context, negatives = _batch(shared=shared)
+    empty = (center[:0], context[:0], negatives if shared else negatives[:0])
+    _, updates = sgns_row_gradients(fused, *empty, scale=-0.5, with_loss=False)
+    assert [len(rows) for _, rows, _ in updates] == [0, 0, len(negatives) if shared else 0]
+    assert all(not grads.any() for _, _, grads in updates)

@@ -50,11 +50,11 @@ def sgns_row_gradients(
         u_neg = U.index_select(0, negatives)  # [K, d]
         neg = v_c @ u_neg.T  # [B, K]
     else:
-        u_neg = U.index_select(0, negatives.reshape(-1)).view(B, -1, d)  # [B, k, d]
+        u_neg = U.index_select(0, negatives.reshape(-1)).view(B, negatives.shape[1], d)  # [B, k, d]
         neg = torch.bmm(u_neg, v_c.unsqueeze(2)).squeeze(2)  # [B, k]
     loss = -(F.logsigmoid(pos) + weight * F.logsigmoid(-neg).sum(dim=1)).mean() if with_loss else None
-    g_pos = torch.sigmoid(pos).sub_(1).mul_(scale / B)  # scale × d loss / d pos
-    g_neg = torch.sigmoid(neg).mul_(scale * weight / B)  # scale × d loss / d neg
+    g_pos = torch.sigmoid(pos).sub_(1).mul_(scale / max(1, B))  # scale × d loss / d pos (B = 0: a rank with no pairs)
+    g_neg = torch.sigmoid(neg).mul_(scale * weight / max(1, B))  # scale × d loss / d neg
     if shared:
         grad_center = torch.addmm(g_pos.unsqueeze(1) * u_o, g_neg, u_neg)
         grad_negatives = g_neg.T @ v_c  # [K, d]

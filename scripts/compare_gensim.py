@@ -61,8 +61,7 @@ FLOORS = {"ours": "import torch, lightning, hydra, torchmetrics, datasets", "gen
 
 
 def ours_command(args: argparse.Namespace, corpus: Path, out: Path, dim: int | None = None) -> list[str]:
-    """Our trainer on ``corpus`` with a fresh preparation cache (like gensim's vocabulary scan, every run)."""
-    shutil.rmtree(out / "cache", ignore_errors=True)
+    """Our trainer on ``corpus``, its preparation cache in ``out/cache`` (emptied by ``run_dir``)."""
     return [sys.executable, "train.py", "data=text_file", f"data.path={corpus}", "data.tokenizer=whitespace",
             "data.val_fraction=0", f"data.window={args.window}", f"data.negatives={args.negatives}",
             f"data.sample={args.sample}", f"data.min_count={args.min_count}", f"model.embedding_dim={dim or args.dim}",
@@ -79,8 +78,7 @@ def scaling(args: argparse.Namespace) -> None:
     for max_tokens, dim in runs:
         corpus = args.out / f"corpus-{max_tokens}.txt"
         tokens = write_slice(args.corpus, max_tokens, corpus)
-        out = args.out / f"scaling-{max_tokens}-{dim}"
-        out.mkdir(exist_ok=True)
+        out = run_dir(args.out / f"scaling-{max_tokens}-{dim}")
         code, _, rss = run_measured(ours_command(args, corpus, out, dim=dim), out / "log.txt")
         if code != 0:
             sys.exit(f"ours failed (exit {code}); see {out / 'log.txt'}")
@@ -88,6 +86,14 @@ def scaling(args: argparse.Namespace) -> None:
         analogy = evaluate(out / "vectors.bin")["analogy"]
         print(f"| {tokens:,} | {dim} | {train_s:.1f} | {train_s / tokens * 1e6 / args.epochs:.2f} | "
               f"{tokens * args.epochs / train_s:,.0f} | {rss / 2**20:.0f} | {100 * analogy:.1f} % |", flush=True)  # fmt: skip
+
+
+def run_dir(out: Path) -> Path:
+    """A run's directory, without a preparation cache from an earlier run: ours prepares the
+    corpus every run, as gensim scans its vocabulary every run."""
+    shutil.rmtree(out / "cache", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def gensim_worker(args: argparse.Namespace) -> None:
@@ -156,8 +162,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         order = ["ours", "gensim"] if repeat % 2 == 0 else ["gensim", "ours"]
         for name in order:
-            out = args.out / f"{name}-{repeat}"
-            out.mkdir(exist_ok=True)
+            out = run_dir(args.out / f"{name}-{repeat}")
             if name == "gensim":
                 cmd = [sys.executable, __file__, "--worker", "gensim", "--out", str(out), *common]
             else:

@@ -4,7 +4,8 @@ Autograd builds sparse gradient tensors and torch's SparseAdam coalesces and mas
 every step; for embedding tables the same update is a handful of gathers, one sort and a few
 scatters. ``sgns_row_gradients`` computes the exact gradients of the batch-mean loss (negatives
 per pair or shared by the batch), and ``apply_sparse_adam`` / ``apply_sgd`` reproduce torch's
-SparseAdam and sparse SGD steps on those rows, keeping their state in the optimiser (so checkpoints and both paths agree).
+SparseAdam and sparse SGD steps on those rows, keeping their state in the optimiser (so
+checkpoints and both paths agree).
 Tests check both against autograd and torch's optimisers.
 """
 

@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import os
+import sys
 import time
 
 import numpy as np
@@ -89,6 +91,30 @@ def test_second_preparation_comes_from_the_memory_mapped_cache(tmp_path, text_fi
     text_file.write_text("\n".join(reversed(LINES)) + "\n")  # same name, other content: another entry
     prepare_corpus(text_file, min_count=2, val_fraction=0.1, cache_dir=cache)
     assert len(list(cache.iterdir())) == 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="preparation forks a child on Linux only")
+def test_preparation_runs_in_a_child_and_hands_back_its_errors(tmp_path, text_file, monkeypatch):
+    pids = tmp_path / "pids"
+    build = sgns.corpus._build
+
+    def recording_build(*args, **kwargs):
+        pids.write_text(str(os.getpid()))
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(sgns.corpus, "_build", recording_build)
+    corpus = prepare_corpus(text_file, min_count=2, cache_dir=tmp_path / "cache")
+    assert int(pids.read_text()) != os.getpid() and corpus.train.n_tokens > 0  # built apart, opened here
+
+    def failing(*args, **kwargs):
+        raise Word2VecError("no word occurs at least min_count=99 times")
+
+    monkeypatch.setattr(sgns.corpus, "_build", failing)
+    with pytest.raises(Word2VecError, match="min_count=99"):
+        prepare_corpus(text_file, min_count=99, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(sgns.corpus, "_build", lambda *args, **kwargs: os._exit(9))
+    with pytest.raises(Word2VecError, match="exit code 9"):
+        prepare_corpus(text_file, min_count=98, cache_dir=tmp_path / "cache")
 
 
 def test_parallel_passes_match_one_process(tmp_path):

@@ -19,10 +19,12 @@ import hashlib
 import json
 import logging
 import mmap
+import multiprocessing
 import os
 import re
 import shutil
 import sys
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -206,11 +208,47 @@ def prepare_corpus(
         key = f"hub:{dataset._fingerprint}"
     entry = cache_root(cache_dir) / _entry_name(key, settings)
     if not (entry / "meta.json").exists():
-        dataset = dataset if dataset is not None else _load(source)
-        _build(dataset, settings, entry, num_proc, source.describe())
+        _apart(lambda: _build(dataset if dataset is not None else _load(source), settings, entry, num_proc, source.describe()))
     else:
         log.info("corpus: cached preparation %s", entry)
     return _open(entry)
+
+
+def _apart(work: Callable[[], None]) -> None:
+    """Run ``work`` in a forked child process (on Linux; elsewhere here), re-raising its error.
+
+    Preparation imports much of ``datasets`` and fills Arrow's memory pool; done apart, all of
+    that goes back to the system when the child ends, and training starts from the import floor
+    plus what it needs (the cache entry is on disk, memory-mapped by the parent).
+    """
+    if not sys.platform.startswith("linux"):
+        return work()
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            work()
+            error = None
+        except BaseException as exc:  # noqa: BLE001 (handed to the parent, which raises it)
+            error = exc
+        try:
+            send.send(error)
+        except Exception:  # an unpicklable error: its text is enough
+            send.send(RuntimeError("".join(traceback.format_exception(error))))
+
+    process = context.Process(target=child, name="sgns-prepare")
+    process.start()
+    send.close()
+    try:
+        error = receive.recv()
+    except EOFError:
+        process.join()
+        error = Word2VecError(f"corpus preparation stopped without a result (exit code {process.exitcode}; out of memory?)")
+    finally:
+        process.join()
+    if error is not None:
+        raise error
 
 
 def _load(source: Source):
@@ -419,6 +457,7 @@ def _build(ds, s: Settings, entry: Path, num_proc: int | None, name: str) -> Non
             pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        pa.default_memory_pool().release_unused()  # Arrow's pool keeps freed batches (about 50 MB per 10M tokens)
 
 
 class _StartsWriter:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -20,8 +21,12 @@ class WordVectors:
         check(self.vectors.ndim == 2 and len(self.words) == len(self.vectors), "one vector per word expected")
         self.counts = None if counts is None else np.asarray(counts, dtype=np.int64)
         self.key_to_index = {w: i for i, w in enumerate(self.words)}
+
+    @cached_property
+    def unit(self) -> np.ndarray:
+        """Rows scaled to length 1 (made on the first similarity query)."""
         norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
-        self.unit = self.vectors / np.maximum(norms, 1e-12)
+        return self.vectors / np.maximum(norms, 1e-12)
 
     def __len__(self) -> int:
         return len(self.words)
@@ -75,7 +80,7 @@ class WordVectors:
         little-endian float32 and a newline (word2vec.c); text rows use ``%.9g`` (exact float32)."""
         n, d = self.vectors.shape
         if binary:
-            data = self.vectors.astype("<f4")
+            data = self.vectors.astype("<f4", copy=False)
             with open(path, "wb") as out:
                 out.write(f"{n} {d}\n".encode())
                 for word, row in zip(self.words, data):
@@ -84,8 +89,8 @@ class WordVectors:
             row_format = " ".join(["%.9g"] * d) + "\n"
             with open(path, "w", encoding="utf-8") as out:
                 out.write(f"{n} {d}\n")
-                for start in range(0, n, 4096):  # a block at a time: Python floats cost 24 bytes each
-                    block = self.vectors[start : start + 4096].tolist()
+                for start in range(0, n, 1024):  # a block at a time: Python floats cost 24 bytes each
+                    block = self.vectors[start : start + 1024].tolist()
                     out.writelines(word + " " + row_format % tuple(row) for word, row in zip(self.words[start:], block))
 
     @classmethod

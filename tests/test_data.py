@@ -3,6 +3,7 @@
 import gzip
 from collections import Counter
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -143,7 +144,8 @@ def test_validation_pairs_are_fixed(planted):
     assert len(dm.val_set) > 0
 
 
-@pytest.mark.parametrize("name, value", [("window", 0), ("negatives", 0), ("batch_size", -3), ("min_count", 0), ("sample", -1.0)])
+@pytest.mark.parametrize("name, value", [("window", 0), ("negatives", 0), ("batch_size", -3), ("min_count", 0), ("sample", -1.0),
+                                         ("device", "gpu0")])  # fmt: skip
 def test_nonsense_values_are_refused(name, value):
     with pytest.raises(Word2VecError, match=f"data.{name}"):
         SkipGramDataModule(**{name: value})
@@ -158,3 +160,34 @@ def test_shared_negatives_one_draw_per_batch_and_exact_pair_count(planted):
     for centre, context, negatives in batches:
         assert negatives.shape == (16,) and negatives.dtype == centre.dtype == context.dtype == torch.long
     assert not torch.equal(batches[0][2], batches[1][2])
+
+
+def _devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_batches_are_made_on_the_requested_device_with_the_same_statistics(planted, device):
+    """data.device: every tensor of every batch is born there; the pairs are the same multiset
+    (window 1, no subsampling: deterministic), the negatives come from the same noise law."""
+    path, _ = planted
+    on_cpu = list(_module(path, window=1, shared_negatives=16, device="cpu").train_dataloader())
+    here = _module(path, window=1, shared_negatives=16, device=device)
+    batches = list(here.train_dataloader())
+    assert {t.device.type for b in batches for t in b} == {torch.device(device).type}
+    assert len(batches) == len(on_cpu) == len(here.train_set)
+    pairs = lambda bs: Counter(zip(torch.cat([b[0] for b in bs]).tolist(), torch.cat([b[1] for b in bs]).tolist()))  # noqa: E731
+    assert pairs(batches) == pairs(on_cpu)
+    drawn = torch.cat([b[2] for b in batches]).cpu()
+    assert ((drawn >= 0) & (drawn < len(here.vocab))).all()
+
+
+def test_device_auto_follows_the_trainer(planted):
+    path, _ = planted
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    dm = SkipGramDataModule(path=str(path), min_count=1, batch_size=64, val_fraction=0.0, device="auto")
+    dm.trainer = trainer
+    dm.setup("fit")
+    assert dm.train_set.device == trainer.strategy.root_device
+    with pytest.raises(Word2VecError, match="data.num_workers=2 needs batches made on the CPU"):
+        SkipGramDataModule(path=str(path), min_count=1, num_workers=2, device="cuda:0").setup("fit")

@@ -8,6 +8,10 @@ negatives are drawn per batch: k per pair, or K shared by all pairs of the batch
 epoch can be replayed exactly: that is how ``len()`` knows the exact number of batches before the
 epoch starts, and how a run resumed from a mid-epoch checkpoint continues with the very batches
 it would have seen (the loader's state is the epoch and the number of batches done).
+
+Batches are made on ``device`` (``data.device``, by default where training runs): on a GPU the
+chunk's token ids are copied there once and subsampling, windows, shuffling and negatives run on
+it, with no host round trip per step.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from sgns.sampling import AliasSampler, keep_probabilities, noise_distribution, 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _generator(*key: int) -> torch.Generator:
+def _generator(*key: int, device: torch.device | str = "cpu") -> torch.Generator:
     seed = int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 class SkipGramEpochs(IterableDataset):
@@ -57,6 +61,7 @@ class SkipGramEpochs(IterableDataset):
         self.epoch = 0
         self.skip = 0  # batches of this epoch already trained (resume)
         self.rank, self.world_size = 0, 1  # distributed training: this process's share
+        self.device = torch.device("cpu")  # where batches are made
         self._pairs: dict[int, int] = {}
         # chunk boundaries on sentence starts, so no window is cut
         starts = corpus.starts
@@ -70,6 +75,11 @@ class SkipGramEpochs(IterableDataset):
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
+    def set_device(self, device: torch.device | str) -> None:
+        """Make batches on ``device`` (its random streams differ from the CPU's for the same seed)."""
+        self.device = torch.device(device)
+        self.keep_prob = self.keep_prob.to(self.device)
+
     def set_rank(self, rank: int, world_size: int) -> None:
         """Under distributed training, take slice ``rank`` of every world_size x batch_size pairs."""
         check(0 <= rank < world_size, f"rank {rank} outside world size {world_size}")
@@ -79,9 +89,9 @@ class SkipGramEpochs(IterableDataset):
         """A chunk's tokens after subsampling, and their sentence ids."""
         s0, s1 = self.chunk_sentences[chunk], self.chunk_sentences[chunk + 1]
         starts = np.asarray(self.starts[s0 : s1 + 1])
-        lengths = torch.from_numpy(np.diff(starts))
-        tokens = torch.from_numpy(self.ids[starts[0] : starts[-1]].astype(np.int32))  # pairs kept as int32: half the memory
-        sentence = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        lengths = torch.from_numpy(np.diff(starts)).to(self.device)
+        tokens = torch.from_numpy(self.ids[starts[0] : starts[-1]].astype(np.int32)).to(self.device)  # int32: half the memory
+        sentence = torch.repeat_interleave(torch.arange(len(lengths), device=self.device), lengths)
         return subsample(tokens, sentence, self.keep_prob, generator)
 
     def _chunk_pairs(self, chunk: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +110,7 @@ class SkipGramEpochs(IterableDataset):
         return self._pairs[self.epoch]
 
     def _chunk_pair_count(self, chunk: int) -> int:
-        generator = _generator(self.seed, self.epoch, chunk)
+        generator = _generator(self.seed, self.epoch, chunk, device=self.device)
         _, sentence = self._chunk_tokens(chunk, generator)
         return skipgram_pair_count(sentence, self.window, generator)
 
@@ -112,13 +122,13 @@ class SkipGramEpochs(IterableDataset):
         their negatives, and rank r keeps the r-th share, so together the ranks see every pair of
         the epoch once, in equal step counts, and W ranks with batch B see exactly what one
         process with batch W x B sees."""
-        carry_c = carry_o = torch.empty(0, dtype=torch.int32)
+        carry_c = carry_o = torch.empty(0, dtype=torch.int32, device=self.device)
         index, step = 0, self.batch_size * self.world_size
         for chunk in self._chunk_order():
-            generator = _generator(self.seed, self.epoch, chunk)
+            generator = _generator(self.seed, self.epoch, chunk, device=self.device)
             centres, contexts = self._chunk_pairs(chunk, generator)
             if self.shuffle:
-                order = torch.randperm(len(centres), generator=generator)
+                order = torch.randperm(len(centres), generator=generator, device=self.device)
                 centres, contexts = centres.index_select(0, order), contexts.index_select(0, order)
             centres, contexts = torch.cat([carry_c, centres]), torch.cat([carry_o, contexts])
             full = len(centres) // step * step
@@ -134,7 +144,7 @@ class SkipGramEpochs(IterableDataset):
         """This rank's share of one step: near-equal slices (the last, short step may leave one empty);
         shared negatives are the whole step's, the same on every rank."""
         shape = (self.shared_negatives,) if self.shared_negatives else (len(centres), self.negatives)
-        negatives = self.noise.sample(shape, _generator(self.seed, self.epoch, 1 << 40, index))
+        negatives = self.noise.sample(shape, _generator(self.seed, self.epoch, 1 << 40, index, device=self.device))
         if self.world_size > 1:
             base, extra = divmod(len(centres), self.world_size)
             start = self.rank * base + min(self.rank, extra)
@@ -142,6 +152,14 @@ class SkipGramEpochs(IterableDataset):
             centres, contexts = centres[mine], contexts[mine]
             negatives = negatives if self.shared_negatives else negatives[mine]
         return centres.long(), contexts.long(), negatives
+
+
+def _is_device(name: object) -> bool:
+    try:
+        torch.device(name)
+        return True
+    except (RuntimeError, TypeError):
+        return False
 
 
 class ResumableLoader(DataLoader):
@@ -188,6 +206,7 @@ class SkipGramDataModule(L.LightningDataModule):
         val_fraction: float = 0.01,
         val_max_tokens: int = 100_000,
         shuffle: bool = True,
+        device: str = "auto",
         num_workers: int = 0,
         seed: int = 0,
     ):
@@ -203,6 +222,7 @@ class SkipGramDataModule(L.LightningDataModule):
         check(sample >= 0, f"data.sample must be >= 0 (0 disables subsampling), got {sample!r}")
         check(0 <= val_fraction < 1, f"data.val_fraction must be in [0, 1), got {val_fraction!r}")
         check(ns_exponent == ns_exponent, "data.ns_exponent must be a number")
+        check(device == "auto" or _is_device(device), f"data.device must be 'auto', 'cpu' or a torch device such as 'cuda:0', got {device!r}")
         check_tokenizer(tokenizer)
         self.source = Source(path, format, text_column, dataset, dataset_config, split)
         self.save_hyperparameters(logger=False)
@@ -256,6 +276,12 @@ class SkipGramDataModule(L.LightningDataModule):
     # -- Lightning hooks -------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
+        device = self.hparams.device
+        if device == "auto":  # batches are made where training runs
+            device = self.trainer.strategy.root_device if self.trainer is not None else "cpu"
+        check(self.hparams.num_workers == 0 or torch.device(device).type == "cpu",
+              f"data.num_workers={self.hparams.num_workers} needs batches made on the CPU (data.device=cpu), not {device}")  # fmt: skip
+        self.train_set.set_device(device)
         if self.trainer is not None:  # before anyone asks len(): each rank's share of the steps
             self.train_set.set_rank(self.trainer.global_rank, self.trainer.world_size)
 

@@ -3,6 +3,9 @@
 - frequent-word subsampling (word2vec.c / gensim keep formula),
 - dynamic windows (reach drawn uniformly from 1..window per centre token),
 - negatives from the unigram distribution raised to ``ns_exponent`` (alias method, O(1) a draw).
+
+Each runs on the device of its inputs and generator (CPU or CUDA), so batches can be made
+where training runs.
 """
 
 from __future__ import annotations
@@ -44,19 +47,24 @@ class AliasSampler:
         # leftovers keep prob 1 (rounding error only)
         self.prob = torch.as_tensor(prob, dtype=torch.float64)
         self.alias = torch.as_tensor(alias, dtype=torch.long)
+        self._tables = {self.prob.device: (self.prob, self.alias)}
 
     def sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
-        n = len(self.prob)
-        column = torch.randint(0, n, shape, generator=generator)
-        coin = torch.rand(shape, generator=generator, dtype=torch.float64)
-        return torch.where(coin < self.prob[column], column, self.alias[column])
+        """Draws on the generator's device (the tables are copied there once)."""
+        device = generator.device if generator is not None else self.prob.device
+        if device not in self._tables:
+            self._tables[device] = (self.prob.to(device), self.alias.to(device))
+        prob, alias = self._tables[device]
+        column = torch.randint(0, len(prob), shape, generator=generator, device=device)
+        coin = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+        return torch.where(coin < prob[column], column, alias[column])
 
 
 def subsample(
     tokens: torch.Tensor, sentence: torch.Tensor, keep_prob: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop each token independently with 1 - keep_prob[token]; windows are formed afterwards."""
-    keep = torch.rand(len(tokens), generator=generator, dtype=torch.float64) < keep_prob[tokens.long()]
+    keep = torch.rand(len(tokens), generator=generator, dtype=torch.float64, device=tokens.device) < keep_prob[tokens.long()]
     return tokens[keep], sentence[keep]
 
 
@@ -66,12 +74,13 @@ def skipgram_pair_count(sentence: torch.Tensor, window: int, generator: torch.Ge
     n = len(sentence)
     if n < 2:
         return 0
-    reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=torch.int16).long()
-    first = torch.ones(n, dtype=torch.bool)
+    device = sentence.device
+    reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=torch.int16, device=device).long()
+    first = torch.ones(n, dtype=torch.bool, device=device)
     first[1:] = sentence[1:] != sentence[:-1]
     starts = torch.nonzero(first).squeeze(1)
-    lengths = torch.diff(starts, append=torch.tensor([n]))
-    position = torch.arange(n) - torch.repeat_interleave(starts, lengths)
+    lengths = torch.diff(starts, append=torch.tensor([n], device=device))
+    position = torch.arange(n, device=device) - torch.repeat_interleave(starts, lengths)
     after = torch.repeat_interleave(lengths, lengths) - 1 - position
     return int((torch.minimum(reach, position) + torch.minimum(reach, after)).sum())
 
@@ -86,7 +95,7 @@ def skipgram_pairs(
     per distance, no per-token loop.
     """
     n = len(tokens)
-    reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=torch.int16)
+    reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=torch.int16, device=tokens.device)
     centres, contexts = [], []
     for d in range(1, min(window, n - 1) + 1):
         same = sentence[d:] == sentence[:-d]

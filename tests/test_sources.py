@@ -166,3 +166,23 @@ def test_bz2_and_xz_text_give_the_plain_text_corpus(tmp_path, text_file, suffix,
     packed = tmp_path / f"corpus.txt{suffix}"
     packed.write_bytes(importlib.import_module(opener).compress(text_file.read_bytes()))
     _same(prepare_corpus(packed, min_count=2, cache_dir=tmp_path / "cache"), prepare_corpus(text_file, min_count=2, cache_dir=tmp_path / "cache"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc are Linux's")
+def test_released_pages_leave_this_process_and_read_back_intact(tmp_path):
+    from sgns.corpus import release_pages
+
+    def resident_file_mb() -> float:
+        line = next(line for line in open("/proc/self/status") if line.startswith("RssFile:"))
+        return int(line.split()[1]) / 1024
+
+    values = np.arange(16 << 20, dtype=np.int32)  # 64 MB
+    values.tofile(tmp_path / "ids.bin")
+    ids = np.memmap(tmp_path / "ids.bin", dtype=np.int32, mode="r")
+    assert int(ids.sum(dtype=np.int64)) == int(values.sum(dtype=np.int64))  # every page resident
+    before = resident_file_mb()
+    release_pages(ids, 0, len(ids))
+    assert before - resident_file_mb() > 48
+    assert np.array_equal(ids[1000:2000], values[1000:2000])  # re-read from the file
+    release_pages(values, 0, len(values))  # in-memory arrays: untouched
+    assert values[123] == 123

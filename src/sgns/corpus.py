@@ -301,6 +301,23 @@ def _page_out(column: pa.Array | pa.ChunkedArray) -> None:
             _MADVISE(start, end - start, _MADV_PAGEOUT)
 
 
+_MADV_DONTNEED = 4
+
+
+def release_pages(array: np.ndarray, start: int, stop: int) -> None:
+    """Drop this process's resident pages of ``array[start:stop]``, a read-only memory-mapped
+    array: they are re-read from the file if touched again. Training copies a chunk's ids and
+    releases them, so its memory does not grow with the corpus. A no-op for in-memory arrays
+    and off Linux."""
+    if _MADVISE is None or not isinstance(array, np.memmap) or array.flags.writeable or stop <= start:
+        return
+    first = int(array.ctypes.data) + int(start) * array.itemsize
+    begin = -(-first // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = (first + (int(stop) - int(start)) * array.itemsize) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > begin:
+        _MADVISE(begin, end - begin, _MADV_DONTNEED)
+
+
 def _tokens(batch: pa.Table, indices: list[int], tokenizer: str, limit: tuple[int, int] | None) -> tuple[pa.Array, np.ndarray]:
     """A batch's flat tokens and line lengths; the line ``limit[0]`` (the last one read) keeps ``limit[1]`` tokens."""
     flat, lengths = tokenize_batch(batch["text"], tokenizer)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from sgns.corpus import EncodedCorpus, PreparedCorpus, Vocabulary, check_tokenizer, prepare_corpus
+from sgns.corpus import EncodedCorpus, PreparedCorpus, Vocabulary, check_tokenizer, prepare_corpus, release_pages
 from sgns.errors import Word2VecError, check
 from sgns.sources import Source
 from sgns.sampling import AliasSampler, keep_probabilities, noise_distribution, skipgram_pair_count, skipgram_pairs, subsample
@@ -91,6 +91,7 @@ class SkipGramEpochs(IterableDataset):
         starts = np.asarray(self.starts[s0 : s1 + 1])
         lengths = torch.from_numpy(np.diff(starts)).to(self.device)
         tokens = torch.from_numpy(self.ids[starts[0] : starts[-1]].astype(np.int32)).to(self.device)  # int32: half the memory
+        release_pages(self.ids, starts[0], starts[-1])  # copied: RSS stays flat however long the corpus
         sentence = torch.repeat_interleave(torch.arange(len(lengths), device=self.device), lengths)
         return subsample(tokens, sentence, self.keep_prob, generator)
 

@@ -242,11 +242,12 @@ def _apart(work: Callable[[], None]) -> None:
     send.close()
     try:
         error = receive.recv()
-    except EOFError:
-        process.join()
-        error = Word2VecError(f"corpus preparation stopped without a result (exit code {process.exitcode}; out of memory?)")
+    except EOFError:  # the child ended without a word: killed, out of memory
+        error = EOFError
     finally:
         process.join()
+    if error is EOFError:
+        error = Word2VecError(f"corpus preparation stopped without a result (exit code {process.exitcode}; out of memory?)")
     if error is not None:
         raise error
 
@@ -293,12 +294,15 @@ def _page_out(column: pa.Array | pa.ChunkedArray) -> None:
         if data is None:
             continue
         offsets = np.frombuffer(offsets_buffer, dtype=np.int64 if pa.types.is_large_string(chunk.type) else np.int32)
-        start = data.address + int(offsets[chunk.offset])
-        end = data.address + int(offsets[chunk.offset + len(chunk)])
-        start = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
-        end = end // mmap.PAGESIZE * mmap.PAGESIZE
-        if end > start:
-            _MADVISE(start, end - start, _MADV_PAGEOUT)
+        _advise_pages_inside(data.address + int(offsets[chunk.offset]), data.address + int(offsets[chunk.offset + len(chunk)]), _MADV_PAGEOUT)
+
+
+def _advise_pages_inside(start: int, end: int, advice: int) -> None:
+    """madvise the whole pages within the addresses [start, end) (none of a neighbour's bytes)."""
+    start = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = end // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > start:
+        _MADVISE(start, end - start, advice)
 
 
 _MADV_DONTNEED = 4
@@ -311,11 +315,8 @@ def release_pages(array: np.ndarray, start: int, stop: int) -> None:
     and off Linux."""
     if _MADVISE is None or not isinstance(array, np.memmap) or array.flags.writeable or stop <= start:
         return
-    first = int(array.ctypes.data) + int(start) * array.itemsize
-    begin = -(-first // mmap.PAGESIZE) * mmap.PAGESIZE
-    end = (first + (int(stop) - int(start)) * array.itemsize) // mmap.PAGESIZE * mmap.PAGESIZE
-    if end > begin:
-        _MADVISE(begin, end - begin, _MADV_DONTNEED)
+    base = int(array.ctypes.data)
+    _advise_pages_inside(base + int(start) * array.itemsize, base + int(stop) * array.itemsize, _MADV_DONTNEED)
 
 
 def _tokens(batch: pa.Table, indices: list[int], tokenizer: str, limit: tuple[int, int] | None) -> tuple[pa.Array, np.ndarray]:

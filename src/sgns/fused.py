@@ -14,9 +14,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from sgns.model import SkipGramModel, negative_weight
+from sgns.model import SkipGramModel, negative_weight, sgns_loss
 
 
 Update = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (table, rows, gradient rows)
@@ -53,7 +52,7 @@ def sgns_row_gradients(
     else:
         u_neg = U.index_select(0, negatives.reshape(-1)).view(B, negatives.shape[1], d)  # [B, k, d]
         neg = torch.bmm(u_neg, v_c.unsqueeze(2)).squeeze(2)  # [B, k]
-    loss = -(F.logsigmoid(pos) + weight * F.logsigmoid(-neg).sum(dim=1)).mean() if with_loss else None
+    loss = sgns_loss(pos, neg, weight).mean() if with_loss else None
     g_pos = torch.sigmoid(pos).sub_(1).mul_(scale / max(1, B))  # scale × d loss / d pos (B = 0: a rank with no pairs)
     g_neg = torch.sigmoid(neg).mul_(scale * weight / max(1, B))  # scale × d loss / d neg
     if shared:

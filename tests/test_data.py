@@ -145,20 +145,24 @@ def test_validation_pairs_are_fixed(planted):
 
 
 @pytest.mark.parametrize("name, value", [("window", 0), ("negatives", 0), ("batch_size", -3), ("min_count", 0), ("sample", -1.0),
-                                         ("device", "gpu0")])  # fmt: skip
+                                         ("device", "gpu0"), ("update_pairs", 0)])  # fmt: skip
 def test_nonsense_values_are_refused(name, value):
     with pytest.raises(Word2VecError, match=f"data.{name}"):
         SkipGramDataModule(**{name: value})
 
 
-def test_shared_negatives_one_draw_per_batch_and_exact_pair_count(planted):
+@pytest.mark.parametrize("update_pairs, updates", [(None, 1), (64, 1), (16, 4), (20, 4)])
+def test_shared_negatives_one_draw_per_batch_and_exact_pair_count(planted, update_pairs, updates):
+    """K shared negatives per update: a batch of 64 pairs in updates of update_pairs carries
+    K x ceil(64 / update_pairs) of them (the short last batch too: the model splits every batch alike)."""
     path, _ = planted
-    dm = _module(path, sample=1e-2, shared_negatives=16)
+    dm = _module(path, sample=1e-2, shared_negatives=16, update_pairs=update_pairs)
+    assert dm.updates == updates
     batches = list(dm.train_dataloader())
     pairs = dm.train_set.pairs()  # counted without building the pairs
     assert sum(len(b[0]) for b in batches) == pairs and len(batches) == len(dm.train_set) == -(-pairs // 64)
     for centre, context, negatives in batches:
-        assert negatives.shape == (16,) and negatives.dtype == centre.dtype == context.dtype == torch.long
+        assert negatives.shape == (16 * updates,) and negatives.dtype == centre.dtype == context.dtype == torch.long
     assert not torch.equal(batches[0][2], batches[1][2])
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hydra
 import pytest
 from gensim.models import KeyedVectors
 
@@ -20,6 +21,17 @@ def test_fast_dev_run_of_the_default_config(tmp_path):
     metrics = train(cfg)
     assert "train/loss" in metrics and "val/loss" in metrics
     assert KeyedVectors.load_word2vec_format(str(tmp_path / "vectors.bin"), binary=True).vector_size == 100
+
+
+@pytest.mark.parametrize("overrides, updates, pairs", [([], 4, 256), (["data=text_file", "data.path=x.txt"], 16, 4096),
+                                                     (["data=text_file", "data.path=x.txt", "data.batch_size=10000"], 3, 3334)])
+def test_configs_split_batches_into_updates_of_update_pairs(tmp_path, overrides, updates, pairs):
+    """model.micro_batches follows data.batch_size and data.update_pairs, and agrees with the
+    data module's updates (which draw K shared negatives each)."""
+    cfg = compose_train(tmp_path, overrides)
+    data = hydra.utils.instantiate(cfg.data)
+    assert cfg.model.micro_batches == data.updates == updates
+    assert -(-cfg.data.batch_size // updates) == pairs
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,9 @@
 
 Each epoch walks the corpus in chunks of whole sentences (in shuffled chunk order). A chunk is
 subsampled, turned into skip-gram pairs with dynamic windows, shuffled, and cut into batches;
-negatives are drawn per batch: k per pair, or K shared by all pairs of the batch
-(``shared_negatives``). Every chunk's randomness comes from a generator seeded by
+negatives are drawn per batch: k per pair, or K per optimiser update shared by all pairs of
+that update (``shared_negatives``; a batch makes ``updates`` consecutive updates, see
+``update_pairs``). Every chunk's randomness comes from a generator seeded by
 (seed, epoch, chunk) and every batch's negatives from one seeded by (seed, epoch, batch), so an
 epoch can be replayed exactly: that is how ``len()`` knows the exact number of batches before the
 epoch starts, and how a run resumed from a mid-epoch checkpoint continues with the very batches
@@ -52,12 +53,13 @@ class SkipGramEpochs(IterableDataset):
         seed: int,
         shuffle: bool = True,
         shared_negatives: int = 0,
+        updates: int = 1,
     ):
         self.ids, self.starts = corpus.ids, corpus.starts  # numpy, possibly memory-mapped
         self.keep_prob = torch.as_tensor(keep_prob, dtype=torch.float64)
         self.noise, self.window, self.negatives = noise, window, negatives
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
-        self.shared_negatives = shared_negatives
+        self.shared_negatives, self.updates = shared_negatives, updates
         self.epoch = 0
         self.skip = 0  # batches of this epoch already trained (resume)
         self.rank, self.world_size = 0, 1  # distributed training: this process's share
@@ -143,8 +145,8 @@ class SkipGramEpochs(IterableDataset):
 
     def _batch(self, centres: torch.Tensor, contexts: torch.Tensor, index: int) -> Batch:
         """This rank's share of one step: near-equal slices (the last, short step may leave one empty);
-        shared negatives are the whole step's, the same on every rank."""
-        shape = (self.shared_negatives,) if self.shared_negatives else (len(centres), self.negatives)
+        shared negatives are the whole step's (K per update), the same on every rank."""
+        shape = (self.shared_negatives * self.updates,) if self.shared_negatives else (len(centres), self.negatives)
         negatives = self.noise.sample(shape, _generator(self.seed, self.epoch, 1 << 40, index, device=self.device))
         if self.world_size > 1:
             base, extra = divmod(len(centres), self.world_size)
@@ -203,6 +205,7 @@ class SkipGramDataModule(L.LightningDataModule):
         ns_exponent: float = 0.75,
         sample: float = 1e-3,
         batch_size: int = 4096,
+        update_pairs: int | None = None,
         chunk_tokens: int = 250_000,
         val_fraction: float = 0.01,
         val_max_tokens: int = 100_000,
@@ -218,7 +221,8 @@ class SkipGramDataModule(L.LightningDataModule):
             ("max_sentence_length", max_sentence_length, 1), ("shared_negatives", shared_negatives, 0),
         ]:  # fmt: skip
             check(isinstance(value, int) and value >= low, f"data.{name} must be an integer >= {low}, got {value!r}")
-        for name, value in [("max_vocab_size", max_vocab_size), ("max_tokens", max_tokens), ("num_proc", num_proc)]:
+        for name, value in [("max_vocab_size", max_vocab_size), ("max_tokens", max_tokens), ("num_proc", num_proc),
+                            ("update_pairs", update_pairs)]:  # fmt: skip
             check(value is None or (isinstance(value, int) and value >= 1), f"data.{name} must be null or an integer >= 1, got {value!r}")
         check(sample >= 0, f"data.sample must be >= 0 (0 disables subsampling), got {sample!r}")
         check(0 <= val_fraction < 1, f"data.val_fraction must be in [0, 1), got {val_fraction!r}")
@@ -247,6 +251,13 @@ class SkipGramDataModule(L.LightningDataModule):
     def vocab(self) -> Vocabulary:
         return self.prepare().vocab
 
+    @property
+    def updates(self) -> int:
+        """Optimiser updates per batch, ceil(batch_size / update_pairs): the model's ``micro_batches``
+        (the configs set it from the same two values); each draws its own K shared negatives."""
+        h = self.hparams
+        return -(-h.batch_size // h.update_pairs) if h.update_pairs else 1
+
     @cached_property
     def noise(self) -> AliasSampler:
         return AliasSampler(noise_distribution(self.vocab.counts, self.hparams.ns_exponent))
@@ -260,7 +271,7 @@ class SkipGramDataModule(L.LightningDataModule):
         h = self.hparams
         return SkipGramEpochs(
             self.prepare().train, self.keep_prob, self.noise, h.window, h.negatives,
-            h.batch_size, h.chunk_tokens, h.seed, h.shuffle, h.shared_negatives,
+            h.batch_size, h.chunk_tokens, h.seed, h.shuffle, h.shared_negatives, self.updates,
         )  # fmt: skip
 
     @cached_property
@@ -271,7 +282,7 @@ class SkipGramDataModule(L.LightningDataModule):
             return []
         epochs = SkipGramEpochs(val, self.keep_prob, self.noise, h.window, h.negatives,
                                 batch_size=h.batch_size, chunk_tokens=val.n_tokens, seed=h.seed + 1, shuffle=False,
-                                shared_negatives=h.shared_negatives)  # fmt: skip
+                                shared_negatives=h.shared_negatives, updates=self.updates)  # fmt: skip
         return list(epochs)
 
     # -- Lightning hooks -------------------------------------------------------------------

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from statistics import median
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +95,20 @@ def run_dir(out: Path) -> Path:
     shutil.rmtree(out / "cache", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def summary(rows: list[dict]) -> str:
+    """Medians of each side, and ours/gensim within each repeat: a repeat's two runs follow each
+    other, so their ratio is the least disturbed by a shared machine's load changing over time."""
+    side = {name: [r for r in rows if r["name"] == name] for name in ("ours", "gensim")}
+    paired = [o["raw_wps"] / g["raw_wps"] for o, g in zip(side["ours"], side["gensim"])]
+    lines = [f"\nmedian train s: ours {median([r['train_s'] for r in side['ours']]):.1f}, "
+             f"gensim {median([r['train_s'] for r in side['gensim']]):.1f}; "
+             f"ours/gensim raw words/s within each repeat: {', '.join(f'{x:.2f}' for x in paired)} (median {median(paired):.2f})"]
+    for key in ("analogy", "ws353", "simlex"):
+        ours, gensim = median([r[key] for r in side["ours"]]), median([r[key] for r in side["gensim"]])
+        lines.append(f"median {key}: ours {ours:.3f}, gensim {gensim:.3f} (ours - gensim {ours - gensim:+.3f})")
+    return "\n".join(lines)
 
 
 def gensim_worker(args: argparse.Namespace) -> None:
@@ -184,6 +199,7 @@ def main() -> None:
         print(f"| {r['name']} #{r['repeat']} | {r['train_s']:.1f} | {r['wall_s']:.1f} | {r['raw_wps']:,.0f} | "
               f"{r['raw_wps'] / gensim_wps:.2f} | {r['rss_mb']:.0f} ({floor:.0f}) | {r['rss_mb'] - floor:.0f} | "
               f"{100 * r['analogy']:.1f} % ({r['questions']:,}) | {r['ws353']:.3f} | {r['simlex']:.3f} |")  # fmt: skip
+    print(summary(rows))
     (args.out / "results.json").write_text(json.dumps({"floors_mb": floors, "runs": rows}, indent=1))
     if args.scaling:
         scaling(args)

@@ -22,8 +22,8 @@ import shutil
 import subprocess
 import sys
 import time
-from statistics import median
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = os.environ.get("SGNS_ENWIKI", str(ROOT.parent / "shared" / "data" / "enwiki-40M.txt.gz"))

@@ -145,7 +145,7 @@ def test_validation_pairs_are_fixed(planted):
 
 
 @pytest.mark.parametrize("name, value", [("window", 0), ("negatives", 0), ("batch_size", -3), ("min_count", 0), ("sample", -1.0),
-                                         ("device", "gpu0"), ("update_pairs", 0)])  # fmt: skip
+                                         ("device", "gpu0"), ("update_pairs", 0), ("negative_groups", 0)])  # fmt: skip
 def test_nonsense_values_are_refused(name, value):
     with pytest.raises(Word2VecError, match=f"data.{name}"):
         SkipGramDataModule(**{name: value})
@@ -163,6 +163,14 @@ def test_shared_negatives_one_draw_per_batch_and_exact_pair_count(planted, updat
     assert sum(len(b[0]) for b in batches) == pairs and len(batches) == len(dm.train_set) == -(-pairs // 64)
     for centre, context, negatives in batches:
         assert negatives.shape == (16 * updates,) and negatives.dtype == centre.dtype == context.dtype == torch.long
+    assert not torch.equal(batches[0][2], batches[1][2])
+
+
+def test_negative_groups_draw_k_for_each_group_of_every_update(planted):
+    """negative_groups=3, K=4, batches of 64 in updates of 16: [4 updates x 3 groups, 4] per batch."""
+    path, _ = planted
+    batches = list(_module(path, shared_negatives=4, negative_groups=3, update_pairs=16).train_dataloader())
+    assert all(b[2].shape == (12, 4) for b in batches) and len(batches) > 1
     assert not torch.equal(batches[0][2], batches[1][2])
 
 

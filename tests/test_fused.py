@@ -1,5 +1,6 @@
 """The fused fast path equals the reference autograd path: loss, gradients and optimiser steps,
-with k negatives per pair and with K negatives shared by the batch, in one update or several."""
+with k negatives per pair, K shared by the batch, or K per group of pairs (groups that divide the
+batch, and groups that do not), in one update or several."""
 
 import math
 
@@ -11,7 +12,7 @@ from sgns.fused import apply_sgd, apply_sparse_adam, gradient_scale, sgns_row_gr
 from sgns.model import SkipGramModel
 from sgns.module import split_batch
 
-SHARED = [False, True]
+SHARED = [False, True, 8, 7]  # k per pair, K shared, K for each of 8 (even) or 7 (uneven) groups
 
 
 def _models(vocab=30, dim=8, seed=0):
@@ -26,7 +27,8 @@ def _models(vocab=30, dim=8, seed=0):
 
 def _batch(vocab=30, B=64, k=5, seed=1, shared=False, K=12):
     g = torch.Generator().manual_seed(seed)  # small vocabulary: many repeated rows in a batch
-    negatives = torch.randint(0, vocab, (K,) if shared else (B, k), generator=g)
+    shape = (K,) if shared is True else (shared, K) if shared else (B, k)
+    negatives = torch.randint(0, vocab, shape, generator=g)
     return torch.randint(0, vocab, (B,), generator=g), torch.randint(0, vocab, (B,), generator=g), negatives
 
 
@@ -47,6 +49,19 @@ def test_shared_negative_loss_is_the_formula():
     for c, o in zip(center.tolist(), context.tolist()):
         expected += -math.log(torch.sigmoid(V[c] @ U[o]).item())
         expected += -(5 / 7) * sum(math.log(torch.sigmoid(-(V[c] @ U[j])).item()) for j in negatives.tolist())
+    assert model(center, context, negatives, negatives_per_pair=5).item() == pytest.approx(expected / 5, rel=1e-12)
+
+
+def test_grouped_negative_loss_is_the_formula():
+    """K negatives per group of consecutive pairs, weighed k/K; 5 pairs in 2 groups: pair p is in group p·2 // 5."""
+    _, model = _models()
+    center, context, negatives = _batch(shared=2, K=3, B=5)
+    V, U = model.center_embed.weight, model.outside_embed.weight
+    expected = 0.0
+    for p, (c, o) in enumerate(zip(center.tolist(), context.tolist())):
+        expected += -math.log(torch.sigmoid(V[c] @ U[o]).item())
+        group = negatives[[0, 0, 0, 1, 1][p]].tolist()
+        expected += -(5 / 3) * sum(math.log(torch.sigmoid(-(V[c] @ U[j])).item()) for j in group)
     assert model(center, context, negatives, negatives_per_pair=5).item() == pytest.approx(expected / 5, rel=1e-12)
 
 
@@ -136,5 +151,5 @@ def test_a_rank_with_no_pairs_sends_empty_updates(shared):
     center, context, negatives = _batch(shared=shared)
     empty = (center[:0], context[:0], negatives if shared else negatives[:0])
     _, updates = sgns_row_gradients(fused, *empty, scale=-0.5, with_loss=False)
-    assert [len(rows) for _, rows, _ in updates] == [0, 0, len(negatives) if shared else 0]
+    assert [len(rows) for _, rows, _ in updates] == [0, 0, negatives.numel() if shared else 0]
     assert all(not grads.any() for _, _, grads in updates)

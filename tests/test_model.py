@@ -40,7 +40,7 @@ def test_gradients_match_hand_derivation():
         model.center_embed.weight.normal_()
         model.outside_embed.weight.normal_()
     c, o, n = torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([[4, 5], [5, 2]])
-    model(c, o, n).backward()
+    model(c, o, n, negatives_per_pair=2).backward()  # k = 2 per pair: each weighs k/K = 1
     V, U = model.center_embed.weight.detach(), model.outside_embed.weight.detach()
     gV, gU = torch.zeros_like(V), torch.zeros_like(U)
     B = len(c)

@@ -1,11 +1,11 @@
-"""LightningDataModule producing batched (center [B], context [B], negatives [B, k] or [K]) tensors.
+"""LightningDataModule producing batched (center [B], context [B], negatives [B, k], [K] or [G, K]) tensors.
 
 Each epoch walks the corpus in chunks of whole sentences (in shuffled chunk order). A chunk is
 subsampled, turned into skip-gram pairs with dynamic windows, shuffled, and cut into batches;
-negatives are drawn per batch: k per pair, or K per optimiser update shared by all pairs of
-that update (``shared_negatives``; a batch makes ``updates`` consecutive updates, see
-``update_pairs``). Every chunk's randomness comes from a generator seeded by
-(seed, epoch, chunk) and every batch's negatives from one seeded by (seed, epoch, batch), so an
+negatives are drawn per batch: k per pair, or K shared by all pairs of an optimiser update
+(``shared_negatives``; a batch makes ``updates`` consecutive updates, see ``update_pairs``), or
+K for each of ``negative_groups`` groups of consecutive pairs of an update. Every chunk's
+randomness comes from a generator seeded by (seed, epoch, chunk) and every batch's negatives from one seeded by (seed, epoch, batch), so an
 epoch can be replayed exactly: that is how ``len()`` knows the exact number of batches before the
 epoch starts, and how a run resumed from a mid-epoch checkpoint continues with the very batches
 it would have seen (the loader's state is the epoch and the number of batches done).
@@ -54,12 +54,13 @@ class SkipGramEpochs(IterableDataset):
         shuffle: bool = True,
         shared_negatives: int = 0,
         updates: int = 1,
+        negative_groups: int = 1,
     ):
         self.ids, self.starts = corpus.ids, corpus.starts  # numpy, possibly memory-mapped
         self.keep_prob = torch.as_tensor(keep_prob, dtype=torch.float64)
         self.noise, self.window, self.negatives = noise, window, negatives
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
-        self.shared_negatives, self.updates = shared_negatives, updates
+        self.shared_negatives, self.updates, self.negative_groups = shared_negatives, updates, negative_groups
         self.epoch = 0
         self.skip = 0  # batches of this epoch already trained (resume)
         self.rank, self.world_size = 0, 1  # distributed training: this process's share
@@ -146,7 +147,12 @@ class SkipGramEpochs(IterableDataset):
     def _batch(self, centres: torch.Tensor, contexts: torch.Tensor, index: int) -> Batch:
         """This rank's share of one step: near-equal slices (the last, short step may leave one empty);
         shared negatives are the whole step's (K per update), the same on every rank."""
-        shape = (self.shared_negatives * self.updates,) if self.shared_negatives else (len(centres), self.negatives)
+        if not self.shared_negatives:
+            shape = (len(centres), self.negatives)
+        elif self.negative_groups == 1:
+            shape = (self.shared_negatives * self.updates,)
+        else:  # [G, K]: K for each group of consecutive pairs (the model cuts the pairs into as many groups)
+            shape = (self.negative_groups * self.updates, self.shared_negatives)
         negatives = self.noise.sample(shape, _generator(self.seed, self.epoch, 1 << 40, index, device=self.device))
         if self.world_size > 1:
             base, extra = divmod(len(centres), self.world_size)
@@ -202,6 +208,7 @@ class SkipGramDataModule(L.LightningDataModule):
         window: int = 5,
         negatives: int = 5,
         shared_negatives: int = 0,
+        negative_groups: int = 1,
         ns_exponent: float = 0.75,
         sample: float = 1e-3,
         batch_size: int = 4096,
@@ -219,6 +226,7 @@ class SkipGramDataModule(L.LightningDataModule):
             ("window", window, 1), ("negatives", negatives, 1), ("batch_size", batch_size, 1),
             ("min_count", min_count, 1), ("chunk_tokens", chunk_tokens, 1),
             ("max_sentence_length", max_sentence_length, 1), ("shared_negatives", shared_negatives, 0),
+            ("negative_groups", negative_groups, 1),
         ]:  # fmt: skip
             check(isinstance(value, int) and value >= low, f"data.{name} must be an integer >= {low}, got {value!r}")
         for name, value in [("max_vocab_size", max_vocab_size), ("max_tokens", max_tokens), ("num_proc", num_proc),
@@ -271,7 +279,7 @@ class SkipGramDataModule(L.LightningDataModule):
         h = self.hparams
         return SkipGramEpochs(
             self.prepare().train, self.keep_prob, self.noise, h.window, h.negatives,
-            h.batch_size, h.chunk_tokens, h.seed, h.shuffle, h.shared_negatives, self.updates,
+            h.batch_size, h.chunk_tokens, h.seed, h.shuffle, h.shared_negatives, self.updates, h.negative_groups,
         )  # fmt: skip
 
     @cached_property
@@ -282,7 +290,8 @@ class SkipGramDataModule(L.LightningDataModule):
             return []
         epochs = SkipGramEpochs(val, self.keep_prob, self.noise, h.window, h.negatives,
                                 batch_size=h.batch_size, chunk_tokens=val.n_tokens, seed=h.seed + 1, shuffle=False,
-                                shared_negatives=h.shared_negatives, updates=self.updates)  # fmt: skip
+                                shared_negatives=h.shared_negatives, updates=self.updates,
+                                negative_groups=h.negative_groups)  # fmt: skip
         return list(epochs)
 
     # -- Lightning hooks -------------------------------------------------------------------

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from sgns.model import SkipGramModel, negative_weight, sgns_loss
+from sgns.model import SkipGramModel, grouped, negative_weight, sgns_loss
 
 
 Update = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (table, rows, gradient rows)
@@ -33,8 +33,9 @@ def sgns_row_gradients(
 ) -> tuple[torch.Tensor | None, list[Update]]:
     """Loss and the per-row gradients of ``scale`` × the batch-mean SGNS loss.
 
-    ``negatives`` is [B, k] (k per pair) or [K] (shared by the batch, weighted k/K: one [B, d] x
-    [d, K] product instead of B small ones, and K outside rows to update instead of B·k).
+    ``negatives`` is [K] (shared by the batch, weighted k/K: one [B, d] x [d, K] product instead of
+    B small ones, and K outside rows to update instead of B·k), or [G, K]: K for each of G groups of
+    consecutive pairs (G batched products; [B, k] is k per pair).
     Returns (loss, [(table, rows, gradients), ...]): centre rows, context rows, negative rows;
     rows may repeat, and a repeated row's gradients are to be summed. The loss (None without
     ``with_loss``) costs as much as a matrix product: steps that log nothing skip it.
@@ -43,6 +44,9 @@ def sgns_row_gradients(
     B, d = len(center), V.shape[1]
     shared = negatives.dim() == 1
     weight = negative_weight(negatives, negatives_per_pair)
+    if not shared:
+        negatives = grouped(negatives, B)
+        G, K = negatives.shape
     v_c = V.index_select(0, center)  # [B, d]
     u_o = U.index_select(0, context)  # [B, d]
     pos = (v_c * u_o).sum(dim=1)
@@ -50,8 +54,10 @@ def sgns_row_gradients(
         u_neg = U.index_select(0, negatives)  # [K, d]
         neg = v_c @ u_neg.T  # [B, K]
     else:
-        u_neg = U.index_select(0, negatives.reshape(-1)).view(B, negatives.shape[1], d)  # [B, k, d]
-        neg = torch.bmm(u_neg, v_c.unsqueeze(2)).squeeze(2)  # [B, k]
+        M = B // max(1, G)  # pairs per group
+        u_neg = U.index_select(0, negatives.reshape(-1)).view(G, K, d)  # [G, K, d]
+        v_groups = v_c.view(G, M, d)
+        neg = torch.bmm(v_groups, u_neg.transpose(1, 2)).reshape(B, K)  # [B, K]
     loss = sgns_loss(pos, neg, weight).mean() if with_loss else None
     g_pos = torch.sigmoid(pos).sub_(1).mul_(scale / max(1, B))  # scale × d loss / d pos (B = 0: a rank with no pairs)
     g_neg = torch.sigmoid(neg).mul_(scale * weight / max(1, B))  # scale × d loss / d neg
@@ -59,8 +65,9 @@ def sgns_row_gradients(
         grad_center = torch.addmm(g_pos.unsqueeze(1) * u_o, g_neg, u_neg)
         grad_negatives = g_neg.T @ v_c  # [K, d]
     else:
-        grad_center = torch.baddbmm((g_pos.unsqueeze(1) * u_o).unsqueeze(1), g_neg.unsqueeze(1), u_neg).squeeze(1)
-        grad_negatives = (g_neg.unsqueeze(2) * v_c.unsqueeze(1)).view(-1, d)
+        g_groups = g_neg.view(G, M, K)
+        grad_center = torch.baddbmm((g_pos.unsqueeze(1) * u_o).view(G, M, d), g_groups, u_neg).view(B, d)
+        grad_negatives = torch.bmm(g_groups.transpose(1, 2), v_groups).view(-1, d)  # [G·K, d]
     return loss, [(V, center, grad_center), (U, context, g_pos.unsqueeze(1) * v_c), (U, negatives.reshape(-1), grad_negatives)]
 
 

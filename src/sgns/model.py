@@ -16,8 +16,18 @@ def sgns_loss(pos: torch.Tensor, neg: torch.Tensor, neg_weight: float = 1.0) -> 
 
 
 def negative_weight(negatives: torch.Tensor, per_pair: int) -> float:
-    """1 for per-pair negatives [B, k]; k/K for K negatives [K] shared by the batch."""
-    return 1.0 if negatives.dim() == 2 else per_pair / max(1, negatives.numel())
+    """k/K for K negatives per group, [G, K] (1 for k per pair, [B, k]), or shared by the batch, [K]."""
+    return per_pair / max(1, negatives.shape[-1])
+
+
+def grouped(negatives: torch.Tensor, pairs: int) -> torch.Tensor:
+    """Negatives [G, K] of G groups of consecutive pairs, as [G, K] with G dividing ``pairs``:
+    [B, k] (one group per pair) stays; uneven groups become one row per pair (pair p is in
+    group p·G // pairs), so every pair's scores are a [M, d] x [d, K] product of its group."""
+    G = len(negatives)
+    if G == 0 or pairs % G == 0:
+        return negatives
+    return negatives[torch.arange(pairs, device=negatives.device) * G // pairs]
 
 
 class SkipGramModel(nn.Module):
@@ -39,14 +49,19 @@ class SkipGramModel(nn.Module):
     def scores(
         self, center: torch.Tensor, context: torch.Tensor, negatives: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positive scores dot(v_c, u_o) [B] and negative scores [B, k]: bmm(u_neg, v_c) for per-pair
-        negatives [B, k], or one matrix product v_c u_negᵀ for negatives [K] shared by the batch."""
+        """Positive scores dot(v_c, u_o) [B] and negative scores [B, K]: one matrix product v_c u_negᵀ
+        for negatives [K] shared by the batch; for negatives [G, K] of G groups of consecutive pairs
+        (per pair: G = B), a batched product of each group's centres with its negatives."""
         v_c = self.center_embed(center)  # [B, d]
         u_o = self.outside_embed(context)  # [B, d]
-        u_neg = self.outside_embed(negatives)  # [B, k, d] or [K, d]
         pos = (v_c * u_o).sum(dim=-1)
-        neg = v_c @ u_neg.T if negatives.dim() == 1 else torch.bmm(u_neg, v_c.unsqueeze(2)).squeeze(2)
-        return pos, neg
+        if negatives.dim() == 1:
+            return pos, v_c @ self.outside_embed(negatives).T
+        negatives = grouped(negatives, len(center))
+        u_neg = self.outside_embed(negatives)  # [G, K, d]
+        G, B = len(negatives), len(center)
+        neg = torch.bmm(v_c.view(G, B // max(1, G), -1), u_neg.transpose(1, 2)) if G else v_c.new_zeros(0, negatives.shape[1])
+        return pos, neg.reshape(B, negatives.shape[1])
 
     def forward(
         self, center: torch.Tensor, context: torch.Tensor, negatives: torch.Tensor, negatives_per_pair: int = 5

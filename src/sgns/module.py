@@ -34,16 +34,16 @@ def wants_sparse_gradients(optimizer: OptimizerFactory) -> bool:
 
 
 def split_batch(batch: tuple[torch.Tensor, ...], parts: int) -> list[tuple[torch.Tensor, ...]]:
-    """``parts`` consecutive slices of a batch; shared negatives [K] are split the same way."""
+    """``parts`` consecutive slices of a batch; its negatives ([K] shared, [G, K] per group of pairs,
+    [B, k] per pair) are split the same way, into parts of near-equal length."""
     center, context, negatives = batch
     if parts == 1:
         return [batch]
-    shared = negatives.dim() == 1
-    if shared and len(negatives) < parts:
-        raise Word2VecError(f"data.shared_negatives={len(negatives)} cannot be split into model.micro_batches={parts} parts")
-    n, K = len(center), len(negatives)
+    n, G = len(center), len(negatives)
+    if G < parts and G != n:
+        raise Word2VecError(f"the batch's {G} shared negatives (or groups) cannot be split into model.micro_batches={parts} parts")
     cut = [n * i // parts for i in range(parts + 1)]
-    neg_cut = [K * i // parts for i in range(parts + 1)] if shared else cut
+    neg_cut = [G * i // parts for i in range(parts + 1)]  # per pair (G = n): the pairs' cut
     return [(center[a:b], context[a:b], negatives[c:e]) for a, b, c, e in zip(cut, cut[1:], neg_cut, neg_cut[1:])]
 
 

@@ -5,10 +5,11 @@ subsampled, turned into skip-gram pairs with dynamic windows, shuffled, and cut 
 negatives are drawn per batch: k per pair, or K shared by all pairs of an optimiser update
 (``shared_negatives``; a batch makes ``updates`` consecutive updates, see ``update_pairs``), or
 K for each of ``negative_groups`` groups of consecutive pairs of an update. Every chunk's
-randomness comes from a generator seeded by (seed, epoch, chunk) and every batch's negatives from one seeded by (seed, epoch, batch), so an
-epoch can be replayed exactly: that is how ``len()`` knows the exact number of batches before the
-epoch starts, and how a run resumed from a mid-epoch checkpoint continues with the very batches
-it would have seen (the loader's state is the epoch and the number of batches done).
+randomness comes from a generator seeded by (seed, epoch, chunk) and every batch's negatives
+from one seeded by (seed, epoch, batch), so an epoch can be replayed exactly: that is how
+``len()`` knows the exact number of batches before the epoch starts, and how a run resumed from
+a mid-epoch checkpoint continues with the very batches it would have seen (the loader's state
+is the epoch and the number of batches done).
 
 Batches are made on ``device`` (``data.device``, by default where training runs): on a GPU the
 chunk's token ids are copied there once and subsampling, windows, shuffling and negatives run on

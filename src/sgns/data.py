@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from sgns import ceil_div
 from sgns.corpus import EncodedCorpus, PreparedCorpus, Vocabulary, check_tokenizer, prepare_corpus, release_pages
 from sgns.errors import Word2VecError, check
 from sgns.sources import Source
@@ -264,8 +265,7 @@ class SkipGramDataModule(L.LightningDataModule):
     def updates(self) -> int:
         """Optimiser updates per batch, ceil(batch_size / update_pairs): the model's ``micro_batches``
         (the configs set it from the same two values); each draws its own K shared negatives."""
-        h = self.hparams
-        return -(-h.batch_size // h.update_pairs) if h.update_pairs else 1
+        return ceil_div(self.hparams.batch_size, self.hparams.update_pairs)
 
     @cached_property
     def noise(self) -> AliasSampler:

@@ -60,7 +60,7 @@ class SkipGramModel(nn.Module):
         negatives = grouped(negatives, len(center))
         u_neg = self.outside_embed(negatives)  # [G, K, d]
         G, B = len(negatives), len(center)
-        neg = torch.bmm(v_c.view(G, B // max(1, G), -1), u_neg.transpose(1, 2)) if G else v_c.new_zeros(0, negatives.shape[1])
+        neg = torch.bmm(v_c.view(G, B // max(1, G), v_c.shape[1]), u_neg.transpose(1, 2))  # [G, M, K]
         return pos, neg.reshape(B, negatives.shape[1])
 
     def forward(

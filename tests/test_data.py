@@ -100,9 +100,10 @@ def test_batches_have_the_right_shapes_and_dtypes(planted):
     assert all(((t >= 0) & (t < vocab)).all() for b in batches for t in b)
 
 
-def test_an_epoch_covers_every_pair_once_in_shuffled_order(planted):
+@pytest.mark.parametrize("pair_order", ["windows", "pairs"])
+def test_an_epoch_covers_every_pair_once_in_shuffled_order(planted, pair_order):
     path, _ = planted
-    dm = _module(path, window=1)
+    dm = _module(path, window=1, pair_order=pair_order)
     centres = torch.cat([b[0] for b in dm.train_dataloader()])
     contexts = torch.cat([b[1] for b in dm.train_dataloader()])
     ids = torch.from_numpy(np.array(dm.corpus.train.ids)).long()
@@ -114,6 +115,8 @@ def test_an_epoch_covers_every_pair_once_in_shuffled_order(planted):
     expected = Counter(zip(torch.cat([left, right]).tolist(), torch.cat([right, left]).tolist()))
     assert Counter(zip(centres.tolist(), contexts.tolist())) == expected
     assert not torch.equal(centres[: len(left)], left)  # shuffled
+    runs = len(torch.unique_consecutive(centres))  # window by window: a centre's two pairs side by side
+    assert runs < 0.6 * len(centres) if pair_order == "windows" else runs > 0.9 * len(centres)
 
 
 def test_epochs_are_reproducible_and_differ(planted):
@@ -145,7 +148,8 @@ def test_validation_pairs_are_fixed(planted):
 
 
 @pytest.mark.parametrize("name, value", [("window", 0), ("negatives", 0), ("batch_size", -3), ("min_count", 0), ("sample", -1.0),
-                                         ("device", "gpu0"), ("update_pairs", 0), ("negative_groups", 0)])  # fmt: skip
+                                         ("device", "gpu0"), ("update_pairs", 0), ("negative_groups", 0),
+                                         ("pair_order", "random")])  # fmt: skip
 def test_nonsense_values_are_refused(name, value):
     with pytest.raises(Word2VecError, match=f"data.{name}"):
         SkipGramDataModule(**{name: value})

@@ -1,6 +1,7 @@
 """The fused fast path equals the reference autograd path: loss, gradients and optimiser steps,
 with k negatives per pair, K shared by the batch, or K per group of pairs (groups that divide the
-batch, and groups that do not), in one update or several."""
+batch, and groups that do not), in one update or several; shared negatives also for pairs that
+come window by window (runs of one centre, whose shared work the fast path does once per run)."""
 
 import math
 
@@ -12,7 +13,7 @@ from sgns.fused import apply_sgd, apply_sparse_adam, gradient_scale, sgns_row_gr
 from sgns.model import SkipGramModel
 from sgns.module import split_batch
 
-SHARED = [False, True, 8, 7]  # k per pair, K shared, K for each of 8 (even) or 7 (uneven) groups
+SHARED = [False, True, 8, 7, "runs"]  # k per pair, K shared, K for each of 8 (even) or 7 (uneven) groups, K shared by windows
 
 
 def _models(vocab=30, dim=8, seed=0):
@@ -27,9 +28,12 @@ def _models(vocab=30, dim=8, seed=0):
 
 def _batch(vocab=30, B=64, k=5, seed=1, shared=False, K=12):
     g = torch.Generator().manual_seed(seed)  # small vocabulary: many repeated rows in a batch
-    shape = (K,) if shared is True else (shared, K) if shared else (B, k)
+    shape = (K,) if shared in (True, "runs") else (shared, K) if shared else (B, k)
     negatives = torch.randint(0, vocab, shape, generator=g)
-    return torch.randint(0, vocab, (B,), generator=g), torch.randint(0, vocab, (B,), generator=g), negatives
+    center = torch.randint(0, vocab, (B,), generator=g)
+    if shared == "runs":  # window by window: runs of 1 to 6 pairs with one centre
+        center = center.repeat_interleave(torch.randint(1, 7, (B,), generator=g))[:B]
+    return center, torch.randint(0, vocab, (B,), generator=g), negatives
 
 
 def _dense(table: torch.Tensor, updates) -> torch.Tensor:
@@ -74,6 +78,7 @@ def test_row_gradients_equal_autograd(shared, scale):
     loss.backward()
     fused_loss, updates = sgns_row_gradients(fused, *batch, negatives_per_pair=5, scale=scale)
     assert torch.allclose(fused_loss, loss)
+    assert (len(updates[0][1]) < len(batch[0])) == (shared == "runs")  # centre rows: one per run
     for table, ref_table in ((fused.center_embed.weight, reference.center_embed.weight),
                              (fused.outside_embed.weight, reference.outside_embed.weight)):  # fmt: skip
         assert torch.allclose(_dense(table, updates), scale * ref_table.grad.to_dense(), atol=1e-12)

@@ -1,5 +1,6 @@
 """Subsampling, dynamic windows and negative sampling follow their formulas and distributions."""
 
+from collections import Counter
 import math
 
 import numpy as np
@@ -91,3 +92,20 @@ def test_pair_count_equals_the_pairs_built_from_the_same_draws(n, window):
     sentence = torch.sort(torch.randint(0, max(1, n // 7), (n,), generator=g)).values
     built = skipgram_pairs(tokens, sentence, window, torch.Generator().manual_seed(1))[0]
     assert skipgram_pair_count(sentence, window, torch.Generator().manual_seed(1)) == len(built)
+
+
+def test_pairs_by_window_are_the_same_pairs_centre_by_centre():
+    """by_window: the very pairs of the same reach draws, each centre's together and left to right,
+    the centres in a shuffled order."""
+    n, window = 3000, 5
+    tokens = torch.arange(n)  # ids are positions
+    sentence = torch.sort(torch.randint(0, 30, (n,), generator=torch.Generator().manual_seed(0))).values
+    plain = skipgram_pairs(tokens, sentence, window, torch.Generator().manual_seed(1))
+    centres, contexts = skipgram_pairs(tokens, sentence, window, torch.Generator().manual_seed(1), by_window=True)
+    assert Counter(zip(centres.tolist(), contexts.tolist())) == Counter(zip(plain[0].tolist(), plain[1].tolist()))
+    visited, run, count = torch.unique_consecutive(centres, return_inverse=True, return_counts=True)
+    assert len(visited) == len(set(centres.tolist()))  # one run per centre
+    assert (count <= 2 * window).all() and count.float().mean() > 0.9 * (window + 1)  # about window + 1 each
+    assert not torch.equal(visited, visited.sort().values)  # centres shuffled
+    same_run = run[1:] == run[:-1]
+    assert (contexts[1:][same_run] > contexts[:-1][same_run]).all()  # left to right

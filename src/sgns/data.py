@@ -1,7 +1,9 @@
 """LightningDataModule producing batched (center [B], context [B], negatives [B, k], [K] or [G, K]) tensors.
 
 Each epoch walks the corpus in chunks of whole sentences (in shuffled chunk order). A chunk is
-subsampled, turned into skip-gram pairs with dynamic windows, shuffled, and cut into batches;
+subsampled, turned into skip-gram pairs with dynamic windows, shuffled (``pair_order``: centres
+in random order, each with its window's pairs together, or every pair on its own), and cut into
+batches;
 negatives are drawn per batch: k per pair, or K shared by all pairs of an optimiser update
 (``shared_negatives``; a batch makes ``updates`` consecutive updates, see ``update_pairs``), or
 K for each of ``negative_groups`` groups of consecutive pairs of an update. Every chunk's
@@ -57,12 +59,14 @@ class SkipGramEpochs(IterableDataset):
         shared_negatives: int = 0,
         updates: int = 1,
         negative_groups: int = 1,
+        pair_order: str = "pairs",
     ):
         self.ids, self.starts = corpus.ids, corpus.starts  # numpy, possibly memory-mapped
         self.keep_prob = torch.as_tensor(keep_prob, dtype=torch.float64)
         self.noise, self.window, self.negatives = noise, window, negatives
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.shared_negatives, self.updates, self.negative_groups = shared_negatives, updates, negative_groups
+        self.by_window = shuffle and pair_order == "windows"  # shuffled centres, each with its pairs together
         self.epoch = 0
         self.skip = 0  # batches of this epoch already trained (resume)
         self.rank, self.world_size = 0, 1  # distributed training: this process's share
@@ -101,7 +105,7 @@ class SkipGramEpochs(IterableDataset):
         return subsample(tokens, sentence, self.keep_prob, generator)
 
     def _chunk_pairs(self, chunk: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return skipgram_pairs(*self._chunk_tokens(chunk, generator), self.window, generator)
+        return skipgram_pairs(*self._chunk_tokens(chunk, generator), self.window, generator, self.by_window)
 
     def _chunk_order(self) -> list[int]:
         if not self.shuffle:
@@ -133,7 +137,7 @@ class SkipGramEpochs(IterableDataset):
         for chunk in self._chunk_order():
             generator = _generator(self.seed, self.epoch, chunk, device=self.device)
             centres, contexts = self._chunk_pairs(chunk, generator)
-            if self.shuffle:
+            if self.shuffle and not self.by_window:
                 order = torch.randperm(len(centres), generator=generator, device=self.device)
                 centres, contexts = centres.index_select(0, order), contexts.index_select(0, order)
             centres, contexts = torch.cat([carry_c, centres]), torch.cat([carry_o, contexts])
@@ -219,6 +223,7 @@ class SkipGramDataModule(L.LightningDataModule):
         val_fraction: float = 0.01,
         val_max_tokens: int = 100_000,
         shuffle: bool = True,
+        pair_order: str = "windows",
         device: str = "auto",
         num_workers: int = 0,
         seed: int = 0,
@@ -237,6 +242,7 @@ class SkipGramDataModule(L.LightningDataModule):
         check(sample >= 0, f"data.sample must be >= 0 (0 disables subsampling), got {sample!r}")
         check(0 <= val_fraction < 1, f"data.val_fraction must be in [0, 1), got {val_fraction!r}")
         check(ns_exponent == ns_exponent, "data.ns_exponent must be a number")
+        check(pair_order in ("windows", "pairs"), f"data.pair_order must be 'windows' or 'pairs', got {pair_order!r}")
         check(device == "auto" or _is_device(device), f"data.device must be 'auto', 'cpu' or a torch device such as 'cuda:0', got {device!r}")
         check_tokenizer(tokenizer)
         self.source = Source(path, format, text_column, dataset, dataset_config, split)
@@ -281,6 +287,7 @@ class SkipGramDataModule(L.LightningDataModule):
         return SkipGramEpochs(
             self.prepare().train, self.keep_prob, self.noise, h.window, h.negatives,
             h.batch_size, h.chunk_tokens, h.seed, h.shuffle, h.shared_negatives, self.updates, h.negative_groups,
+            h.pair_order,
         )  # fmt: skip
 
     @cached_property

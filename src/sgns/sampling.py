@@ -68,13 +68,10 @@ def subsample(
     return tokens[keep], sentence[keep]
 
 
-def skipgram_pair_count(sentence: torch.Tensor, window: int, generator: torch.Generator) -> int:
-    """len() of what ``skipgram_pairs`` would return for these sentence ids and this generator
-    state (the same draw of reaches), without building the pairs."""
-    n = len(sentence)
-    if n < 2:
-        return 0
-    device = sentence.device
+def _reaches(sentence: torch.Tensor, window: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each centre's reach b_i (drawn uniformly from 1..window), cut at its sentence's ends:
+    how many contexts it has to its left and to its right."""
+    n, device = len(sentence), sentence.device
     reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=torch.int16, device=device).long()
     first = torch.ones(n, dtype=torch.bool, device=device)
     first[1:] = sentence[1:] != sentence[:-1]
@@ -82,19 +79,42 @@ def skipgram_pair_count(sentence: torch.Tensor, window: int, generator: torch.Ge
     lengths = torch.diff(starts, append=torch.tensor([n], device=device))
     position = torch.arange(n, device=device) - torch.repeat_interleave(starts, lengths)
     after = torch.repeat_interleave(lengths, lengths) - 1 - position
-    return int((torch.minimum(reach, position) + torch.minimum(reach, after)).sum())
+    return torch.minimum(reach, position), torch.minimum(reach, after)
+
+
+def skipgram_pair_count(sentence: torch.Tensor, window: int, generator: torch.Generator) -> int:
+    """len() of what ``skipgram_pairs`` would return for these sentence ids and this generator
+    state (the same draw of reaches), without building the pairs."""
+    if len(sentence) < 2:
+        return 0
+    left, right = _reaches(sentence, window, generator)
+    return int((left + right).sum())
 
 
 def skipgram_pairs(
-    tokens: torch.Tensor, sentence: torch.Tensor, window: int, generator: torch.Generator
+    tokens: torch.Tensor, sentence: torch.Tensor, window: int, generator: torch.Generator, by_window: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All (centre, context) pairs of a token sequence under dynamic windows.
 
     Each centre i draws a reach b_i uniformly from 1..window and pairs with every token at
     distance <= b_i in the same sentence, on both sides (as word2vec.c). One vectorised pass
-    per distance, no per-token loop.
+    per distance, no per-token loop. ``by_window`` returns the same pairs window by window, the
+    centres in a random order (drawn next from ``generator``) and each centre's contexts
+    together, left to right, as word2vec.c visits them.
     """
     n = len(tokens)
+    if by_window:
+        if n < 2:
+            return tokens[:0], tokens[:0]
+        left, right = _reaches(sentence, window, generator)
+        order = torch.randperm(n, generator=generator, device=tokens.device)
+        counts = (left + right).index_select(0, order)
+        total = int(counts.sum())
+        centre = torch.repeat_interleave(order, counts, output_size=total)
+        slot = torch.arange(total, device=tokens.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts, output_size=total)
+        before = torch.repeat_interleave(left.index_select(0, order), counts, output_size=total)
+        context = centre + slot - before + (slot >= before)  # offsets -left..-1, then 1..right
+        return tokens.index_select(0, centre), tokens.index_select(0, context)
     reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=torch.int16, device=tokens.device)
     centres, contexts = [], []
     for d in range(1, min(window, n - 1) + 1):

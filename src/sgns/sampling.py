@@ -106,15 +106,16 @@ def skipgram_pairs(
     if by_window:
         if n < 2:
             return tokens[:0], tokens[:0]
-        left, right = _reaches(sentence, window, generator)
-        order = torch.randperm(n, generator=generator, device=tokens.device)
+        left, right = (side.int() for side in _reaches(sentence, window, generator))  # int32: half the memory
+        order = torch.randperm(n, generator=generator, dtype=torch.int32, device=tokens.device)
         counts = (left + right).index_select(0, order)
         total = int(counts.sum())
-        centre = torch.repeat_interleave(order, counts, output_size=total)
-        slot = torch.arange(total, device=tokens.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts, output_size=total)
-        before = torch.repeat_interleave(left.index_select(0, order), counts, output_size=total)
-        context = centre + slot - before + (slot >= before)  # offsets -left..-1, then 1..right
-        return tokens.index_select(0, centre), tokens.index_select(0, context)
+        centre = torch.repeat_interleave(order, counts, output_size=total)  # [pairs] centre positions
+        offset = torch.arange(total, dtype=torch.int32, device=tokens.device)  # then the pair's slot in its window
+        offset -= torch.repeat_interleave(torch.cumsum(counts, 0, dtype=torch.int32) - counts, counts, output_size=total)
+        offset -= torch.repeat_interleave(left.index_select(0, order), counts, output_size=total)
+        offset += offset >= 0  # -left..-1, then 1..right
+        return tokens.index_select(0, centre), tokens.index_select(0, offset.add_(centre))
     reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=torch.int16, device=tokens.device)
     centres, contexts = [], []
     for d in range(1, min(window, n - 1) + 1):

@@ -23,10 +23,13 @@ class WordVectors:
         self.key_to_index = {w: i for i, w in enumerate(self.words)}
 
     @cached_property
-    def unit(self) -> np.ndarray:
-        """Rows scaled to length 1 (made on the first similarity query)."""
-        norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
-        return self.vectors / np.maximum(norms, 1e-12)
+    def norms(self) -> np.ndarray:
+        """Each row's length (made on the first similarity query; as gensim, no normalised copy)."""
+        return np.maximum(np.sqrt(np.einsum("ij,ij->i", self.vectors, self.vectors)), 1e-12)  # no [V, d] temporary
+
+    def unit(self, ids: Sequence[int]) -> np.ndarray:
+        """Rows ``ids`` scaled to length 1."""
+        return self.vectors[ids] / self.norms[ids, None]
 
     def __len__(self) -> int:
         return len(self.words)
@@ -49,7 +52,8 @@ class WordVectors:
 
     def similarity(self, a: str, b: str) -> float:
         """Cosine similarity of two words."""
-        return float(self.unit[self.index(a)] @ self.unit[self.index(b)])
+        a_unit, b_unit = self.unit([self.index(a), self.index(b)])
+        return float(a_unit @ b_unit)
 
     def most_similar(
         self, positive: str | Iterable[str] = (), negative: str | Iterable[str] = (), topn: int = 10
@@ -60,9 +64,9 @@ class WordVectors:
         check(bool(positive or negative), "most_similar needs at least one word")
         ids = [self.index(w) for w in positive + negative]
         weights = np.array([1.0] * len(positive) + [-1.0] * len(negative), dtype=np.float32)
-        query = weights @ self.unit[ids] / len(ids)
+        query = weights @ self.unit(ids) / len(ids)
         query /= max(np.linalg.norm(query), 1e-12)
-        sims = self.unit @ query
+        sims = self.vectors @ query / self.norms
         sims[ids] = -np.inf
         top = np.argsort(-sims)[:topn]
         return [(self.words[i], float(sims[i])) for i in top if np.isfinite(sims[i])]
@@ -71,7 +75,7 @@ class WordVectors:
         """The word furthest (by cosine) from the mean of the others' unit vectors, as gensim."""
         words = list(words)
         check(len(words) >= 2, "doesnt_match needs at least two words")
-        unit = self.unit[[self.index(w) for w in words]]
+        unit = self.unit([self.index(w) for w in words])
         return words[int(np.argmin(unit @ unit.mean(axis=0)))]
 
     # -- word2vec formats ----------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_batches_have_the_right_shapes_and_dtypes(planted):
     assert all(((t >= 0) & (t < vocab)).all() for b in batches for t in b)
 
 
-@pytest.mark.parametrize("pair_order", ["windows", "pairs"])
+@pytest.mark.parametrize("pair_order", ["sides", "pairs"])
 def test_an_epoch_covers_every_pair_once_in_shuffled_order(planted, pair_order):
     path, _ = planted
     dm = _module(path, window=1, pair_order=pair_order)
@@ -115,8 +115,15 @@ def test_an_epoch_covers_every_pair_once_in_shuffled_order(planted, pair_order):
     expected = Counter(zip(torch.cat([left, right]).tolist(), torch.cat([right, left]).tolist()))
     assert Counter(zip(centres.tolist(), contexts.tolist())) == expected
     assert not torch.equal(centres[: len(left)], left)  # shuffled
-    runs = len(torch.unique_consecutive(centres))  # window by window: a centre's two pairs side by side
-    assert runs < 0.6 * len(centres) if pair_order == "windows" else runs > 0.9 * len(centres)
+
+
+@pytest.mark.parametrize("pair_order", ["sides", "pairs"])
+def test_pairs_come_side_by_side_or_one_by_one(planted, pair_order):
+    """sides: a side of a centre's window (reach 1..5: 3 pairs on average) is a run of one centre."""
+    path, _ = planted
+    centres = torch.cat([b[0] for b in _module(path, window=5, pair_order=pair_order).train_dataloader()])
+    mean_run = len(centres) / len(torch.unique_consecutive(centres))
+    assert mean_run > 2.5 if pair_order == "sides" else mean_run < 1.2
 
 
 def test_epochs_are_reproducible_and_differ(planted):

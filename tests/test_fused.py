@@ -1,7 +1,7 @@
 """The fused fast path equals the reference autograd path: loss, gradients and optimiser steps,
 with k negatives per pair, K shared by the batch, or K per group of pairs (groups that divide the
 batch, and groups that do not), in one update or several; shared negatives also for pairs that
-come window by window (runs of one centre, whose shared work the fast path does once per run)."""
+come side by side (runs of one centre, whose shared work the fast path does once per run)."""
 
 import math
 
@@ -13,7 +13,7 @@ from sgns.fused import apply_sgd, apply_sparse_adam, gradient_scale, sgns_row_gr
 from sgns.model import SkipGramModel
 from sgns.module import split_batch
 
-SHARED = [False, True, 8, 7, "runs"]  # k per pair, K shared, K for each of 8 (even) or 7 (uneven) groups, K shared by windows
+SHARED = [False, True, 8, 7, "runs"]  # k per pair, K shared, K for each of 8 (even) or 7 (uneven) groups, K shared, pairs side by side
 
 
 def _models(vocab=30, dim=8, seed=0):
@@ -31,7 +31,7 @@ def _batch(vocab=30, B=64, k=5, seed=1, shared=False, K=12):
     shape = (K,) if shared in (True, "runs") else (shared, K) if shared else (B, k)
     negatives = torch.randint(0, vocab, shape, generator=g)
     center = torch.randint(0, vocab, (B,), generator=g)
-    if shared == "runs":  # window by window: runs of 1 to 6 pairs with one centre
+    if shared == "runs":  # side by side: runs of 1 to 6 pairs with one centre
         center = center.repeat_interleave(torch.randint(1, 7, (B,), generator=g))[:B]
     return center, torch.randint(0, vocab, (B,), generator=g), negatives
 

@@ -94,18 +94,23 @@ def test_pair_count_equals_the_pairs_built_from_the_same_draws(n, window):
     assert skipgram_pair_count(sentence, window, torch.Generator().manual_seed(1)) == len(built)
 
 
-def test_pairs_by_window_are_the_same_pairs_centre_by_centre():
-    """by_window: the very pairs of the same reach draws, each centre's together and left to right,
-    the centres in a shuffled order."""
+def test_pairs_by_side_are_the_same_pairs_side_by_side():
+    """by_side: the very pairs of the same reach draws; each side of a centre's window together,
+    left to right; the sides in a shuffled order."""
     n, window = 3000, 5
     tokens = torch.arange(n)  # ids are positions
     sentence = torch.sort(torch.randint(0, 30, (n,), generator=torch.Generator().manual_seed(0))).values
     plain = skipgram_pairs(tokens, sentence, window, torch.Generator().manual_seed(1))
-    centres, contexts = skipgram_pairs(tokens, sentence, window, torch.Generator().manual_seed(1), by_window=True)
+    centres, contexts = skipgram_pairs(tokens, sentence, window, torch.Generator().manual_seed(1), by_side=True)
     assert Counter(zip(centres.tolist(), contexts.tolist())) == Counter(zip(plain[0].tolist(), plain[1].tolist()))
-    visited, run, count = torch.unique_consecutive(centres, return_inverse=True, return_counts=True)
-    assert len(visited) == len(set(centres.tolist()))  # one run per centre
-    assert (count <= 2 * window).all() and count.float().mean() > 0.9 * (window + 1)  # about window + 1 each
-    assert not torch.equal(visited, visited.sort().values)  # centres shuffled
-    same_run = run[1:] == run[:-1]
-    assert (contexts[1:][same_run] > contexts[:-1][same_run]).all()  # left to right
+    side = torch.sign(contexts - centres)
+    starts = torch.ones(len(centres), dtype=torch.bool)
+    starts[1:] = (centres[1:] != centres[:-1]) | (side[1:] != side[:-1])
+    run = torch.cumsum(starts, 0) - 1
+    assert int(run[-1]) + 1 == len(set(zip(centres.tolist(), side.tolist())))  # one run per side of a centre
+    count = torch.bincount(run)
+    assert (count <= window).all() and count.float().mean() > 0.9 * (window + 1) / 2  # about (window + 1) / 2 each
+    same_run = ~starts[1:]
+    assert (contexts[1:][same_run] - contexts[:-1][same_run] == 1).all()  # left to right, no gaps
+    first = centres[starts]
+    assert not torch.equal(first, first.sort().values)  # shuffled

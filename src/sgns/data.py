@@ -1,9 +1,9 @@
 """LightningDataModule producing batched (center [B], context [B], negatives [B, k], [K] or [G, K]) tensors.
 
 Each epoch walks the corpus in chunks of whole sentences (in shuffled chunk order). A chunk is
-subsampled, turned into skip-gram pairs with dynamic windows, shuffled (``pair_order``: centres
-in random order, each with its window's pairs together, or every pair on its own), and cut into
-batches;
+subsampled, turned into skip-gram pairs with dynamic windows, shuffled (``pair_order``: the sides
+of the centres' windows in random order, each side's pairs together, or every pair on its own),
+and cut into batches;
 negatives are drawn per batch: k per pair, or K shared by all pairs of an optimiser update
 (``shared_negatives``; a batch makes ``updates`` consecutive updates, see ``update_pairs``), or
 K for each of ``negative_groups`` groups of consecutive pairs of an update. Every chunk's
@@ -66,7 +66,7 @@ class SkipGramEpochs(IterableDataset):
         self.noise, self.window, self.negatives = noise, window, negatives
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.shared_negatives, self.updates, self.negative_groups = shared_negatives, updates, negative_groups
-        self.by_window = shuffle and pair_order == "windows"  # shuffled centres, each with its pairs together
+        self.by_side = shuffle and pair_order == "sides"  # shuffled window sides, each with its pairs together
         self.epoch = 0
         self.skip = 0  # batches of this epoch already trained (resume)
         self.rank, self.world_size = 0, 1  # distributed training: this process's share
@@ -105,7 +105,7 @@ class SkipGramEpochs(IterableDataset):
         return subsample(tokens, sentence, self.keep_prob, generator)
 
     def _chunk_pairs(self, chunk: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return skipgram_pairs(*self._chunk_tokens(chunk, generator), self.window, generator, self.by_window)
+        return skipgram_pairs(*self._chunk_tokens(chunk, generator), self.window, generator, self.by_side)
 
     def _chunk_order(self) -> list[int]:
         if not self.shuffle:
@@ -137,7 +137,7 @@ class SkipGramEpochs(IterableDataset):
         for chunk in self._chunk_order():
             generator = _generator(self.seed, self.epoch, chunk, device=self.device)
             centres, contexts = self._chunk_pairs(chunk, generator)
-            if self.shuffle and not self.by_window:
+            if self.shuffle and not self.by_side:
                 order = torch.randperm(len(centres), generator=generator, device=self.device)
                 centres, contexts = centres.index_select(0, order), contexts.index_select(0, order)
             centres, contexts = torch.cat([carry_c, centres]), torch.cat([carry_o, contexts])
@@ -223,7 +223,7 @@ class SkipGramDataModule(L.LightningDataModule):
         val_fraction: float = 0.01,
         val_max_tokens: int = 100_000,
         shuffle: bool = True,
-        pair_order: str = "windows",
+        pair_order: str = "sides",
         device: str = "auto",
         num_workers: int = 0,
         seed: int = 0,
@@ -242,7 +242,7 @@ class SkipGramDataModule(L.LightningDataModule):
         check(sample >= 0, f"data.sample must be >= 0 (0 disables subsampling), got {sample!r}")
         check(0 <= val_fraction < 1, f"data.val_fraction must be in [0, 1), got {val_fraction!r}")
         check(ns_exponent == ns_exponent, "data.ns_exponent must be a number")
-        check(pair_order in ("windows", "pairs"), f"data.pair_order must be 'windows' or 'pairs', got {pair_order!r}")
+        check(pair_order in ("sides", "pairs"), f"data.pair_order must be 'sides' or 'pairs', got {pair_order!r}")
         check(device == "auto" or _is_device(device), f"data.device must be 'auto', 'cpu' or a torch device such as 'cuda:0', got {device!r}")
         check_tokenizer(tokenizer)
         self.source = Source(path, format, text_column, dataset, dataset_config, split)

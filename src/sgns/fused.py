@@ -43,7 +43,7 @@ def sgns_row_gradients(
     """
     if negatives.dim() == 1 and center.device.type == "cpu":
         runs = torch.unique_consecutive(center, return_inverse=True, return_counts=True)
-        if 4 * len(runs[0]) <= 3 * len(center):  # pairs come window by window (data.pair_order=windows)
+        if 4 * len(runs[0]) <= 3 * len(center):  # pairs come side by side (data.pair_order=sides)
             return _shared_by_runs(model, runs, context, negatives, negatives_per_pair, scale, with_loss)
     V, U = model.center_embed.weight, model.outside_embed.weight
     B, d = len(center), V.shape[1]
@@ -89,7 +89,7 @@ def _shared_by_runs(
 
     A centre's scores against the shared negatives, and so their gradients, are the same for
     every pair of its run: the [R, d] x [d, K] products and the centre rows' gathers and updates
-    are done once per run (R runs, about B / 6 for pairs made window by window) instead of once
+    are done once per run (R runs, about B / 3 for pairs made side by side) instead of once
     per pair; only the positive pairs' terms stay per pair. The same gradients, less work.
     """
     V, U = model.center_embed.weight, model.outside_embed.weight

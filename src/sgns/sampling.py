@@ -92,29 +92,28 @@ def skipgram_pair_count(sentence: torch.Tensor, window: int, generator: torch.Ge
 
 
 def skipgram_pairs(
-    tokens: torch.Tensor, sentence: torch.Tensor, window: int, generator: torch.Generator, by_window: bool = False
+    tokens: torch.Tensor, sentence: torch.Tensor, window: int, generator: torch.Generator, by_side: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All (centre, context) pairs of a token sequence under dynamic windows.
 
     Each centre i draws a reach b_i uniformly from 1..window and pairs with every token at
     distance <= b_i in the same sentence, on both sides (as word2vec.c). One vectorised pass
-    per distance, no per-token loop. ``by_window`` returns the same pairs window by window, the
-    centres in a random order (drawn next from ``generator``) and each centre's contexts
-    together, left to right, as word2vec.c visits them.
+    per distance, no per-token loop. ``by_side`` returns the same pairs side by side: each
+    centre's left contexts together and its right contexts together, left to right, the 2n
+    sides in a random order (drawn next from ``generator``).
     """
     n = len(tokens)
-    if by_window:
+    if by_side:
         if n < 2:
             return tokens[:0], tokens[:0]
         left, right = (side.int() for side in _reaches(sentence, window, generator))  # int32: half the memory
-        order = torch.randperm(n, generator=generator, dtype=torch.int32, device=tokens.device)
-        counts = (left + right).index_select(0, order)
+        order = torch.randperm(2 * n, generator=generator, dtype=torch.int32, device=tokens.device)  # side s < n: left of centre s, else right of s - n
+        counts = torch.cat([left, right]).index_select(0, order)
         total = int(counts.sum())
-        centre = torch.repeat_interleave(order, counts, output_size=total)  # [pairs] centre positions
-        offset = torch.arange(total, dtype=torch.int32, device=tokens.device)  # then the pair's slot in its window
+        centre = torch.repeat_interleave(order % n, counts, output_size=total)  # [pairs] centre positions
+        offset = torch.arange(total, dtype=torch.int32, device=tokens.device)  # then the pair's slot on its side
         offset -= torch.repeat_interleave(torch.cumsum(counts, 0, dtype=torch.int32) - counts, counts, output_size=total)
-        offset -= torch.repeat_interleave(left.index_select(0, order), counts, output_size=total)
-        offset += offset >= 0  # -left..-1, then 1..right
+        offset += torch.repeat_interleave(torch.where(order >= n, 1, -counts), counts, output_size=total)  # -b..-1 | 1..b
         return tokens.index_select(0, centre), tokens.index_select(0, offset.add_(centre))
     reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=torch.int16, device=tokens.device)
     centres, contexts = [], []

@@ -3,9 +3,9 @@
 Autograd builds sparse gradient tensors and torch's SparseAdam coalesces and masks them at
 every step; for embedding tables the same update is a handful of gathers, one sort and a few
 scatters. ``sgns_row_gradients`` computes the exact gradients of the batch-mean loss (negatives
-per pair or shared by the batch), and ``apply_sparse_adam`` / ``apply_sgd`` reproduce torch's
-SparseAdam and sparse SGD steps on those rows, keeping their state in the optimiser (so
-checkpoints and both paths agree).
+per pair or shared by the batch; shared ones once per run of pairs with one centre), and
+``apply_sparse_adam`` / ``apply_sgd`` reproduce torch's SparseAdam and sparse SGD steps on
+those rows, keeping their state in the optimiser (so checkpoints and both paths agree).
 Tests check both against autograd and torch's optimisers.
 """
 
@@ -41,7 +41,7 @@ def sgns_row_gradients(
     rows may repeat, and a repeated row's gradients are to be summed. The loss (None without
     ``with_loss``) costs as much as a matrix product: steps that log nothing skip it.
     """
-    if negatives.dim() == 1 and center.device.type == "cpu":
+    if negatives.dim() == 1 and center.device.type == "cpu":  # (on a GPU, counting runs would read back to the host)
         runs = torch.unique_consecutive(center, return_inverse=True, return_counts=True)
         if 4 * len(runs[0]) <= 3 * len(center):  # pairs come side by side (data.pair_order=sides)
             return _shared_by_runs(model, runs, context, negatives, negatives_per_pair, scale, with_loss)

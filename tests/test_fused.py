@@ -13,7 +13,8 @@ from sgns.fused import apply_sgd, apply_sparse_adam, gradient_scale, sgns_row_gr
 from sgns.model import SkipGramModel
 from sgns.module import split_batch
 
-SHARED = [False, True, 8, 7, "runs"]  # k per pair, K shared, K for each of 8 (even) or 7 (uneven) groups, K shared, pairs side by side
+# k per pair, K shared, K for each of 8 (even) or 7 (uneven) groups, K shared with pairs side by side
+SHARED = [False, True, 8, 7, "runs"]
 
 
 def _models(vocab=30, dim=8, seed=0):

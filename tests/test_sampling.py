@@ -1,7 +1,7 @@
 """Subsampling, dynamic windows and negative sampling follow their formulas and distributions."""
 
-from collections import Counter
 import math
+from collections import Counter
 
 import numpy as np
 import pytest

@@ -107,13 +107,18 @@ def skipgram_pairs(
         if n < 2:
             return tokens[:0], tokens[:0]
         left, right = (side.int() for side in _reaches(sentence, window, generator))  # int32: half the memory
-        order = torch.randperm(2 * n, generator=generator, dtype=torch.int32, device=tokens.device)  # side s < n: left of centre s, else right of s - n
+        # side s < n is the left of centre s, side s >= n the right of centre s - n
+        order = torch.randperm(2 * n, generator=generator, dtype=torch.int32, device=tokens.device)
         counts = torch.cat([left, right]).index_select(0, order)
         total = int(counts.sum())
-        centre = torch.repeat_interleave(order % n, counts, output_size=total)  # [pairs] centre positions
-        offset = torch.arange(total, dtype=torch.int32, device=tokens.device)  # then the pair's slot on its side
-        offset -= torch.repeat_interleave(torch.cumsum(counts, 0, dtype=torch.int32) - counts, counts, output_size=total)
-        offset += torch.repeat_interleave(torch.where(order >= n, 1, -counts), counts, output_size=total)  # -b..-1 | 1..b
+
+        def per_pair(per_side: torch.Tensor) -> torch.Tensor:
+            return torch.repeat_interleave(per_side, counts, output_size=total)
+
+        centre = per_pair(order % n)  # [pairs] centre positions
+        offset = torch.arange(total, dtype=torch.int32, device=tokens.device)  # then each pair's slot on its side,
+        offset -= per_pair(torch.cumsum(counts, 0, dtype=torch.int32) - counts)
+        offset += per_pair(torch.where(order >= n, 1, -counts))  # then its offset: -b..-1 (left), 1..b (right)
         return tokens.index_select(0, centre), tokens.index_select(0, offset.add_(centre))
     reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=torch.int16, device=tokens.device)
     centres, contexts = [], []

@@ -54,10 +54,10 @@ def _train(out: Path, corpus: Path, *overrides: str) -> dict:
 def test_ddp_sim_two_processes_train_like_one_process_with_the_double_batch(planted, tmp_path):
     path, groups = planted
     # one update per batch (micro-batches split each rank's share, not the combined step); the
-    # default shared negatives: every rank uses the step's K negatives; the same lr for the mean
-    # loss over 64 pairs (the SGD default, alpha x batch_size, counts one rank's batch); 128 shared
-    # negatives, so that val/loss (its negatives drawn per batch of B) varies little with B
-    same = ["model.micro_batches=1", "model.optimizer.lr=2.24", "data.shared_negatives=128"]
+    # default shared negatives: every rank uses the step's K negatives; the default lr, a per-pair
+    # step whatever the number of ranks; 128 shared negatives, so that val/loss (its negatives
+    # drawn per batch of B) varies little with B
+    same = ["model.micro_batches=1", "data.shared_negatives=128"]
     two = _train(tmp_path / "two", path, "trainer=ddp_sim", "data.batch_size=32", *same)
     one = _train(tmp_path / "one", path, "trainer=cpu", "data.batch_size=64", *same)
     assert two["world_size"] == 2 and one["world_size"] == 1

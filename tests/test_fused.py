@@ -76,7 +76,7 @@ def test_row_gradients_equal_autograd(shared, scale):
     reference, fused = _models()
     batch = _batch(shared=shared)
     loss = reference(*batch, negatives_per_pair=5)
-    loss.backward()
+    (loss * len(batch[0])).backward()  # the objective: the per-pair loss summed over the pairs
     fused_loss, updates = sgns_row_gradients(fused, *batch, negatives_per_pair=5, scale=scale)
     assert torch.allclose(fused_loss, loss)
     assert (len(updates[0][1]) < len(batch[0])) == (shared == "runs")  # centre rows: one per run
@@ -93,7 +93,7 @@ def _run(optimizer_cls, apply, shared, steps=5, **kwargs):
     for step in range(steps):
         batch = _batch(seed=step, shared=shared)
         ref_opt.zero_grad()
-        reference(*batch).backward()
+        (reference(*batch) * len(batch[0])).backward()
         ref_opt.step()
         _, updates = sgns_row_gradients(fused, *batch, scale=gradient_scale(fused_opt))
         apply(fused_opt, updates)
@@ -113,26 +113,26 @@ def test_fused_sparse_adam_equals_torch_sparse_adam(shared):
 
 @pytest.mark.parametrize("shared", SHARED)
 def test_fused_sgd_equals_torch_sparse_sgd(shared):
-    reference, fused, _, _ = _run(torch.optim.SGD, apply_sgd, shared, lr=2.0)
+    reference, fused, _, _ = _run(torch.optim.SGD, apply_sgd, shared, lr=0.03)
     for p_ref, p_fused in zip(reference.parameters(), fused.parameters()):
         assert torch.allclose(p_ref, p_fused, atol=1e-12)
 
 
 @pytest.mark.parametrize("shared", SHARED)
-def test_micro_batches_are_consecutive_sgd_steps_on_shares_of_the_batch_loss(shared):
-    """Splitting a batch of B into parts of m: each part is one SGD step on (m/B) x its mean loss,
-    i.e. on its share of the batch-mean loss, taken after the previous part's step."""
+def test_micro_batches_are_consecutive_sgd_steps_on_their_pairs(shared):
+    """Splitting a batch into parts: each part is one SGD step on the summed loss of its own
+    pairs (a per-pair step of lr), taken after the previous part's step."""
     batch = _batch(B=60, shared=shared, K=12)
     parts = split_batch(batch, 3)
     assert [len(p[0]) for p in parts] == [20, 20, 20]
     assert torch.equal(torch.cat([p[2] for p in parts]), batch[2])  # negatives split, not repeated
     reference, fused = _models()
-    opt = torch.optim.SGD(list(reference.parameters()), lr=1.5)
+    opt = torch.optim.SGD(list(reference.parameters()), lr=0.03)
     for part in parts:
         opt.zero_grad()
-        (reference(*part) * len(part[0]) / 60).backward()
+        (reference(*part) * len(part[0])).backward()
         opt.step()
-        _, updates = sgns_row_gradients(fused, *part, scale=-1.5 * len(part[0]) / 60)
+        _, updates = sgns_row_gradients(fused, *part, scale=-0.03)
         apply_sgd(None, updates)
     for p_ref, p_fused in zip(reference.parameters(), fused.parameters()):
         assert torch.allclose(p_ref, p_fused, atol=1e-12)

@@ -83,6 +83,19 @@ def test_kill_9_at_random_moments_then_resume_gives_identical_vectors(corpus, re
     assert (tmp_path / "vectors.bin").read_bytes() == reference
 
 
+def test_every_epoch_end_leaves_a_checkpoint_to_resume_from(corpus, reference, tmp_path):
+    """No step checkpoints: killed with -9 right after the first epoch's end, the run resumes from
+    that epoch end and ends with the uninterrupted run's vectors."""
+    proc = _start(_args(corpus, tmp_path, "callbacks.model_checkpoint.every_n_train_steps=null"))
+    _wait_for(tmp_path / "last.ckpt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert state["epoch"] == 0 and 0 < state["global_step"]  # the first epoch's end, not the end of training
+    _finish(_args(corpus, tmp_path, f"ckpt_path={tmp_path / 'last.ckpt'}"))
+    assert (tmp_path / "vectors.bin").read_bytes() == reference
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(corpus, reference, tmp_path, signum, code):
     proc = _start(_args(corpus, tmp_path))

@@ -1,5 +1,6 @@
 """End to end: the real configs train, learn planted structure, write outputs, fail clearly."""
 
+import math
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import hydra
 import pytest
 from gensim.models import KeyedVectors
 
-from conftest import compose_train
+from conftest import compose_train, planted_corpus
 from sgns.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,26 @@ def test_planted_groups_become_nearest_neighbours(planted, tmp_path, optimizer, 
         for word in group:
             neighbours = {w for w, _ in kv.most_similar(word, topn=len(group) - 1)}
             assert neighbours == set(group) - {word}, (word, neighbours)
+
+
+def test_a_corpus_smaller_than_one_batch_learns_instead_of_diverging(tmp_path):
+    """data=text_file takes steps of 65,536 pairs: a 24k-token corpus is one short batch per epoch,
+    and its per-pair step must be alpha, as in a full batch (it was 65,536 / n times larger)."""
+    path = tmp_path / "small.txt"
+    planted_corpus(path, sentences=2400)  # 24,000 tokens of 30 words: subsampling keeps about 6 %
+    metrics = train(compose_train(tmp_path / "run", ["data=text_file", f"data.path={path}", "trainer.max_epochs=3",
+                                                     "logger=none", "probe_words=[]"]))  # fmt: skip
+    untrained = 6 * math.log(2)
+    assert metrics["val/loss"] < untrained and metrics["train/loss"] < untrained
+
+
+def test_the_reported_loss_is_the_last_epochs_whatever_its_length(planted, tmp_path):
+    """An epoch of fewer steps than log_every_n_steps (50) reported the untrained step-0 loss, 6 ln 2."""
+    path, _ = planted
+    metrics = train(compose_train(tmp_path, [f"data.path={path}", "data.min_count=1", "data.batch_size=4096",
+                                             "trainer.max_epochs=2", "logger=none", "probe_words=[]"]))  # fmt: skip
+    assert metrics["train/loss"] == pytest.approx(metrics["train/epoch_loss"], rel=0.3)
+    assert metrics["train/epoch_loss"] < 0.9 * 6 * math.log(2)
 
 
 def test_outputs_of_a_run(planted, tmp_path):

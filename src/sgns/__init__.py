@@ -1,11 +1,6 @@
 """Word2vec (skip-gram with negative sampling) in PyTorch Lightning."""
 
-import math
-
 from omegaconf import OmegaConf
-
-# `${mul:a,b}` in configs, e.g. SGD's lr = alpha × batch_size
-OmegaConf.register_new_resolver("mul", lambda *xs: math.prod(xs), replace=True)
 
 
 def ceil_div(a: int, b: int | None) -> int:

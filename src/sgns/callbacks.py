@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -149,6 +150,38 @@ class EmbeddingDashboard(L.Callback):
         writer.flush()
 
 
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` steps, at the end of every epoch and at the end of
+    training, so a run killed at any moment resumes from its latest step checkpoint or epoch end.
+
+    (Lightning's ModelCheckpoint takes one trigger: saving every N steps switches its epoch-end
+    saves off.) Each save replaces the file only when complete (the trainer's checkpoint IO,
+    ``AtomicCheckpointIO``); under DDP every rank calls it and rank 0 writes.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = 2000, filename: str = "last.ckpt"):
+        self.path = Path(dirpath) / filename
+        self.every_n_train_steps = every_n_train_steps
+        self.last_model_path = ""
+        self._saved_at: tuple[int, int] | None = None
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run or self._saved_at == (trainer.current_epoch, trainer.global_step):
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self._saved_at, self.last_model_path = (trainer.current_epoch, trainer.global_step), str(self.path)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+
 class GracefulStop(L.Callback):
     """Ctrl-C and SIGTERM stop training at the next batch boundary, write a checkpoint and the
     current vectors, and say how to resume. A second Ctrl-C stops at once."""
@@ -179,7 +212,7 @@ class GracefulStop(L.Callback):
         if not isinstance(exception, SIGTERMException) or not trainer.is_global_zero:
             return  # errors (NaN loss included) keep the last good checkpoint untouched
         checkpoint = self.output_dir / self.checkpoint_name
-        trainer.save_checkpoint(checkpoint)
+        trainer.save_checkpoint(checkpoint, weights_only=False)
         vocab = trainer.datamodule.vocab
         export(WordVectors(vocab.words, pl_module.word_vectors(), vocab.counts), vocab, self.output_dir)
         self.stopped = checkpoint

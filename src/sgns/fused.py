@@ -2,8 +2,8 @@
 
 Autograd builds sparse gradient tensors and torch's SparseAdam coalesces and masks them at
 every step; for embedding tables the same update is a handful of gathers, one sort and a few
-scatters. ``sgns_row_gradients`` computes the exact gradients of the batch-mean loss (negatives
-per pair or shared by the batch; shared ones once per run of pairs with one centre), and
+scatters. ``sgns_row_gradients`` computes the exact gradients of the summed per-pair loss, scaled
+(negatives per pair or shared by the batch; shared ones once per run of pairs with one centre), and
 ``apply_sparse_adam`` / ``apply_sgd`` reproduce torch's SparseAdam and sparse SGD steps on
 those rows, keeping their state in the optimiser (so checkpoints and both paths agree).
 Tests check both against autograd and torch's optimisers.
@@ -32,7 +32,10 @@ def sgns_row_gradients(
     scale: float = 1.0,
     with_loss: bool = True,
 ) -> tuple[torch.Tensor | None, list[Update]]:
-    """Loss and the per-row gradients of ``scale`` × the batch-mean SGNS loss.
+    """Mean loss and the per-row gradients of ``scale`` × the SGNS loss summed over the pairs.
+
+    Summed, not averaged: with ``scale`` = -alpha every pair moves its rows by alpha times its own
+    gradient, however many pairs the update holds (word2vec's per-pair step).
 
     ``negatives`` is [K] (shared by the batch, weighted k/K: one [B, d] x [d, K] product instead of
     B small ones, and K outside rows to update instead of B·k), or [G, K]: K for each of G groups of
@@ -64,8 +67,8 @@ def sgns_row_gradients(
         v_groups = v_c.view(G, M, d)
         neg = torch.bmm(v_groups, u_neg.transpose(1, 2)).reshape(B, K)  # [B, K]
     loss = sgns_loss(pos, neg, weight).mean() if with_loss else None
-    g_pos = torch.sigmoid(pos).sub_(1).mul_(scale / max(1, B))  # scale × d loss / d pos (B = 0: a rank with no pairs)
-    g_neg = torch.sigmoid(neg).mul_(scale * weight / max(1, B))  # scale × d loss / d neg
+    g_pos = torch.sigmoid(pos).sub_(1).mul_(scale)  # scale × d loss / d pos
+    g_neg = torch.sigmoid(neg).mul_(scale * weight)  # scale × d loss / d neg
     if shared:
         grad_center = torch.addmm(g_pos.unsqueeze(1) * u_o, g_neg, u_neg)
         grad_negatives = g_neg.T @ v_c  # [K, d]
@@ -104,8 +107,8 @@ def _shared_by_runs(
     loss = None
     if with_loss:
         loss = -(F.logsigmoid(pos).sum() + weight * (F.logsigmoid(-neg).sum(dim=1) * count).sum()) / max(1, B)
-    g_pos = torch.sigmoid(pos).sub_(1).mul_(scale / max(1, B))
-    g_neg = torch.sigmoid(neg).mul_(count.unsqueeze(1) * (scale * weight / max(1, B)))  # a run's pairs together
+    g_pos = torch.sigmoid(pos).sub_(1).mul_(scale)
+    g_neg = torch.sigmoid(neg).mul_(count.unsqueeze(1) * (scale * weight))  # a run's pairs together
     grad_center = torch.zeros_like(v_run).index_add_(0, run, g_pos.unsqueeze(1) * u_o).addmm_(g_neg, u_neg)
     grad_negatives = g_neg.T @ v_run  # [K, d]
     return loss, [(V, centres, grad_center), (U, context, g_pos.unsqueeze(1) * v_c), (U, negatives, grad_negatives)]

@@ -50,6 +50,9 @@ def split_batch(batch: tuple[torch.Tensor, ...], parts: int) -> list[tuple[torch
 class Word2VecModule(L.LightningModule):
     """Skip-gram with negative sampling; ``optimizer`` is a partial (Hydra ``_partial_: true``).
 
+    The objective is word2vec's: the per-pair loss summed over the pairs, so SGD's lr is the
+    per-pair step alpha whatever the batch size, wherever a batch falls (a short last batch takes
+    the same step per pair as a full one) and however many ranks share a step.
     ``fused=False`` is the reference path: loss.backward() and the optimiser's step.
     ``fused=True`` (SparseAdam and SGD) computes the same gradients in closed form and
     applies the same update to the touched rows only, under Lightning's manual optimisation.
@@ -57,9 +60,12 @@ class Word2VecModule(L.LightningModule):
     training steps, as word2vec.c and gensim do with alpha; ``'constant'`` keeps it.
     ``negatives`` is k, the negatives per pair: batches with K shared negatives weigh them k/K.
     ``micro_batches`` > 1 (fused path) splits every batch, and its shared negatives, into that
-    many consecutive updates, each a share of the batch-mean loss's gradient (so lr keeps its
-    meaning): updates stay small while Lightning's per-step work is paid once per batch.
+    many consecutive updates: updates stay small while Lightning's per-step work is paid once per batch.
+    The loss is computed on the steps the logger writes and on the last step of every epoch;
+    a loss that is not finite, or more than ``DIVERGED`` times the untrained loss, stops the run.
     """
+
+    DIVERGED = 2.0  # × (1 + k) ln 2: a model that scores worse than knowing nothing has diverged
 
     def __init__(
         self,
@@ -88,32 +94,54 @@ class Word2VecModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.optimizer_factory = optimizer
         self.automatic_optimization = not fused
+        self._epoch_loss = [0.0, 0]
         sparse = not fused and wants_sparse_gradients(optimizer)
         self.model = SkipGramModel(vocab_size, embedding_dim, init, sparse=sparse)
 
     def forward(self, center: torch.Tensor, context: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         return self.model(center, context, negatives, self.hparams.negatives)
 
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor | None:
+        n = len(batch[0])
         if self.automatic_optimization:
-            loss = self._check_finite(self(*batch))
-            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[0]), sync_dist=self.trainer.world_size > 1)
-        else:  # the loss (the mean over all ranks' pairs) is computed, checked and logged every
-            # log_every_n_steps steps only: it and self.log each cost as much as a tenth of a step
-            loss = self._fused_step(batch, with_loss=batch_idx % self.trainer.log_every_n_steps == 0)
-            if loss is not None:
-                self.log("train/loss", loss, prog_bar=True, batch_size=max(1, len(batch[0])))
-        return loss
+            loss = self._check_loss(self(*batch))
+            self._log_loss(loss, n, sync_dist=self.trainer.world_size > 1)
+            # backward on the sum over this rank's pairs; DDP averages the ranks' gradients, hence × world size
+            return loss * n * self.trainer.world_size
+        # fused: the loss (the mean over all ranks' pairs) costs as much as a tenth of a step, so it is
+        # computed only where it is read: the steps the logger writes and the epoch's last step
+        trainer = self.trainer
+        wanted = (self.global_step + 1) % max(1, trainer.log_every_n_steps) == 0 or batch_idx == trainer.num_training_batches - 1
+        loss = self._fused_step(batch, with_loss=wanted)
+        if loss is not None:
+            self._log_loss(loss, n)
+        return None
+
+    def _log_loss(self, loss: torch.Tensor, n: int, sync_dist: bool = False) -> None:
+        self.log("train/loss", loss, prog_bar=True, batch_size=max(1, n), sync_dist=sync_dist)
+        self._epoch_loss[0] += float(loss) * max(1, n)
+        self._epoch_loss[1] += max(1, n)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_loss = [0.0, 0]  # loss × pairs and pairs of this epoch's measured steps
+
+    def on_train_epoch_end(self) -> None:
+        """``train/epoch_loss``: the pair-weighted mean of this epoch's measured losses (the last step's included)."""
+        total, pairs = self._epoch_loss
+        if pairs:
+            self.log("train/epoch_loss", total / pairs, rank_zero_only=True)
 
     def on_fit_start(self) -> None:
         if self.device.type == "cpu":  # tiny gradients of rare rows must not fall into slow denormal arithmetic
             torch.set_flush_denormal(True)
 
-    def _check_finite(self, loss: torch.Tensor) -> torch.Tensor:
-        if not torch.isfinite(loss):
+    def _check_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """Stop on a loss that is not finite or far above the untrained (1 + k) ln 2: the run diverged."""
+        value, untrained = float(loss), (1 + self.hparams.negatives) * math.log(2)
+        if not math.isfinite(value) or value > self.DIVERGED * untrained:
             raise Word2VecError(
-                f"training loss became {loss.item()} at step {self.global_step}; stopping before the update "
-                "(the last checkpoint is kept). Lower model.optimizer.lr."
+                f"training diverged: loss {value:.4g} at step {self.global_step} (untrained: {untrained:.4f}); "
+                "stopping before the update (the last checkpoint is kept). Lower model.optimizer.lr."
             )
         return loss
 
@@ -124,18 +152,19 @@ class Word2VecModule(L.LightningModule):
         result = {}
 
         def closure() -> torch.Tensor | None:
-            total = 0.0
+            total, pairs = 0.0, 0
             for part in split_batch(batch, self.hparams.micro_batches):
                 if not len(part[0]) and self.trainer.world_size == 1:
                     continue  # (under DDP every rank joins every gather, even with nothing to send)
-                scale = gradient_scale(optimizer.optimizer) * len(part[0]) / max(1, len(batch[0]))
-                loss, updates = sgns_row_gradients(self.model, *part, self.hparams.negatives, scale, with_loss)
+                loss, updates = sgns_row_gradients(self.model, *part, self.hparams.negatives,
+                                                   gradient_scale(optimizer.optimizer), with_loss)  # fmt: skip
+                n = len(part[0])
                 if self.trainer.world_size > 1:
-                    loss, updates = self._gather_rows(loss, len(part[0]), updates)
+                    loss, updates, n = self._gather_rows(loss, n, updates)
                 if with_loss:
-                    total = total + self._check_finite(loss) * (len(part[0]) / max(1, len(batch[0])))
+                    total, pairs = total + self._check_loss(loss) * n, pairs + n
                 apply(optimizer.optimizer, updates)
-            result["loss"] = total if with_loss else None
+            result["loss"] = total / max(1, pairs) if with_loss else None
             return result["loss"]
 
         optimizer.step(closure=closure)  # Lightning counts the step; the closure did the update
@@ -144,15 +173,15 @@ class Word2VecModule(L.LightningModule):
             scheduler.step()
         return result["loss"]
 
-    def _gather_rows(self, loss: torch.Tensor | None, n: int, updates: list[Update]) -> tuple[torch.Tensor | None, list[Update]]:
+    def _gather_rows(self, loss: torch.Tensor | None, n: int, updates: list[Update]) -> tuple[torch.Tensor | None, list[Update], int]:
         """Distributed fused step: every rank gets every rank's touched rows and their gradients.
 
         Each rank sends its n pairs' row indices and gradient rows (n centre rows, n context rows,
         n·k or K negative rows: about n(2+k)(4d + 8) bytes) through all_gather; all ranks then
         apply the same update, so the tables stay identical without a dense all-reduce of
-        2 x V x d floats. Rank r's gradients (of its own mean loss) are weighted n_r / N: the
-        update is that of the mean loss over all N pairs of the step, which is DDP's gradient
-        averaging for equal n_r.
+        2 x V x d floats. The gradients are of each rank's summed loss, so together they are those
+        of the loss summed over all N pairs of the step: the per-pair step does not depend on the
+        number of ranks. Returns the mean loss over all ranks' pairs, the updates and N.
         """
         device = updates[0][1].device
         sizes = torch.tensor([n, *(len(rows) for _, rows, _ in updates)], dtype=torch.float64, device=device)
@@ -161,7 +190,6 @@ class Word2VecModule(L.LightningModule):
         counts = stats[:, 1]
         total = counts.sum().clamp_min(1.0)
         mean_loss = None if loss is None else ((stats[:, 0] * counts).sum() / total).to(loss.dtype)
-        share = counts / total
         gathered = []
         for block, (table, rows, grads) in enumerate(updates):
             lengths = stats[:, 2 + block].long()
@@ -171,9 +199,8 @@ class Word2VecModule(L.LightningModule):
             padded = grads.new_zeros(longest, grads.shape[1])
             padded[: len(rows)] = grads
             valid = torch.arange(longest, device=rows.device)[None, :] < lengths[:, None].to(rows.device)
-            weighted = self.all_gather(padded) * share.to(grads.dtype)[:, None, None]
-            gathered.append((table, self.all_gather(padded_rows)[valid], weighted[valid]))
-        return mean_loss, gathered
+            gathered.append((table, self.all_gather(padded_rows)[valid], self.all_gather(padded)[valid]))
+        return mean_loss, gathered, int(counts.sum())
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         self.log("val/loss", self(*batch), prog_bar=True, batch_size=len(batch[0]), sync_dist=self.trainer.world_size > 1)

@@ -81,9 +81,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise stopped from None
     seconds = time.perf_counter() - started
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
-        # with step-based checkpoints Lightning saves none at the end: make last.ckpt the final state
-        trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
     digests = getattr(model, "rank_digests", [])
     if len(set(digests)) > 1:
         raise Word2VecError(f"the {len(digests)} ranks ended with different weights ({', '.join(d[:12] for d in digests)}); "
@@ -114,7 +111,7 @@ def report(vectors: WordVectors, written: list[Path], trainer: L.Trainer, second
     """Print where everything went and the nearest neighbours of the probe words."""
     lines = [f"trained {trainer.current_epoch} epoch(s), {trainer.global_step:,} steps in {seconds:.1f} s "
              f"({metrics['train/raw_words_per_s']:,.0f} raw words/s)"]  # fmt: skip
-    lines += [f"  {k} = {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(("val/", "train/loss")) and not k.endswith("_oov")]
+    lines += [f"  {k} = {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(("val/", "train/loss", "train/epoch_loss")) and not k.endswith("_oov")]
     checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "")
     lines += ["outputs:"] + [f"  {p}" for p in ([checkpoint] if checkpoint else []) + written]
     for logger in trainer.loggers:

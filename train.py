@@ -5,11 +5,14 @@ import os
 # OpenMP threads spin between the many small operations of a step instead of sleeping and waking
 # (about 20 % faster on CPU); must be set before torch loads. Set OMP_WAIT_POLICY to override.
 os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+# Hydra hands its own errors (bad overrides, an unwritable run directory) back instead of printing
+# a trimmed traceback: they end as one `error:` line, like every other bad input
+os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from sgns.train import main  # noqa: E402
+from sgns.train import main, one_line_errors  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -18,4 +21,5 @@ def run(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    run()
+    with one_line_errors():
+        run()

@@ -41,10 +41,10 @@ def step_of(checkpoint: Path) -> int:
 
 
 def analogy(vectors: Path) -> float:
+    import torch
+
     from sgns.cli import load_vectors
     from sgns.evaluation import evaluate_word_analogies
-
-    import torch
 
     v = load_vectors(vectors)
     return evaluate_word_analogies(v.words, torch.from_numpy(v.vectors), restrict_vocab=30000).accuracy

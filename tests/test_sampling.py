@@ -8,7 +8,14 @@ import pytest
 import torch
 from scipy import stats
 
-from sgns.sampling import AliasSampler, keep_probabilities, noise_distribution, skipgram_pair_count, skipgram_pairs, subsample
+from sgns.sampling import (
+    AliasSampler,
+    keep_probabilities,
+    noise_distribution,
+    skipgram_pair_count,
+    skipgram_pairs,
+    subsample,
+)
 
 COUNTS = np.array([50_000, 20_000, 5_000, 1_000, 300, 40, 7, 5])
 

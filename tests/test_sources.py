@@ -186,3 +186,37 @@ def test_released_pages_leave_this_process_and_read_back_intact(tmp_path):
     assert np.array_equal(ids[1000:2000], values[1000:2000])  # re-read from the file
     release_pages(values, 0, len(values))  # in-memory arrays: untouched
     assert values[123] == 123
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no_record"])
+def test_a_damaged_cache_entry_is_prepared_again(tmp_path, text_file, damage, caplog):
+    """A truncated train_ids.bin crashed training (a segfault or an IndexError); a changed byte or a
+    missing completion record went unnoticed. Each is found when the entry is opened, and rebuilt."""
+    cache = tmp_path / "cache"
+    reference = prepare_corpus(text_file, min_count=2, cache_dir=tmp_path / "reference")
+    prepare_corpus(text_file, min_count=2, cache_dir=cache)
+    entry = next(cache.iterdir())
+    ids = entry / "train_ids.bin"
+    if damage == "truncate":
+        ids.write_bytes(ids.read_bytes()[: ids.stat().st_size // 2])
+    elif damage == "flip":
+        raw = bytearray(ids.read_bytes())
+        raw[5] ^= 0x40
+        ids.write_bytes(bytes(raw))
+    else:
+        (entry / "meta.json").unlink()
+    with caplog.at_level("WARNING", logger="sgns"):
+        again = prepare_corpus(text_file, min_count=2, cache_dir=cache)
+    assert "is damaged" in caplog.text and "preparing it again" in caplog.text
+    _same(reference, again)
+
+
+def test_pages_are_never_released_past_the_mapping(tmp_path, monkeypatch):
+    path = tmp_path / "ids.bin"
+    np.arange(10_000, dtype=np.int32).tofile(path)
+    ids = np.memmap(path, dtype=np.int32, mode="r")
+    calls = []
+    monkeypatch.setattr(sgns.corpus, "_MADVISE", lambda address, length, advice: calls.append((address, length)))
+    sgns.corpus.release_pages(ids, 0, 50_000)  # a chunk whose sentence offsets promise more ids than the file holds
+    start, end = ids.ctypes.data, ids.ctypes.data + ids.nbytes
+    assert calls and all(start <= a and a + n <= end for a, n in calls)

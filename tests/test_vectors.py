@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 from gensim.models import KeyedVectors
 
 from sgns.errors import UnknownWordError, Word2VecError
+from sgns.evaluation import evaluate_word_analogies, evaluate_word_pairs, gensim_test_file
 from sgns.vectors import WordVectors
 
 
@@ -78,3 +80,20 @@ def test_queries_match_gensim(vectors):
 def test_unknown_words_get_a_clear_error(vectors):
     with pytest.raises(UnknownWordError, match="'kingdom' is not in the vocabulary"):
         vectors.most_similar("kingdom")
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_non_finite_vectors_are_refused_with_the_row(tmp_path, binary):
+    """A file holding NaN loaded, scored plausible Spearman values and answered nothing."""
+    vectors = np.ones((4, 3), dtype=np.float32)
+    vectors[2, 1] = np.nan
+    kv = KeyedVectors(vector_size=3)
+    kv.add_vectors(["a", "b", "c", "d"], vectors)
+    path = tmp_path / ("v.bin" if binary else "v.txt")
+    kv.save_word2vec_format(str(path), binary=binary)
+    with pytest.raises(Word2VecError, match=r"row 3 \('c'\) holds NaN or infinity"):
+        WordVectors.load_word2vec_format(path)
+    with pytest.raises(Word2VecError, match="holds NaN or infinity"):
+        evaluate_word_pairs(["a", "b", "c", "d"], torch.from_numpy(vectors), gensim_test_file("wordsim353.tsv"))
+    with pytest.raises(Word2VecError, match="holds NaN or infinity"):
+        evaluate_word_analogies(["a", "b", "c", "d"], torch.from_numpy(vectors))

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from sgns.errors import check_choice, check_int
 from sgns.evaluation import evaluate_all, read_analogies, read_word_pairs
 from sgns.outputs import export
 from sgns.vectors import WordVectors
@@ -40,6 +41,11 @@ class WordVectorEvaluation(L.Callback):
         monitor: str = "analogy",
         prog_bar: tuple[str, ...] = ("analogy", "ws353"),
     ):
+        check_int("callbacks.word_vectors.restrict_vocab", restrict_vocab)
+        check_choice("callbacks.word_vectors.method", method, ("add", "mul"))
+        check_int("callbacks.word_vectors.every_n_epochs", every_n_epochs)
+        check_choice("callbacks.word_vectors.monitor", monitor,
+                     ["analogy", "analogy_semantic", "analogy_syntactic", *(word_pairs or {})])
         self.analogies = list(analogies) if analogies is not None else None
         self.word_pairs = dict(word_pairs) if word_pairs is not None else None
         for path in (self.analogies or []):  # a bad file fails now, not after the first epoch
@@ -79,6 +85,7 @@ class Throughput(L.Callback):
     over the last ``every_n_steps`` steps; words/s is shown in the progress bar."""
 
     def __init__(self, every_n_steps: int = 50):
+        check_int("callbacks.throughput.every_n_steps", every_n_steps)
         self.every_n_steps = every_n_steps
         self._since, self._pairs, self._batches = time.perf_counter(), 0, 0
 
@@ -110,6 +117,8 @@ class EmbeddingDashboard(L.Callback):
 
     def __init__(self, probe_words: list[str] | None = None, neighbours: int = 8, top_n: int = 5000,
                  projector_every_epoch: bool = False):  # fmt: skip
+        check_int("callbacks.embedding_dashboard.neighbours", neighbours)
+        check_int("callbacks.embedding_dashboard.top_n", top_n, 0)
         self.probe_words = list(probe_words or [])
         self.neighbours, self.top_n, self.projector_every_epoch = neighbours, top_n, projector_every_epoch
 
@@ -160,6 +169,7 @@ class LastCheckpoint(Checkpoint):
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = 2000, filename: str = "last.ckpt"):
+        check_int("callbacks.model_checkpoint.every_n_train_steps", every_n_train_steps, optional=True)
         self.path = Path(dirpath) / filename
         self.every_n_train_steps = every_n_train_steps
         self.last_model_path = ""

@@ -20,6 +20,7 @@ import torch
 
 from sgns.errors import Word2VecError, check
 from sgns.evaluation import BENCHMARKS, evaluate_word_analogies, evaluate_word_pairs
+from sgns.outputs import read_checkpoint, write_atomically
 from sgns.vectors import WordVectors
 
 
@@ -29,14 +30,10 @@ def load_vectors(path: str | Path) -> WordVectors:
     check(path.is_file(), f"file not found: {path}")
     if path.suffix != ".ckpt":
         return WordVectors.load_word2vec_format(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        vocab = checkpoint["SkipGramDataModule"]
-        weights = checkpoint["state_dict"]["model.center_embed.weight"]
-    except Exception as exc:  # truncated, foreign or not a checkpoint at all
-        raise Word2VecError(f"{path}: not a readable sgns checkpoint ({type(exc).__name__}: {exc})") from None
+    checkpoint = read_checkpoint(path)
+    vocab, weights = checkpoint["SkipGramDataModule"], checkpoint["state_dict"]["model.center_embed.weight"]
     check(len(vocab["words"]) == len(weights), f"{path}: vocabulary and weights disagree")
-    return WordVectors(vocab["words"], weights, vocab["counts"])
+    return WordVectors(vocab["words"], weights, vocab["counts"], source=str(path))
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
@@ -52,12 +49,39 @@ def _evaluate(args: argparse.Namespace) -> dict:
             "restrict_vocab": r.restrict_vocab,
             "sections": {k: {"correct": c, "evaluated": n} for k, (c, n) in r.sections.items()},
         }  # fmt: skip
-    pairs = dict(p.split("=", 1) for p in args.pairs) if args.pairs else {k: BENCHMARKS[k] for k in ("ws353", "simlex")}
-    for name, path in pairs.items():
+    for name, path in _word_pair_files(args.pairs).items():
         r = evaluate_word_pairs(vectors.words, unit, path)
         results[f"pairs:{name}"] = {"spearman": r.spearman, "pairs": r.pairs, "oov": r.oov, "oov_ratio": r.oov_ratio}
     results["seconds"] = time.perf_counter() - started
     return results
+
+
+def _word_pair_files(specs: list[str] | None) -> dict[str, str]:
+    """``--pairs``: NAME=FILE, or a bundled set by its name (ws353, simlex); default both."""
+    bundled = {k: BENCHMARKS[k] for k in ("ws353", "simlex")}
+    files = {}
+    for spec in specs or bundled:
+        name, _, path = spec.partition("=")
+        check(bool(path) or name in bundled, f"--pairs {spec}: give NAME=FILE or one of the bundled sets: {', '.join(bundled)}")
+        files[name] = path or bundled[name]
+    return files
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError
+    return value
+
+
+_positive_int.__name__ = "integer >= 1"  # argparse names the type in its message
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one ``error:`` line (exit 2) instead of the usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _print_evaluation(results: dict) -> None:
@@ -79,20 +103,20 @@ def _print_evaluation(results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sgns", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineParser(prog="sgns", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     ev = sub.add_parser("evaluate", help="analogy and word-similarity benchmarks")
     ev.add_argument("vectors", help="last.ckpt, vectors.bin or vectors.txt (ours, gensim's or word2vec.c's)")
-    ev.add_argument("--restrict-vocab", type=int, default=30000, help="candidates: the N most frequent words")
+    ev.add_argument("--restrict-vocab", type=_positive_int, default=30000, help="candidates: the N most frequent words")
     ev.add_argument("--method", choices=["add", "mul"], default="add", help="3CosAdd (default) or 3CosMul")
     ev.add_argument("--analogies", nargs="*", help="analogy files (default: questions-words.txt from gensim)")
-    ev.add_argument("--pairs", nargs="*", help="NAME=FILE word-pair files (default: ws353 and simlex)")
+    ev.add_argument("--pairs", nargs="*", help="NAME=FILE word-pair files, or ws353 / simlex (default: both)")
     ev.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     ms = sub.add_parser("most-similar", help="nearest words to positive - negative")
     ms.add_argument("vectors")
     ms.add_argument("positive", nargs="*")
     ms.add_argument("-n", "--negative", nargs="*", default=[])
-    ms.add_argument("--topn", type=int, default=10)
+    ms.add_argument("--topn", type=_positive_int, default=10)
     si = sub.add_parser("similarity", help="cosine similarity of two words")
     si.add_argument("vectors")
     si.add_argument("a")
@@ -109,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             results = _evaluate(args)
             _print_evaluation(results)
             if args.json:
-                args.json.write_text(json.dumps(results, indent=1))
+                write_atomically(args.json, lambda p: p.write_text(json.dumps(results, indent=1)))
         elif args.command == "most-similar":
             for word, score in load_vectors(args.vectors).most_similar(args.positive, args.negative, args.topn):
                 print(f"{word}\t{score:.4f}")
@@ -118,11 +142,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "doesnt-match":
             print(load_vectors(args.vectors).doesnt_match(args.words))
         elif args.command == "export":
-            load_vectors(args.vectors).save_word2vec_format(args.output, binary=args.output.suffix == ".bin")
+            vectors = load_vectors(args.vectors)
+            write_atomically(args.output, lambda p: vectors.save_word2vec_format(p, binary=args.output.suffix == ".bin"))
             print(args.output)
     except Word2VecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # unreadable input, unwritable output
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stopped: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     return 0
 
 

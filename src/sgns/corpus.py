@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import traceback
 from dataclasses import asdict, dataclass
@@ -38,7 +39,7 @@ from sgns.sources import Source, default_corpus_path  # noqa: F401  (re-exported
 
 log = logging.getLogger("sgns")
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 _WORD = re.compile(r"[^\W_]+")  # runs of letters and digits, any script (jieba's filter)
 _SPLIT = {"lower": r"[^\p{L}\p{N}]+", "text8": r"[^\p{L}]+"}  # RE2: what separates words
 
@@ -207,19 +208,26 @@ def prepare_corpus(
         dataset = _load(source)
         key = f"hub:{dataset._fingerprint}"
     entry = cache_root(cache_dir) / _entry_name(key, settings)
-    if not (entry / "meta.json").exists():
-        _apart(lambda: _build(dataset if dataset is not None else _load(source), settings, entry, num_proc, source.describe()))
+    if entry.exists() and (damage := _damage(entry)):
+        log.warning("corpus: cache entry %s is damaged (%s); preparing it again", entry, damage)
+        shutil.rmtree(entry)
+    if not entry.exists():
+        _apart(lambda: _build(dataset if dataset is not None else _load(source), settings, entry, num_proc, source.describe()),
+               leftover=lambda pid: shutil.rmtree(_temporary(entry, pid), ignore_errors=True))
     else:
         log.info("corpus: cached preparation %s", entry)
     return _open(entry)
 
 
-def _apart(work: Callable[[], None]) -> None:
+def _apart(work: Callable[[], None], leftover: Callable[[int], None] = lambda pid: None) -> None:
     """Run ``work`` in a forked child process (on Linux; elsewhere here), re-raising its error.
 
     Preparation imports much of ``datasets`` and fills Arrow's memory pool; done apart, all of
     that goes back to the system when the child ends, and training starts from the import floor
-    plus what it needs (the cache entry is on disk, memory-mapped by the parent).
+    plus what it needs (the cache entry is on disk, memory-mapped by the parent). The child and
+    its ``datasets.map`` workers form their own process group, outside the terminal's: Ctrl-C
+    reaches the parent alone, which ends the whole group and calls ``leftover(child pid)`` to
+    remove what the child left half-written, then stops with KeyboardInterrupt.
     """
     if not sys.platform.startswith("linux"):
         return work()
@@ -227,6 +235,7 @@ def _apart(work: Callable[[], None]) -> None:
     receive, send = context.Pipe(duplex=False)
 
     def child() -> None:
+        os.setpgid(0, 0)
         try:
             work()
             error = None
@@ -244,6 +253,14 @@ def _apart(work: Callable[[], None]) -> None:
         error = receive.recv()
     except EOFError:  # the child ended without a word: killed, out of memory
         error = EOFError
+    except KeyboardInterrupt:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.join()
+        leftover(process.pid)
+        raise
     finally:
         process.join()
     if error is EOFError:
@@ -313,6 +330,7 @@ def release_pages(array: np.ndarray, start: int, stop: int) -> None:
     array: they are re-read from the file if touched again. Training copies a chunk's ids and
     releases them, so its memory does not grow with the corpus. A no-op for in-memory arrays
     and off Linux."""
+    stop = min(stop, len(array))  # never past the mapping
     if _MADVISE is None or not isinstance(array, np.memmap) or array.flags.writeable or stop <= start:
         return
     base = int(array.ctypes.data)
@@ -416,6 +434,11 @@ def _auto_num_proc(ds, num_proc: int | None) -> int | None:
     return num_proc if num_proc > 1 else None
 
 
+def _temporary(entry: Path, pid: int) -> Path:
+    """Where process ``pid`` builds ``entry`` before renaming it."""
+    return entry.with_name(f"{entry.name}.tmp-{pid}")
+
+
 def _build(ds, s: Settings, entry: Path, num_proc: int | None, name: str) -> None:
     """Run both passes and write the cache entry atomically (a killed run leaves no half entry)."""
     check(ds.num_rows > 0, f"corpus is empty (no tokens found): {name}")
@@ -423,7 +446,7 @@ def _build(ds, s: Settings, entry: Path, num_proc: int | None, name: str) -> Non
     if limit is not None:
         ds = ds.select(range(limit[0] + 1))
     procs = _auto_num_proc(ds, num_proc)
-    tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
+    tmp = _temporary(entry, os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "passes").mkdir(parents=True)
     try:
@@ -467,15 +490,62 @@ def _build(ds, s: Settings, entry: Path, num_proc: int | None, name: str) -> Non
         del encoded
         vocab.save(tmp / "vocab.txt")
         shutil.rmtree(tmp / "passes")
-        (tmp / "meta.json").write_text(json.dumps({"raw_tokens": raw_tokens, "settings": asdict(s), "source": name}))
+        _seal(tmp, {"raw_tokens": raw_tokens, "settings": asdict(s), "source": name})
         entry.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(tmp, entry)
+            _fsync(entry.parent)
         except OSError:  # another run finished the same entry first: keep theirs
             pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         pa.default_memory_pool().release_unused()  # Arrow's pool keeps freed batches (about 50 MB per 10M tokens)
+
+
+ENTRY_FILES = ("train_ids.bin", "train_starts.bin", "val_ids.npy", "val_starts.bin", "vocab.txt")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _seal(tmp: Path, meta: dict) -> None:
+    """Make a built entry durable and checkable: every file fsynced, then ``meta.json`` (each file's
+    size and SHA-256) written and fsynced last, as the completion record, then the directory."""
+    files = {}
+    for name in ENTRY_FILES:
+        _fsync(tmp / name)
+        files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _digest(tmp / name)}
+    with open(tmp / "meta.json", "w") as out:
+        json.dump({**meta, "files": files}, out)
+        out.flush()
+        os.fsync(out.fileno())
+    _fsync(tmp)
+
+
+def _damage(entry: Path) -> str | None:
+    """What is wrong with a cache entry (a missing completion record, a file of the wrong size or
+    content), or None when it is whole. About 0.15 s per 40M tokens."""
+    try:
+        files = json.loads((entry / "meta.json").read_text())["files"]
+        for name in ENTRY_FILES:
+            size = (entry / name).stat().st_size
+            if size != files[name]["bytes"]:
+                return f"{name} holds {size:,} bytes, {files[name]['bytes']:,} were written"
+            if _digest(entry / name) != files[name]["sha256"]:
+                return f"{name} changed since it was written"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 class _StartsWriter:

@@ -30,9 +30,16 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from sgns import ceil_div
 from sgns.corpus import EncodedCorpus, PreparedCorpus, Vocabulary, check_tokenizer, prepare_corpus, release_pages
-from sgns.errors import Word2VecError, check
+from sgns.errors import Word2VecError, check, check_choice, check_int, check_number
+from sgns.sampling import (
+    AliasSampler,
+    keep_probabilities,
+    noise_distribution,
+    skipgram_pair_count,
+    skipgram_pairs,
+    subsample,
+)
 from sgns.sources import Source
-from sgns.sampling import AliasSampler, keep_probabilities, noise_distribution, skipgram_pair_count, skipgram_pairs, subsample
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -233,16 +240,21 @@ class SkipGramDataModule(L.LightningDataModule):
             ("window", window, 1), ("negatives", negatives, 1), ("batch_size", batch_size, 1),
             ("min_count", min_count, 1), ("chunk_tokens", chunk_tokens, 1),
             ("max_sentence_length", max_sentence_length, 1), ("shared_negatives", shared_negatives, 0),
-            ("negative_groups", negative_groups, 1),
+            ("negative_groups", negative_groups, 1), ("val_max_tokens", val_max_tokens, 1), ("num_workers", num_workers, 0),
+            ("seed", seed, 0),
         ]:  # fmt: skip
-            check(isinstance(value, int) and value >= low, f"data.{name} must be an integer >= {low}, got {value!r}")
+            check_int(f"data.{name}", value, low)
+        check(window <= max_sentence_length, f"data.window={window} is wider than the longest sentence allowed "
+                                             f"(data.max_sentence_length={max_sentence_length})")  # fmt: skip
         for name, value in [("max_vocab_size", max_vocab_size), ("max_tokens", max_tokens), ("num_proc", num_proc),
                             ("update_pairs", update_pairs)]:  # fmt: skip
-            check(value is None or (isinstance(value, int) and value >= 1), f"data.{name} must be null or an integer >= 1, got {value!r}")
-        check(sample >= 0, f"data.sample must be >= 0 (0 disables subsampling), got {sample!r}")
-        check(0 <= val_fraction < 1, f"data.val_fraction must be in [0, 1), got {val_fraction!r}")
-        check(ns_exponent == ns_exponent, "data.ns_exponent must be a number")
-        check(pair_order in ("sides", "pairs"), f"data.pair_order must be 'sides' or 'pairs', got {pair_order!r}")
+            check_int(f"data.{name}", value, optional=True)
+        check_number("data.sample", sample, 0)
+        check_number("data.val_fraction", val_fraction, 0, 1, high_open=True)
+        check_number("data.ns_exponent", ns_exponent)
+        check_choice("data.pair_order", pair_order, ("sides", "pairs"))
+        check(isinstance(shuffle, bool), f"data.shuffle must be true or false, got {shuffle!r}")
+        check(isinstance(respect_lines, bool), f"data.respect_lines must be true or false, got {respect_lines!r}")
         check(device == "auto" or _is_device(device), f"data.device must be 'auto', 'cpu' or a torch device such as 'cuda:0', got {device!r}")
         check_tokenizer(tokenizer)
         self.source = Source(path, format, text_column, dataset, dataset_config, split)
@@ -313,6 +325,8 @@ class SkipGramDataModule(L.LightningDataModule):
         self.train_set.set_device(device)
         if self.trainer is not None:  # before anyone asks len(): each rank's share of the steps
             self.train_set.set_rank(self.trainer.global_rank, self.trainer.world_size)
+        check(self.train_set.pairs() > 0, f"{self.source.describe()} gives no (centre, context) pairs to train on: no line "
+                                          "keeps two in-vocabulary words (lower data.min_count or data.sample?)")  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         if self.trainer is not None:
@@ -328,9 +342,27 @@ class SkipGramDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         return DataLoader(self.val_set, batch_size=None) if self.val_set else []
 
+    BATCH_KEYS = ("window", "negatives", "shared_negatives", "negative_groups", "ns_exponent", "sample", "batch_size",
+                  "update_pairs", "chunk_tokens", "shuffle", "pair_order", "seed")  # fmt: skip
+
+    def resume_settings(self, world_size: int, device_type: str) -> dict[str, Any]:
+        """What decides an epoch's batches besides the corpus (by config key): a resumed run skips the
+        batches its checkpoint had done, which are the same batches only if all of these agree.
+        Batches made on a GPU come from its own random streams, hence the device type."""
+        h = self.hparams
+        return {**{f"data.{k}": h[k] for k in self.BATCH_KEYS}, "data.device": device_type, "trainer.world_size": world_size}
+
+    def batch_device_type(self, trainer: L.Trainer | None) -> str:
+        if self.hparams.device != "auto":
+            return torch.device(self.hparams.device).type
+        return trainer.strategy.root_device.type if trainer is not None else "cpu"
+
     def state_dict(self) -> dict[str, Any]:
-        """The vocabulary travels with every checkpoint, so vectors can be exported from it."""
-        return {"words": self.vocab.words, "counts": self.vocab.counts.tolist()}
+        """The vocabulary travels with every checkpoint, so vectors can be exported from it, and so do
+        the settings that decide the batches, so a resumed run can check it replays the same ones."""
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        return {"words": self.vocab.words, "counts": self.vocab.counts.tolist(),
+                "settings": self.resume_settings(world_size, self.train_set.device.type)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("words") != self.vocab.words:

@@ -16,6 +16,7 @@ import torch
 from torchmetrics.functional import spearman_corrcoef
 
 from sgns.errors import check
+from sgns.vectors import check_finite
 
 
 def gensim_test_file(name: str) -> Path:
@@ -109,6 +110,7 @@ def evaluate_word_analogies(
     batch_size: int = 2048,
 ) -> AnalogyResult:
     """Accuracy on an analogy file; equals gensim's ``evaluate_word_analogies`` for ``method='add'``."""
+    check_finite(vectors, words)
     check(method in ("add", "mul"), f"analogy method must be 'add' (3CosAdd) or 'mul' (3CosMul), got {method!r}")
     sections = read_analogies(path, case_insensitive)
     vocab = _folded_vocab(words, restrict_vocab, case_insensitive)
@@ -190,6 +192,7 @@ def evaluate_word_pairs(
     case_insensitive: bool = True,
 ) -> SimilarityResult:
     """Spearman ρ between cosine similarity and human scores; equals gensim's ``evaluate_word_pairs``."""
+    check_finite(vectors, words)
     pairs = read_word_pairs(path, case_insensitive)
     vocab = _folded_vocab(words, restrict_vocab, case_insensitive)
     known = [(vocab[a], vocab[b], s) for a, b, s in pairs if a in vocab and b in vocab]
@@ -210,7 +213,8 @@ def evaluate_all(
     restrict_vocab: int = 30000,
     method: str = "add",
 ) -> dict[str, float]:
-    """All configured benchmarks as flat metrics: ``analogy``, ``analogy_semantic``, ``ws353``, …"""
+    """All configured benchmarks as flat metrics: ``analogy``, ``analogy_semantic``, ``ws353``, …
+    Vectors holding NaN or infinity are refused: no score is reported from them."""
     analogies = ["questions-words.txt"] if analogies is None else analogies
     word_pairs = {"ws353": BENCHMARKS["ws353"], "simlex": BENCHMARKS["simlex"]} if word_pairs is None else word_pairs
     metrics: dict[str, float] = {}

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from sgns.model import SkipGramModel, grouped, negative_weight, sgns_loss
 
-
 Update = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (table, rows, gradient rows)
 
 

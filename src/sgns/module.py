@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import math
 from typing import Any, Callable
 
 import lightning as L
 import torch
 
-from sgns.errors import Word2VecError, check
+from sgns.errors import Word2VecError, check, check_choice, check_int, check_number
 from sgns.fused import FUSED_UPDATES, Update, gradient_scale, sgns_row_gradients
 from sgns.model import SkipGramModel
 
@@ -69,8 +70,8 @@ class Word2VecModule(L.LightningModule):
 
     def __init__(
         self,
-        vocab_size: int,
         optimizer: OptimizerFactory,
+        vocab_size: int | None = None,
         embedding_dim: int = 100,
         init: str = "word2vec",
         lr_schedule: str = "linear",
@@ -80,23 +81,48 @@ class Word2VecModule(L.LightningModule):
         micro_batches: int = 1,
     ):
         super().__init__()
-        check(isinstance(embedding_dim, int) and embedding_dim >= 1, f"model.embedding_dim must be an integer >= 1, got {embedding_dim!r}")
-        check(init in ("word2vec", "seed"), f"model.init must be 'word2vec' or 'seed', got {init!r}")
-        check(isinstance(negatives, int) and negatives >= 1, f"model.negatives must be an integer >= 1, got {negatives!r}")
-        check(lr_schedule in ("linear", "constant"), f"model.lr_schedule must be 'linear' or 'constant', got {lr_schedule!r}")
-        check(isinstance(micro_batches, int) and micro_batches >= 1, f"model.micro_batches must be an integer >= 1, got {micro_batches!r}")
+        check_int("model.embedding_dim", embedding_dim)
+        check_choice("model.init", init, ("word2vec", "seed"))
+        check_int("model.negatives", negatives)
+        check_choice("model.lr_schedule", lr_schedule, ("linear", "constant"))
+        check_number("model.min_lr_ratio", min_lr_ratio, 0, 1)
+        check_int("model.micro_batches", micro_batches)
         check(micro_batches == 1 or fused, "model.micro_batches > 1 needs the fused path (model.fused=true)")
         lr = optimizer.keywords.get("lr") if isinstance(optimizer, functools.partial) else None
-        check(lr is None or (lr > 0 and math.isfinite(lr)), f"model.optimizer.lr must be > 0, got {lr!r}")
-        cls, _ = _unpack(optimizer)
+        if lr is not None:
+            check_number("model.optimizer.lr", lr, 0, low_open=True)
+        cls, kwargs = _unpack(optimizer)
+        try:  # a key the optimiser does not take fails now, not after the corpus is prepared
+            inspect.signature(cls).bind(params=[], **kwargs)
+        except TypeError as exc:
+            raise Word2VecError(f"model.optimizer: {cls.__name__} {exc}") from None
         check(not fused or wants_sparse_gradients(optimizer),
               f"model.fused=true supports SparseAdam and plain SGD, not {cls.__name__}; use model.fused=false")  # fmt: skip
-        self.save_hyperparameters(ignore=["optimizer"], logger=False)
+        self.save_hyperparameters(ignore=["optimizer", "vocab_size"], logger=False)
         self.optimizer_factory = optimizer
         self.automatic_optimization = not fused
         self._epoch_loss = [0.0, 0]
-        sparse = not fused and wants_sparse_gradients(optimizer)
-        self.model = SkipGramModel(vocab_size, embedding_dim, init, sparse=sparse)
+        self.model: SkipGramModel | None = None
+        if vocab_size is not None:
+            self.build(vocab_size)
+
+    def build(self, vocab_size: int) -> None:
+        """Make the tables once the vocabulary is known (the settings were checked at construction,
+        before the corpus was read)."""
+        h = self.hparams
+        sparse = not h.fused and wants_sparse_gradients(self.optimizer_factory)
+        self.model = SkipGramModel(vocab_size, h.embedding_dim, h.init, sparse=sparse)
+
+    def resume_settings(self) -> dict[str, Any]:
+        """The settings a resumed run must share with its checkpoint (by config key): they shape the
+        tables and the updates, and the optimiser state restored from a checkpoint would silently
+        override a new learning rate."""
+        cls, kwargs = _unpack(self.optimizer_factory)
+        h = self.hparams
+        return {"model.embedding_dim": h.embedding_dim, "model.negatives": h.negatives,
+                "model.micro_batches": h.micro_batches, "model.fused": h.fused, "model.lr_schedule": h.lr_schedule,
+                "model.min_lr_ratio": h.min_lr_ratio, "model.optimizer": cls.__name__,
+                **{f"model.optimizer.{k}": v for k, v in sorted(kwargs.items())}}  # fmt: skip
 
     def forward(self, center: torch.Tensor, context: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         return self.model(center, context, negatives, self.hparams.negatives)
@@ -137,7 +163,7 @@ class Word2VecModule(L.LightningModule):
 
     def _check_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Stop on a loss that is not finite or far above the untrained (1 + k) ln 2: the run diverged."""
-        value, untrained = float(loss), (1 + self.hparams.negatives) * math.log(2)
+        value, untrained = float(loss.detach()), (1 + self.hparams.negatives) * math.log(2)
         if not math.isfinite(value) or value > self.DIVERGED * untrained:
             raise Word2VecError(
                 f"training diverged: loss {value:.4g} at step {self.global_step} (untrained: {untrained:.4f}); "
@@ -221,11 +247,12 @@ class Word2VecModule(L.LightningModule):
         return digest.digest()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Never replace a good checkpoint with non-finite weights."""
+        """Never replace a good checkpoint with non-finite weights; record the resume settings."""
         for name, table in self.model.named_parameters():
             if not torch.isfinite(table).all():
                 raise Word2VecError(f"{name} holds NaN/inf at step {self.global_step}; not saving a checkpoint "
                                     "(the last one is kept). Lower model.optimizer.lr.")  # fmt: skip
+        checkpoint["resume_settings"] = self.resume_settings()
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=self.parameters())

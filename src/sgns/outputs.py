@@ -12,7 +12,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from sgns.corpus import Vocabulary
-from sgns.errors import Word2VecError
+from sgns.errors import Word2VecError, check
 from sgns.vectors import WordVectors
 
 
@@ -20,6 +20,7 @@ from sgns.vectors import WordVectors
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` (fsynced), else it is removed."""
     path = Path(path)
+    check(path.parent.is_dir(), f"cannot write {path}: its directory {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
@@ -47,6 +48,19 @@ def export(vectors: WordVectors, vocab: Vocabulary, output_dir: str | Path, text
     if binary:
         written.append(write_atomically(output_dir / "vectors.bin", lambda p: vectors.save_word2vec_format(p, binary=True)))
     return written
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint of ours, loaded with ``weights_only=True`` (no code is unpickled) and
+    memory-mapped; anything else (missing, truncated, foreign) is one clear error."""
+    path = Path(path)
+    check(path.is_file(), f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state["state_dict"]["model.center_embed.weight"], state["SkipGramDataModule"]["words"]
+    except Exception as exc:
+        raise Word2VecError(f"checkpoint {path} is not a readable sgns checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    return state
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -68,11 +68,16 @@ def subsample(
     return tokens[keep], sentence[keep]
 
 
+def _reach_dtype(window: int) -> torch.dtype:
+    """The reaches are drawn as int16 (half the memory of int32) unless the window does not fit."""
+    return torch.int16 if window < 2**15 else torch.int32
+
+
 def _reaches(sentence: torch.Tensor, window: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Each centre's reach b_i (drawn uniformly from 1..window), cut at its sentence's ends:
     how many contexts it has to its left and to its right."""
     n, device = len(sentence), sentence.device
-    reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=torch.int16, device=device).long()
+    reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=_reach_dtype(window), device=device).long()
     first = torch.ones(n, dtype=torch.bool, device=device)
     first[1:] = sentence[1:] != sentence[:-1]
     starts = torch.nonzero(first).squeeze(1)
@@ -120,7 +125,7 @@ def skipgram_pairs(
         offset -= per_pair(torch.cumsum(counts, 0, dtype=torch.int32) - counts)
         offset += per_pair(torch.where(order >= n, 1, -counts))  # then its offset: -b..-1 (left), 1..b (right)
         return tokens.index_select(0, centre), tokens.index_select(0, offset.add_(centre))
-    reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=torch.int16, device=tokens.device)
+    reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=_reach_dtype(window), device=tokens.device)
     centres, contexts = [], []
     for d in range(1, min(window, n - 1) + 1):
         same = sentence[d:] == sentence[:-d]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ class Source:
                 path = Path(pattern)
                 check(path.exists(), f"corpus file not found: {path}")
                 check(not path.is_dir(), f"corpus path is a directory, not a file: {path} (use a glob such as {path}/*.txt)")
+                check(path.is_file(), f"corpus path is not a regular file: {path} (a named pipe or a device is read "
+                                      "more than once; write the text to a file first)")  # fmt: skip
                 files.append(path)
         return files
 
@@ -83,7 +86,8 @@ class Source:
         if self.is_hub:
             return None
         files = self.files
-        return f"files:{self.file_format(files)}:{self.text_column}:{content_key(files)}"
+        compression = ",".join(f.suffix.lower() if f.suffix.lower() in COMPRESSED else "-" for f in files)  # how the bytes are read
+        return f"files:{self.file_format(files)}:{self.text_column}:{compression}:{content_key(files)}"
 
     def describe(self) -> str:
         if self.is_hub:
@@ -109,19 +113,43 @@ def content_key(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def check_not_binary(path: Path) -> None:
-    """Refuse a file whose first 64 KiB hold NUL bytes: it is not text (or is a wrong archive)."""
+def _open_binary(path: Path):
+    """The file's bytes, decompressed by its suffix (.gz, .bz2, .xz)."""
     import bz2
     import gzip
     import lzma
 
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+    return {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)(path, "rb")
+
+
+_READ_ERRORS = (OSError, EOFError, ValueError)  # (lzma.LZMAError is an OSError; zlib.error is not: see _damage)
+
+
+def check_not_binary(path: Path) -> None:
+    """Refuse a file whose first 64 KiB hold NUL bytes: it is not text (or is a wrong archive)."""
     try:
-        with opener(path, "rb") as raw:
+        with _open_binary(path) as raw:
             head = raw.read(1 << 16)
-    except (OSError, EOFError, lzma.LZMAError) as exc:
-        raise Word2VecError(f"cannot read corpus {path}: {exc}") from None
+    except Exception as exc:
+        raise Word2VecError(f"cannot read corpus {path}: {_first_line(exc)}") from None
     check(b"\0" not in head, f"corpus {path} looks like a binary file (NUL bytes), not text")
+
+
+def _damage(files: list[Path], kind: str) -> str | None:
+    """After a failed load: the first file that cannot be read to its end (a truncated or corrupt
+    archive) or, for JSON lines, the first line that is not JSON; None if every file reads."""
+    for path in files:
+        try:
+            with _open_binary(path) as raw:
+                for n, line in enumerate(raw, 1):
+                    if kind == "json" and line.strip():
+                        try:
+                            json.loads(line)
+                        except ValueError as exc:
+                            return f"{path}:{n}: not a JSON line ({exc})"
+        except Exception as exc:  # EOFError, zlib.error, lzma.LZMAError, OSError ...
+            return f"cannot read corpus {path} to its end: {_first_line(exc)} (a truncated or damaged file?)"
+    return None
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -173,9 +201,15 @@ def load(source: Source):
         try:
             ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", **options)
         except Exception as exc:
-            raise Word2VecError(f"cannot read corpus {source.describe()} as {kind}: {_first_line(exc)}") from None
+            if kind in ("text", "json") and (damage := _damage(files, kind)):
+                raise Word2VecError(damage) from None
+            cause = exc.__cause__ if exc.__cause__ is not None else exc  # datasets wraps the reader's error
+            raise Word2VecError(f"cannot read corpus {source.describe()} as {kind}: {_first_line(cause)}") from None
         column = "text" if kind == "text" else source.text_column
     check(column in ds.column_names, f"{source.describe()} has no column {column!r}; its columns are {ds.column_names} (set data.text_column)")
+    dtype = getattr(ds.features[column], "dtype", None)
+    check(dtype in ("string", "large_string"), f"column {column!r} of {source.describe()} holds {dtype or 'lists or records'}, "
+                                               f"not text (its columns: {ds.column_names}; set data.text_column)")  # fmt: skip
     ds = ds.select_columns([column])
     return ds.rename_column(column, "text") if column != "text" else ds
 

@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
+import threading
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import CompactHydraException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from sgns.callbacks import GracefulStop
-from sgns.errors import Word2VecError
-from sgns.outputs import export
+from sgns.errors import Word2VecError, check_int
+from sgns.outputs import export, read_checkpoint
 from sgns.vectors import WordVectors
 
 log = logging.getLogger("sgns")
@@ -35,16 +39,33 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+# Lightning's notes that say nothing about this run: advertising tips, "GPU available: False", and
+# warnings about choices made on purpose (an IterableDataset with an exact len(), no loader workers)
+_QUIET_WARNINGS = (r".*IterableDataset.*has `__len__` defined", r".*does not have many workers",
+                   r".*is smaller than the logging interval", r".*treespec, LeafSpec.*is deprecated")  # fmt: skip
+
+
+def quiet() -> None:
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    for message in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train SGNS as configured; returns the final metrics (floats)."""
+    quiet()
     if cfg.get("seed") is not None:
+        check_int("seed", cfg.seed, 0, 2**32 - 1)  # (Lightning would pick a random seed for one out of range)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
+    epochs, steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps", -1)
+    if not (epochs == -1 and isinstance(steps, int) and steps >= 1):  # -1: as many epochs as trainer.max_steps takes
+        check_int("trainer.max_epochs", epochs)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     ckpt_path = cfg.get("ckpt_path")
-    ckpt_words, first_step = check_checkpoint(ckpt_path) if ckpt_path else (None, 0)
     datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)  # its settings are checked now; the tables are made once the vocabulary is known
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     if not loggers:  # nothing to log learning rates to
@@ -56,6 +77,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             raise
         raise Word2VecError(f"cannot use trainer.accelerator={cfg.trainer.accelerator} "
                             f"(devices={cfg.trainer.devices}): {message}; try trainer=cpu") from None  # fmt: skip
+    checkpoint, first_step = None, 0
+    if ckpt_path:  # a wrong checkpoint should also cost a glance
+        expected = {**datamodule.resume_settings(trainer.world_size, datamodule.batch_device_type(trainer)),
+                    **model.resume_settings()}  # fmt: skip
+        checkpoint = check_checkpoint(ckpt_path, expected)
+        first_step = int(checkpoint["global_step"])
     started = time.perf_counter()
     corpus = datamodule.prepare()
     prepare_s = time.perf_counter() - started
@@ -64,10 +91,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         f"{corpus.raw_tokens:,}", f"{corpus.train.n_tokens:,}", f"{corpus.val.n_tokens:,}",
         f"{len(corpus.vocab):,}", prepare_s,
     )  # fmt: skip
-    if ckpt_words is not None and ckpt_words != corpus.vocab.words:
-        raise Word2VecError(f"checkpoint {ckpt_path} was trained on a different vocabulary ({len(ckpt_words):,} words) "
+    if checkpoint is not None and (words := checkpoint["SkipGramDataModule"]["words"]) != corpus.vocab.words:
+        raise Word2VecError(f"checkpoint {ckpt_path} was trained on a different vocabulary ({len(words):,} words) "
                             f"than this corpus and config give ({len(corpus.vocab):,} words)")  # fmt: skip
-    model = instantiate(cfg.model, vocab_size=len(corpus.vocab))
+    model.build(len(corpus.vocab))
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -76,9 +103,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
-        stopped = TrainingStopped(_stopped_message(trainer, stop))
-        stopped.exit_code = 128 + int(stop.signal if stop else 15)
-        raise stopped from None
+        raise Stopped(_stopped_message(trainer, stop), 128 + int(stop.signal if stop else 15)) from None
     seconds = time.perf_counter() - started
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     digests = getattr(model, "rank_digests", [])
@@ -124,24 +149,26 @@ def report(vectors: WordVectors, written: list[Path], trainer: L.Trainer, second
     print("\n".join(lines), flush=True)
 
 
-class TrainingStopped(Word2VecError):
+class Stopped(Exception):
     """Ctrl-C or SIGTERM: a checkpoint and the vectors were written; exit code 128 + signal number."""
 
-    exit_code = 143
+    def __init__(self, message: str, exit_code: int = 143):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
-def check_checkpoint(path: str | Path) -> tuple[list[str], int]:
-    """A resume checkpoint must exist and load with ``weights_only=True`` (no unpickling of code);
-    returns its vocabulary and global step."""
-    path = Path(path)
-    if not path.is_file():
-        raise Word2VecError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        state["state_dict"]
-        return list(state["SkipGramDataModule"]["words"]), int(state["global_step"])
-    except Exception as exc:
-        raise Word2VecError(f"checkpoint {path} is not a readable sgns checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+def check_checkpoint(path: str | Path, expected: dict[str, Any]) -> dict[str, Any]:
+    """A resume checkpoint must be ours (``read_checkpoint``) and trained with the settings this run
+    has wherever they decide the tables, the updates or the batches (``expected``, by config key);
+    returns it."""
+    state = read_checkpoint(path)
+    dim = state["state_dict"]["model.center_embed.weight"].shape[1]
+    saved = {"model.embedding_dim": dim, **state.get("resume_settings", {}), **state["SkipGramDataModule"].get("settings", {})}
+    for key, value in expected.items():
+        if key in saved and saved[key] != value:
+            raise Word2VecError(f"checkpoint {path} was trained with {key}={saved[key]!r} but this run has {key}={value!r}; "
+                                "resuming must replay the same batches and updates: set it back, or start a new run")  # fmt: skip
+    return state
 
 
 def _stopped_message(trainer: L.Trainer, stop: GracefulStop | None) -> str:
@@ -156,25 +183,66 @@ def _stopped_message(trainer: L.Trainer, stop: GracefulStop | None) -> str:
 
 
 def user_error(exc: BaseException) -> str | None:
-    """The one-line message for an error caused by the user's input, else None (a bug)."""
+    """The one-line message for an error caused by the user's input or environment, else None (a bug,
+    which keeps its traceback)."""
     while exc is not None:
         if isinstance(exc, (Word2VecError, MisconfigurationException)):
-            return str(exc).strip().splitlines()[0]
-        if not isinstance(exc, InstantiationException):
-            return None
-        exc = exc.__cause__
+            return _first_line(exc)
+        if isinstance(exc, MissingConfigException):  # data=nonsense: name the choices
+            listed = str(exc).split("Available options", 1)[-1].split("Config search path")[0].splitlines()[1:]
+            options = [o.strip() for o in listed if o.strip()]
+            return _first_line(exc) + (f"; choose one of: {', '.join(options)}" if options else "")
+        if isinstance(exc, InstantiationException):  # the error of the object the config describes
+            if isinstance(exc.__cause__, TypeError):
+                return _first_line(exc.__cause__) + " (a key the config does not have?)"
+            exc = exc.__cause__
+            continue
+        if isinstance(exc, (CompactHydraException, OmegaConfBaseException)):  # overrides, missing values
+            return _first_line(exc)
+        if isinstance(exc, OSError) and exc.errno is not None:  # unwritable, read-only or full places
+            where = f"{exc.filename}: " if exc.filename else ""
+            hint = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "over quota", errno.EROFS: "read-only",
+                    errno.EACCES: "choose a writable place, e.g. hydra.run.dir=DIR",
+                    errno.EPERM: "choose a writable place, e.g. hydra.run.dir=DIR"}.get(exc.errno)  # fmt: skip
+            return f"{where}{exc.strerror or exc}{f' ({hint})' if hint else ''}; files written before are intact"
+        return None
     return None
 
 
-def main(cfg: DictConfig) -> float | None:
-    """Hydra task: train and return the optimised metric (``cfg.optimized_metric``) for sweeps."""
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Bad input ends with one ``error:`` line and exit code 2; a stop (Ctrl-C, SIGTERM) with one
+    ``stopped:`` line and 128 + the signal number; a bug keeps its traceback. A thread's error of the
+    user's kind (TensorBoard's writer thread on a full disk) is left to the main thread, which gets
+    it raised again."""
+    default_hook = threading.excepthook
+    threading.excepthook = lambda args: None if user_error(args.exc_value) else default_hook(args)
     try:
-        metrics = train(cfg)
+        yield
+    except Stopped as stop:
+        print(f"stopped: {stop}", file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)
+    except KeyboardInterrupt:  # (on a line of its own, after a progress bar it may have cut short)
+        print("\nstopped: interrupted (Ctrl-C); files written before are intact", file=sys.stderr, flush=True)
+        sys.exit(130)
     except Exception as exc:
         message = user_error(exc)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr, flush=True)
-        sys.exit(getattr(exc, "exit_code", 2))
+        sys.exit(2)
+    finally:
+        threading.excepthook = default_hook
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Hydra task: train and return the optimised metric (``cfg.optimized_metric``) for sweeps."""
+    with one_line_errors():
+        metrics = train(cfg)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None

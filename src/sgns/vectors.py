@@ -15,10 +15,12 @@ from sgns.errors import UnknownWordError, Word2VecError, check
 class WordVectors:
     """Words (descending count order) and their vectors; cosine similarity queries."""
 
-    def __init__(self, words: Sequence[str], vectors: np.ndarray | torch.Tensor, counts: Sequence[int] | None = None):
+    def __init__(self, words: Sequence[str], vectors: np.ndarray | torch.Tensor, counts: Sequence[int] | None = None,
+                 source: str = "vectors"):  # fmt: skip
         self.words = list(words)
         self.vectors = np.ascontiguousarray(torch.as_tensor(vectors).float().numpy())
-        check(self.vectors.ndim == 2 and len(self.words) == len(self.vectors), "one vector per word expected")
+        check(self.vectors.ndim == 2 and len(self.words) == len(self.vectors), f"{source}: one vector per word expected")
+        check_finite(self.vectors, self.words, source)
         self.counts = None if counts is None else np.asarray(counts, dtype=np.int64)
         self.key_to_index = {w: i for i, w in enumerate(self.words)}
 
@@ -112,6 +114,12 @@ class WordVectors:
                 header = handle.readline().split()
                 check(len(header) == 2 and all(h.isdigit() for h in header), f"{path}: first line must be '<vocab_size> <dim>'")
                 n, d = int(header[0]), int(header[1])
+                check(n >= 1 and d >= 1, f"{path}: the header promises {n} rows of {d} values; nothing to load")
+                # each row takes at least a 1-byte word and a separator, then 4 bytes (binary) or 2 (text) a value:
+                # a header promising more than the file can hold is refused before any memory is taken for it
+                least, size = n * (2 + (4 if binary else 2) * d), path.stat().st_size - handle.tell()
+                check(size >= least, f"{path}: the header promises {n:,} rows of {d:,} values, at least {least:,} bytes, "
+                                     f"but {size:,} follow it (truncated, or not a {'binary' if binary else 'text'} word2vec file)")  # fmt: skip
                 words: list[str] = []
                 vectors = np.empty((n, d), dtype=np.float32)
                 for i in range(n):
@@ -127,7 +135,18 @@ class WordVectors:
                         vectors[i] = np.array(parts[1:], dtype=np.float32)
         except (ValueError, UnicodeDecodeError) as exc:
             raise Word2VecError(f"{path}: not a {'binary' if binary else 'text'} word2vec file ({exc})") from None
-        return cls(words, vectors)
+        return cls(words, vectors, source=str(path))
+
+
+def check_finite(vectors: np.ndarray | torch.Tensor, words: Sequence[str], source: str = "vectors") -> None:
+    """Refuse vectors holding NaN or infinity, naming the first such row: no similarity or score
+    computed from them would mean anything."""
+    finite = torch.isfinite(torch.as_tensor(vectors)).all(dim=1)
+    if not bool(finite.all()):
+        row = int((~finite).nonzero()[0])
+        count = int((~finite).sum())
+        raise Word2VecError(f"{source}: row {row + 1} ({words[row]!r}) holds NaN or infinity "
+                            f"({count:,} of {len(finite):,} rows do); refusing non-finite vectors")  # fmt: skip
 
 
 def _read_binary_word(handle, path: Path) -> str:

@@ -1,0 +1,256 @@
+"""Bad input ends with one `error:` line and exit code 2, never a traceback, and leaves what an
+earlier run wrote untouched. Most cases run in this process (the training entry's own error
+handling, `one_line_errors`); a few go through `python train.py` and `sgns` as a user types them."""
+
+import errno
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import compose_train, planted_corpus
+from sgns import cli
+from sgns.train import one_line_errors, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _overrides(corpus, *extra):
+    return [f"data.path={corpus}", "data.min_count=1", "data.sample=0", "data.batch_size=64", "trainer.max_epochs=1",
+            "model.embedding_dim=16", "logger=none", "callbacks.progress_bar.refresh_rate=0", "probe_words=[]", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A finished small run (whose outputs a failing command must leave alone) and bad input files."""
+    root = tmp_path_factory.mktemp("inputs")
+    planted_corpus(root / "small.txt", sentences=200)
+    train(compose_train(root / "run", _overrides(root / "small.txt")))
+    other = root / "other"  # a checkpoint of another vocabulary
+    (root / "abc.txt").write_text("alpha beta gamma\n" * 50)
+    train(compose_train(other, _overrides(root / "abc.txt")))
+    (other / "last.ckpt").rename(root / "other.ckpt")
+    (root / "binary.txt").write_bytes(b"\x00\x01\x02 abc \x00" * 100)
+    (root / "empty.txt").write_text("\n\n")
+    (root / "truncated.ckpt").write_bytes(b"PK\x03\x04 not a whole zip")
+    (root / "oneword.txt").write_text("alpha\nbeta\ngamma\n" * 100)
+    text = (root / "small.txt").read_bytes()
+    (root / "truncated.txt.gz").write_bytes(gzip.compress(text * 20)[:3000])
+    (root / "plain.txt.gz").write_bytes(text)  # not gzip at all
+    lines = text.decode().splitlines()
+    with open(root / "bad.jsonl", "w") as out:
+        out.writelines((json.dumps({"text": line}) if i != 20 else '{"text": "broken') + "\n" for i, line in enumerate(lines))
+    with open(root / "numbers.jsonl", "w") as out:
+        out.writelines(json.dumps({"text": i, "body": line}) + "\n" for i, line in enumerate(lines))
+    pq.write_table(pa.table({"text": list(range(len(lines)))}), root / "numbers.parquet")
+    os.mkfifo(root / "fifo")
+    (root / "a_dir").mkdir()
+    return root
+
+
+CASES = [
+    # the corpus
+    (["data.path={in}/missing.txt"], "corpus file not found"),
+    (["data.path={in}/empty.txt"], "corpus is empty"),
+    (["data.path={in}/a_dir"], "corpus path is a directory"),
+    (["data.path={in}/binary.txt"], "looks like a binary file"),
+    (["data.path={in}/fifo"], "is not a regular file"),
+    (["data.path={in}/truncated.txt.gz"], "truncated.txt.gz to its end"),
+    (["data.path={in}/plain.txt.gz"], "cannot read corpus"),
+    (["data.path={in}/bad.jsonl", "data=jsonl"], "bad.jsonl:21: not a JSON line"),
+    (["data.path={in}/numbers.jsonl", "data=jsonl"], "column 'text' of"),
+    (["data.path={in}/numbers.parquet", "data=jsonl"], "holds int64, not text"),
+    (["data.path={in}/numbers.jsonl", "data=jsonl", "data.text_column=words"], "has no column 'words'"),
+    (["data.path={in}/nothing/*.txt"], "no corpus file matches"),
+    (["data.path=[{in}/small.txt,{in}/numbers.parquet]"], "mix formats"),
+    (["data.path=[]"], "data.path is an empty list"),
+    (["data.dataset=some/dataset"], "either data.path"),
+    (["data.min_count=100000"], "no word occurs at least min_count=100000 times"),
+    (["data.path={in}/oneword.txt"], "gives no (centre, context) pairs"),
+    # data settings
+    (["data.window=0"], "data.window must be an integer >= 1"),
+    (["data.window=100000"], "data.window=100000 is wider than the longest sentence allowed"),
+    (["data.negatives=0"], "data.negatives must be an integer >= 1"),
+    (["data.batch_size=0"], "data.batch_size must be an integer >= 1"),
+    (["data.batch_size=1.5"], "data.batch_size must be an integer >= 1"),
+    (["data.sample=-0.1"], "data.sample must be a finite number >= 0"),
+    (["data.sample=often"], "data.sample must be a finite number >= 0"),
+    (["data.min_count=0"], "data.min_count must be an integer >= 1"),
+    (["data.val_fraction=1.5"], "data.val_fraction must be a finite number >= 0 and < 1"),
+    (["data.ns_exponent=inf"], "data.ns_exponent must be a finite number"),
+    (["data.chunk_tokens=0"], "data.chunk_tokens must be an integer >= 1"),
+    (["data.update_pairs=0"], "data.update_pairs must be null or an integer >= 1"),
+    (["data.pair_order=random"], "data.pair_order must be one of"),
+    (["data.device=gpu0"], "data.device must be 'auto'"),
+    (["data.tokenizer=spacy"], "unknown tokenizer 'spacy'"),
+    (["data.format=xml"], "data.format must be text, json, parquet or null"),
+    (["data.shuffle=3"], "data.shuffle must be true or false"),
+    (["data.nonsense=1"], "Could not override 'data.nonsense'"),
+    (["data=nonsense"], "Could not find 'data/nonsense'; choose one of: enwiki, jsonl, lee"),
+    # model settings, checked before the corpus is read (the corpus here does not exist)
+    (["model.embedding_dim=0", "data.path={in}/missing.txt"], "model.embedding_dim must be an integer >= 1"),
+    (["model.optimizer.lr=nan", "data.path={in}/missing.txt"], "model.optimizer.lr must be a finite number > 0"),
+    (["model.optimizer.lr=0"], "model.optimizer.lr must be a finite number > 0"),
+    (["model.optimizer.lr=fast"], "model.optimizer.lr must be a finite number > 0"),
+    (["model.init=xavier"], "model.init must be one of"),
+    (["model.lr_schedule=cosine"], "model.lr_schedule must be one of"),
+    (["model.min_lr_ratio=2"], "model.min_lr_ratio must be a finite number >= 0 and <= 1"),
+    (["model.micro_batches=0"], "model.micro_batches must be an integer >= 1"),
+    (["+model.optimizer.nesterovv=true"], "model.optimizer: SGD got an unexpected keyword argument 'nesterovv'"),
+    (["model/optimizer=adamw", "model.fused=true"], "model.fused=true supports SparseAdam and plain SGD, not AdamW"),
+    # the run
+    (["seed=-1"], "seed must be an integer in [0, 4294967295], got -1"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs must be an integer >= 1"),
+    (["trainer.max_epochs=-5"], "trainer.max_epochs must be an integer >= 1"),
+    (["trainer=gpu"], "cannot use trainer.accelerator=gpu"),
+    # resuming
+    (["ckpt_path={in}/missing.ckpt"], "checkpoint not found"),
+    (["ckpt_path={in}/truncated.ckpt"], "is not a readable sgns checkpoint"),
+    (["ckpt_path={in}/a_dir"], "checkpoint not found"),
+    (["ckpt_path={in}/other.ckpt"], "different vocabulary"),
+    (["ckpt_path={in}/run/last.ckpt", "model.embedding_dim=32"], "trained with model.embedding_dim=16 but this run has model.embedding_dim=32"),
+    (["ckpt_path={in}/run/last.ckpt", "data.batch_size=128"], "trained with data.batch_size=64 but this run has data.batch_size=128"),
+    (["ckpt_path={in}/run/last.ckpt", "data.window=3"], "trained with data.window=5 but this run has data.window=3"),
+    (["ckpt_path={in}/run/last.ckpt", "model.optimizer.lr=0.05"], "trained with model.optimizer.lr=0.035"),
+    (["ckpt_path={in}/run/last.ckpt", "model/optimizer=sparse_adam"], "trained with model.optimizer='SGD'"),
+    # evaluation and callbacks
+    (["callbacks.word_vectors.analogies=[{in}/missing.txt]"], "evaluation file not found"),
+    (["callbacks.word_vectors.word_pairs.ws353={in}/binary.txt"], "no 'word1<TAB>word2<TAB>score' lines"),
+    (["callbacks.word_vectors.every_n_epochs=0"], "callbacks.word_vectors.every_n_epochs must be an integer >= 1"),
+    (["callbacks.word_vectors.method=cos"], "callbacks.word_vectors.method must be one of"),
+    (["callbacks.word_vectors.monitor=accuracy"], "callbacks.word_vectors.monitor must be one of"),
+    (["callbacks.model_checkpoint.every_n_train_steps=0"], "every_n_train_steps must be null or an integer >= 1"),
+    (["callbacks.throughput.every_n_steps=-1"], "callbacks.throughput.every_n_steps must be an integer >= 1"),
+]
+
+
+def _digest(run_dir: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("extra, message", CASES, ids=[" ".join(c[0]).replace("{in}/", "") for c in CASES])
+def test_bad_input_is_one_line_and_leaves_earlier_outputs_alone(inputs, tmp_path, capsys, extra, message):
+    run = tmp_path / "run"
+    shutil.copytree(inputs / "run", run)
+    before = _digest(run)
+    with pytest.raises(SystemExit) as stop:
+        with one_line_errors():
+            train(compose_train(run, _overrides(inputs / "small.txt", *[e.format(**{"in": inputs}) for e in extra])))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [f"error: {err.split('error: ')[-1].strip()}"]
+    assert message in err, err
+    assert "Traceback" not in err
+    assert _digest(run) == before
+
+
+def test_a_full_disk_under_the_tensorboard_logger_is_one_line(inputs, tmp_path, capsys, monkeypatch):
+    """TensorBoard writes from a thread of its own; its error is raised again in the main thread."""
+    from tensorboard.summary.writer import record_writer
+
+    write = record_writer.RecordWriter.write
+    calls = []
+
+    def full_disk(self, data):
+        calls.append(len(data))
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(self, data)
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full_disk)
+    overrides = [o for o in _overrides(inputs / "small.txt", "trainer.max_epochs=3") if o != "logger=none"]
+    with pytest.raises(SystemExit) as stop:
+        with one_line_errors():
+            train(compose_train(tmp_path / "run", [*overrides, "+logger.tensorboard.flush_secs=1"]))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "error: No space left on device (the disk is full)" in err, err
+    assert "Traceback" not in err and "Exception in thread" not in err
+
+
+@pytest.fixture(scope="module")
+def vectors(inputs):
+    return inputs / "run" / "vectors.bin"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["most-similar", "{v}", "g0w0", "--topn", "0"], "argument --topn: invalid integer >= 1 value: '0'"),
+        (["most-similar", "{v}", "g0w0", "--topn", "-3"], "argument --topn"),
+        (["evaluate", "{v}", "--restrict-vocab", "0"], "argument --restrict-vocab: invalid integer >= 1 value"),
+        (["evaluate", "{v}", "--pairs", "men"], "--pairs men: give NAME=FILE or one of the bundled sets: ws353, simlex"),
+        (["evaluate", "{v}", "--method", "cos"], "argument --method: invalid choice: 'cos'"),
+        (["evaluate", "{v}", "--analogies", "{in}/missing.txt"], "evaluation file not found"),
+        (["export", "{v}", "{in}/no/such/dir/v.txt"], "its directory {in}/no/such/dir does not exist"),
+        (["evaluate", "{in}/huge.txt"], "the header promises 100,000,000 rows of 300 values"),
+        (["evaluate", "{in}/nan.txt"], "row 2 ('b') holds NaN or infinity"),
+        (["most-similar", "{in}/nan.txt", "a"], "row 2 ('b') holds NaN or infinity"),
+        (["similarity", "{v}", "nosuchword", "g0w0"], "'nosuchword' is not in the vocabulary"),
+        (["evaluate", "{in}/missing.bin"], "file not found"),
+        (["evaluate", "{in}/truncated.ckpt"], "not a readable sgns checkpoint"),
+        (["frobnicate", "{v}"], "argument command: invalid choice: 'frobnicate'"),
+    ],
+)
+def test_sgns_bad_input_is_one_line(inputs, vectors, capsys, argv, message):
+    (inputs / "huge.txt").write_text("100000000 300\nabc 1 2\n")
+    (inputs / "nan.txt").write_text("2 2\na 1 0\nb nan 1\n")
+    with pytest.raises(SystemExit) as stop:
+        sys.exit(cli.main([a.format(v=vectors, **{"in": inputs}) for a in argv]))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert message.format(**{"in": inputs}) in err, err
+
+
+def _train_py(*args, **kwargs):
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+
+
+@pytest.mark.parametrize("args, message", [
+    (["data.nonsense=1"], "error: Could not override 'data.nonsense'."),
+    (["hydra.run.dir=/sys/sgns-run"], "error: /sys/sgns-run: Operation not permitted (choose a writable place"),
+    (["hydra.run.dir={tmp}/file/run"], "error: {tmp}/file/run: Not a directory"),
+    (["data.path=/nonexistent/corpus.txt"], "error: corpus file not found: /nonexistent/corpus.txt"),
+])  # fmt: skip
+def test_train_py_bad_input_is_one_line(tmp_path, args, message):
+    """Through the real entry: Hydra's own errors (overrides, an unwritable run directory) too."""
+    (tmp_path / "file").write_text("a file, not a directory\n")
+    args = [a.format(tmp=tmp_path) for a in args]
+    proc = _train_py(*args, *([] if "hydra.run.dir" in args[0] else [f"hydra.run.dir={tmp_path / 'run'}"]))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and err.strip().splitlines()[-1].startswith(message.format(tmp=tmp_path)), err
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_during_corpus_preparation_is_a_stop(tmp_path):
+    """One `stopped:` line, exit 130, no half-written cache entry, no process left behind (it was a
+    40-line traceback from the preparation's worker processes)."""
+    corpus = tmp_path / "big.txt"
+    rng = np.random.default_rng(0)
+    words = np.array([f"w{i}" for i in range(5000)])
+    with open(corpus, "w") as out:
+        for _ in range(40):
+            out.write("\n".join(" ".join(row) for row in words[rng.integers(0, 5000, (5000, 20))]) + "\n")
+    cache = tmp_path / "cache"
+    proc = _train_py(f"data.path={corpus}", "data.num_proc=2", f"hydra.run.dir={tmp_path / 'run'}",
+                     env={**os.environ, "SGNS_CACHE_DIR": str(cache)})  # fmt: skip
+    deadline = time.time() + 60
+    while not list(cache.glob("*.tmp-*")) and time.time() < deadline:  # the preparation has started
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.splitlines()[-1].startswith("stopped: interrupted") and "Traceback" not in err, err[-2000:]
+    assert not cache.exists() or not list(cache.iterdir())

@@ -2,9 +2,6 @@
 
 import os
 
-# OpenMP threads spin between the many small operations of a step instead of sleeping and waking
-# (about 20 % faster on CPU); must be set before torch loads. Set OMP_WAIT_POLICY to override.
-os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 # Hydra hands its own errors (bad overrides, an unwritable run directory) back instead of printing
 # a trimmed traceback: they end as one `error:` line, like every other bad input
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")

@@ -3,13 +3,16 @@
     python scripts/compare_gensim.py                       # first 10M tokens of the shared corpus, 1 epoch
     python scripts/compare_gensim.py --repeats 2 --scaling  # + our time at 10M/20M/40M tokens and d=300
     python scripts/compare_gensim.py --max-tokens 0 --epochs 3 -- model/optimizer=sparse_adam
+    python scripts/compare_gensim.py --repeats 3 --busy 1     # + each repeat again beside 1 busy process
 
 Each trainer runs in its own process (peak RSS from wait4), the order alternates between
 repeats, and both vector files are scored by the same code (gensim's evaluate_word_analogies
 with restrict_vocab=30000 and evaluate_word_pairs); our own end-of-epoch evaluation is switched
 off so that both training times cover training only. Raw words/s = corpus tokens before
 min_count and subsampling x epochs / training seconds, for both. Each side's memory floor is
-the peak RSS of a bare import of its libraries, measured in the same run.
+the peak RSS of a bare import of its libraries, measured in the same run. ``--busy N`` runs every
+repeat a second time with N CPU-bound processes (busy loops) beside the trainer, as on a shared
+machine or a laptop doing something else.
 """
 
 from __future__ import annotations
@@ -100,15 +103,33 @@ def run_dir(out: Path) -> Path:
 def summary(rows: list[dict]) -> str:
     """Medians of each side, and ours/gensim within each repeat: a repeat's two runs follow each
     other, so their ratio is the least disturbed by a shared machine's load changing over time."""
-    side = {name: [r for r in rows if r["name"] == name] for name in ("ours", "gensim")}
-    paired = [o["raw_wps"] / g["raw_wps"] for o, g in zip(side["ours"], side["gensim"])]
-    lines = [f"\nmedian train s: ours {median([r['train_s'] for r in side['ours']]):.1f}, "
-             f"gensim {median([r['train_s'] for r in side['gensim']]):.1f}; "
-             f"ours/gensim raw words/s within each repeat: {', '.join(f'{x:.2f}' for x in paired)} (median {median(paired):.2f})"]
-    for key in ("analogy", "ws353", "simlex"):
-        ours, gensim = median([r[key] for r in side["ours"]]), median([r[key] for r in side["gensim"]])
-        lines.append(f"median {key}: ours {ours:.3f}, gensim {gensim:.3f} (ours - gensim {ours - gensim:+.3f})")
+    lines = []
+    for busy in sorted({r["busy"] for r in rows}):
+        side = {name: [r for r in rows if r["name"] == name and r["busy"] == busy] for name in ("ours", "gensim")}
+        paired = [o["raw_wps"] / g["raw_wps"] for o, g in zip(side["ours"], side["gensim"])]
+        lines += [f"\n{'idle' if not busy else f'beside {busy} busy process(es)'}: median train s: "
+                  f"ours {median([r['train_s'] for r in side['ours']]):.1f}, gensim {median([r['train_s'] for r in side['gensim']]):.1f}; "
+                  f"ours/gensim raw words/s within each repeat: {', '.join(f'{x:.2f}' for x in paired)} (median {median(paired):.2f})"]  # fmt: skip
+        for key in ("analogy", "ws353", "simlex"):
+            ours, gensim = median([r[key] for r in side["ours"]]), median([r[key] for r in side["gensim"]])
+            lines.append(f"median {key}: ours {ours:.3f}, gensim {gensim:.3f} (ours - gensim {ours - gensim:+.3f})")
     return "\n".join(lines)
+
+
+class Busy:
+    """N CPU-bound processes (busy loops) for as long as the block runs."""
+
+    def __init__(self, n: int):
+        self.n, self.procs = n, []
+
+    def __enter__(self) -> "Busy":
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
 
 
 def gensim_worker(args: argparse.Namespace) -> None:
@@ -155,6 +176,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench")
     parser.add_argument("--scaling", action="store_true", help="also time ours at 10M/20M/40M tokens and at d=300")
+    parser.add_argument("--busy", type=int, default=0, help="also run every repeat beside N busy-loop processes")
     parser.add_argument("--worker", choices=["gensim"], help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for our trainer (after --)")
     args = parser.parse_args()
@@ -175,29 +197,32 @@ def main() -> None:
         floors[name] = rss / 2**20 if code == 0 else float("nan")
     rows = []
     for repeat in range(args.repeats):
-        order = ["ours", "gensim"] if repeat % 2 == 0 else ["gensim", "ours"]
-        for name in order:
-            out = run_dir(args.out / f"{name}-{repeat}")
-            if name == "gensim":
-                cmd = [sys.executable, __file__, "--worker", "gensim", "--out", str(out), *common]
-            else:
-                cmd = ours_command(args, corpus, out)
-            code, wall, rss = run_measured(cmd, out / "log.txt")
-            if code != 0:
-                sys.exit(f"{name} failed (exit {code}); see {out / 'log.txt'}")
-            metrics = json.loads((out / "metrics.json").read_text())
-            row = {"name": name, "repeat": repeat, "wall_s": wall, "rss_mb": rss / 2**20, **metrics, **evaluate(out / "vectors.bin")}
-            row["raw_wps"] = tokens * args.epochs / row["train_s"]
-            rows.append(row)
-            print(f"  {name} (repeat {repeat}): train {row['train_s']:.1f} s, analogy {row['analogy']:.4f}", flush=True)
+        for busy in [0, args.busy] if args.busy else [0]:
+            order = ["ours", "gensim"] if (repeat + bool(busy)) % 2 == 0 else ["gensim", "ours"]
+            for name in order:
+                out = run_dir(args.out / f"{name}-{repeat}{f'-busy{busy}' if busy else ''}")
+                if name == "gensim":
+                    cmd = [sys.executable, __file__, "--worker", "gensim", "--out", str(out), *common]
+                else:
+                    cmd = ours_command(args, corpus, out)
+                with Busy(busy):
+                    code, wall, rss = run_measured(cmd, out / "log.txt")
+                if code != 0:
+                    sys.exit(f"{name} failed (exit {code}); see {out / 'log.txt'}")
+                metrics = json.loads((out / "metrics.json").read_text())
+                row = {"name": name, "repeat": repeat, "busy": busy, "wall_s": wall, "rss_mb": rss / 2**20, **metrics,
+                       **evaluate(out / "vectors.bin")}  # fmt: skip
+                row["raw_wps"] = tokens * args.epochs / row["train_s"]
+                rows.append(row)
+                print(f"  {name} (repeat {repeat}, busy {busy}): train {row['train_s']:.1f} s, analogy {row['analogy']:.4f}", flush=True)
 
-    gensim_wps = sum(r["raw_wps"] for r in rows if r["name"] == "gensim") / args.repeats
-    print("\n| run | train s | end-to-end s | raw words/s | ours/gensim | peak RSS MB (floor) | above floor MB | analogy@30k (questions) | WS353 ρ | SimLex ρ |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    gensim_wps = {b: median([r["raw_wps"] for r in rows if r["name"] == "gensim" and r["busy"] == b]) for b in {r["busy"] for r in rows}}
+    print("\n| run | busy | train s | end-to-end s | raw words/s | ours/gensim | peak RSS MB (floor) | above floor MB | analogy@30k (questions) | WS353 ρ | SimLex ρ |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         floor = floors[r["name"]]
-        print(f"| {r['name']} #{r['repeat']} | {r['train_s']:.1f} | {r['wall_s']:.1f} | {r['raw_wps']:,.0f} | "
-              f"{r['raw_wps'] / gensim_wps:.2f} | {r['rss_mb']:.0f} ({floor:.0f}) | {r['rss_mb'] - floor:.0f} | "
+        print(f"| {r['name']} #{r['repeat']} | {r['busy']} | {r['train_s']:.1f} | {r['wall_s']:.1f} | {r['raw_wps']:,.0f} | "
+              f"{r['raw_wps'] / gensim_wps[r['busy']]:.2f} | {r['rss_mb']:.0f} ({floor:.0f}) | {r['rss_mb'] - floor:.0f} | "
               f"{100 * r['analogy']:.1f} % ({r['questions']:,}) | {r['ws353']:.3f} | {r['simlex']:.3f} |")  # fmt: skip
     print(summary(rows))
     (args.out / "results.json").write_text(json.dumps({"floors_mb": floors, "runs": rows}, indent=1))

@@ -168,3 +168,43 @@ def test_same_seed_same_bits_other_seed_other_vectors(tmp_path):
         runs[name] = (tmp_path / name / "vectors.bin").read_bytes()
     assert runs["a"] == runs["b"]
     assert runs["a"] != runs["c"]
+
+
+def test_the_thread_count_does_not_change_the_bits(tmp_path):
+    """The thread tuner switches torch's thread count while training: that must change speed only."""
+    corpus = tmp_path / "planted.txt"
+    planted_corpus(corpus, sentences=300)
+    most, runs = torch.get_num_threads(), {}
+    try:
+        for threads in sorted({1, most}):
+            torch.set_num_threads(threads)
+            cfg = compose_train(tmp_path / str(threads), [f"data.path={corpus}", "data.min_count=1", "trainer.max_epochs=2",
+                                                          "logger=none", "callbacks.threads.enabled=false"])  # fmt: skip
+            train(cfg)
+            runs[threads] = (tmp_path / str(threads) / "vectors.bin").read_bytes()
+    finally:
+        torch.set_num_threads(most)
+    assert len(set(runs.values())) == 1
+
+
+@pytest.mark.parametrize("one_thread_faster", [True, False])
+def test_the_thread_tuner_keeps_the_faster_count(monkeypatch, one_thread_faster):
+    """Timed rounds: each candidate runs for probe_s seconds of steps; the fastest per pair is kept."""
+    from sgns.callbacks import ThreadTuner
+
+    clock, chosen = [0.0], []
+    monkeypatch.setattr("sgns.callbacks.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr(torch, "get_num_threads", lambda: chosen[-1] if chosen else 4)
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    tuner = ThreadTuner(every_s=10.0, probe_s=0.5)
+    module = type("Module", (), {"device": torch.device("cpu"), "log": lambda self, *a, **k: None})()
+    tuner.on_train_start(None, module)
+    assert tuner.candidates == [1, 2, 4]
+    batch = (torch.zeros(1000),)
+    for step in range(200):
+        threads = torch.get_num_threads()
+        fast = threads == 1 if one_thread_faster else threads == 4
+        clock[0] += 0.05 if fast else 0.1
+        tuner.on_train_batch_end(None, module, None, batch, step + 1)
+    assert tuner.threads == (1 if one_thread_faster else 4) == torch.get_num_threads()
+    assert chosen.count(2) >= 1  # every candidate was timed

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from sgns.errors import check_choice, check_int
+from sgns.errors import check_choice, check_int, check_number
 from sgns.evaluation import evaluate_all, read_analogies, read_word_pairs
 from sgns.outputs import export
 from sgns.vectors import WordVectors
@@ -104,6 +104,66 @@ class Throughput(L.Callback):
         pl_module.log("train/words_per_s", raw_words / seconds, prog_bar=True)
         pl_module.log("train/pairs_per_s", self._pairs * trainer.world_size / seconds)  # all ranks
         self._since, self._pairs, self._batches = time.perf_counter(), 0, 0
+
+
+class ThreadTuner(L.Callback):
+    """Chooses torch's CPU thread count from measured speed, while training runs.
+
+    Every ``every_s`` seconds it times each candidate (1 thread, the threads this process was
+    given, and the powers of two between) for ``probe_s`` seconds of training steps and keeps the
+    fastest. On an idle machine that is every thread; beside other busy processes (a laptop's
+    browser, a shared server, the other ranks of a DDP run on the same cores), threads that meet
+    at every small operation wait for each other's turn on a core, and one thread is several
+    times faster. OpenMP's threads spin a moment at each meeting and then sleep (its default
+    wait policy; ``OMP_WAIT_POLICY=ACTIVE`` would keep an unused thread spinning). Every candidate
+    gives the same bits (tested), so the choice changes speed only. ``train/threads`` is logged.
+    """
+
+    def __init__(self, every_s: float = 10.0, probe_s: float = 0.25, enabled: bool = True):
+        check_number("callbacks.threads.every_s", every_s, 0, low_open=True)
+        check_number("callbacks.threads.probe_s", probe_s, 0, low_open=True)
+        self.every_s, self.probe_s, self.enabled = every_s, probe_s, enabled
+        self.candidates: list[int] = []
+        self.threads = torch.get_num_threads()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        most = torch.get_num_threads()
+        self.candidates = sorted({1, most, *(2**i for i in range(most.bit_length()) if 2**i < most)})
+        self.threads = most
+        self._next_round = time.perf_counter() + min(1.0, self.every_s)  # a first look soon after the start
+        self._queue: list[int] = []
+        self._timing: dict[int, list[float]] = {}
+        self._last: float | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        last, self._last = self._last, now
+        if not self.enabled or pl_module.device.type != "cpu" or len(self.candidates) < 2:
+            return
+        if last is not None and batch_idx > 0 and self._queue:  # (an epoch's first step includes its start)
+            seconds, pairs = self._timing.setdefault(self._queue[0], [0.0, 0.0])[:2]
+            self._timing[self._queue[0]] = [seconds + now - last, pairs + max(1, len(batch[0]))]
+            if self._timing[self._queue[0]][0] >= self.probe_s:  # this candidate is timed: the next one
+                self._queue.pop(0)
+                if not self._queue:
+                    self._choose(pl_module, now)
+                    return
+                self._set(self._queue[0])
+        elif not self._queue and now >= self._next_round:
+            self._queue, self._timing = list(self.candidates), {}
+            self._set(self._queue[0])
+            self._last = time.perf_counter()
+
+    def _choose(self, pl_module: L.LightningModule, now: float) -> None:
+        best = min(self._timing, key=lambda n: self._timing[n][0] / self._timing[n][1])  # seconds per pair
+        self._set(best)
+        self.threads, self._next_round = best, now + self.every_s
+        pl_module.log("train/threads", float(best))
+
+    @staticmethod
+    def _set(threads: int) -> None:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _tensorboard(trainer: L.Trainer):

@@ -145,7 +145,7 @@ class Word2VecModule(L.LightningModule):
 
     def _log_loss(self, loss: torch.Tensor, n: int, sync_dist: bool = False) -> None:
         self.log("train/loss", loss, prog_bar=True, batch_size=max(1, n), sync_dist=sync_dist)
-        self._epoch_loss[0] += float(loss) * max(1, n)
+        self._epoch_loss[0] += float(loss.detach()) * max(1, n)
         self._epoch_loss[1] += max(1, n)
 
     def on_train_epoch_start(self) -> None:

@@ -4,6 +4,7 @@
     python scripts/compare_gensim.py --repeats 2 --scaling  # + our time at 10M/20M/40M tokens and d=300
     python scripts/compare_gensim.py --max-tokens 0 --epochs 3 -- model/optimizer=sparse_adam
     python scripts/compare_gensim.py --repeats 3 --busy 1     # + each repeat again beside 1 busy process
+    python scripts/compare_gensim.py --models skipgram,cbow   # skip-gram against sg=1, CBOW against sg=0
 
 Each trainer runs in its own process (peak RSS from wait4), the order alternates between
 repeats, and both vector files are scored by the same code (gensim's evaluate_word_analogies
@@ -64,11 +65,14 @@ def run_measured(cmd: list[str], log: Path) -> tuple[int, float, int]:
 FLOORS = {"ours": "import torch, lightning, hydra, torchmetrics, datasets", "gensim": "import gensim"}
 
 
-def ours_command(args: argparse.Namespace, corpus: Path, out: Path, dim: int | None = None) -> list[str]:
+FAMILIES = {"skipgram": 1, "cbow": 0}  # our model=... and gensim's sg=...
+
+
+def ours_command(args: argparse.Namespace, corpus: Path, out: Path, dim: int | None = None, model: str = "skipgram") -> list[str]:
     """Our trainer on ``corpus``, its preparation cache in ``out/cache`` (emptied by ``run_dir``)."""
-    return [sys.executable, "train.py", "data=text_file", f"data.path={corpus}", "data.tokenizer=whitespace",
+    return [sys.executable, "train.py", f"model={model}", "data=text_file", f"data.path={corpus}", "data.tokenizer=whitespace",
             "data.val_fraction=0", f"data.window={args.window}", f"data.negatives={args.negatives}",
-            f"data.sample={args.sample}", f"data.min_count={args.min_count}", f"model.embedding_dim={dim or args.dim}",
+            f"data.sample={args.sample}", f"data.min_count={args.min_count}", f"model.net.embedding_dim={dim or args.dim}",
             f"trainer.max_epochs={args.epochs}", f"seed={args.seed}", "logger=none", "~callbacks.word_vectors",
             "callbacks.progress_bar.refresh_rate=1000", f"hydra.run.dir={out}", f"data.cache_dir={out / 'cache'}",
             *args.overrides]  # fmt: skip
@@ -104,10 +108,10 @@ def summary(rows: list[dict]) -> str:
     """Medians of each side, and ours/gensim within each repeat: a repeat's two runs follow each
     other, so their ratio is the least disturbed by a shared machine's load changing over time."""
     lines = []
-    for busy in sorted({r["busy"] for r in rows}):
-        side = {name: [r for r in rows if r["name"] == name and r["busy"] == busy] for name in ("ours", "gensim")}
+    for model, busy in sorted({(r["model"], r["busy"]) for r in rows}, key=lambda mb: (list(FAMILIES).index(mb[0]), mb[1])):
+        side = {name: [r for r in rows if r["name"] == name and r["busy"] == busy and r["model"] == model] for name in ("ours", "gensim")}
         paired = [o["raw_wps"] / g["raw_wps"] for o, g in zip(side["ours"], side["gensim"])]
-        lines += [f"\n{'idle' if not busy else f'beside {busy} busy process(es)'}: median train s: "
+        lines += [f"\n{model} (gensim sg={FAMILIES[model]}), {'idle' if not busy else f'beside {busy} busy process(es)'}: median train s: "
                   f"ours {median([r['train_s'] for r in side['ours']]):.1f}, gensim {median([r['train_s'] for r in side['gensim']]):.1f}; "
                   f"ours/gensim raw words/s within each repeat: {', '.join(f'{x:.2f}' for x in paired)} (median {median(paired):.2f})"]  # fmt: skip
         for key in ("analogy", "ws353", "simlex"):
@@ -138,7 +142,7 @@ def gensim_worker(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     model = Word2Vec(vector_size=args.dim, window=args.window, negative=args.negatives, sample=args.sample,
-                     min_count=args.min_count, sg=1, hs=0, workers=args.workers, seed=args.seed)  # fmt: skip
+                     min_count=args.min_count, sg=args.sg, hs=0, workers=args.workers, seed=args.seed)  # fmt: skip
     model.build_vocab(corpus_file=args.corpus)
     t1 = time.perf_counter()
     model.train(corpus_file=args.corpus, total_words=model.corpus_total_words, epochs=args.epochs)
@@ -177,6 +181,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench")
     parser.add_argument("--scaling", action="store_true", help="also time ours at 10M/20M/40M tokens and at d=300")
     parser.add_argument("--busy", type=int, default=0, help="also run every repeat beside N busy-loop processes")
+    parser.add_argument("--models", default="skipgram", help="comma-separated: skipgram (gensim sg=1), cbow (gensim sg=0)")
+    parser.add_argument("--sg", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["gensim"], help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for our trainer (after --)")
     args = parser.parse_args()
@@ -195,34 +201,35 @@ def main() -> None:
     for name, imports in FLOORS.items():  # peak RSS of a bare import of each side's libraries
         code, _, rss = run_measured([sys.executable, "-c", imports], args.out / f"floor-{name}.log")
         floors[name] = rss / 2**20 if code == 0 else float("nan")
-    rows = []
+    rows, models = [], args.models.split(",")
     for repeat in range(args.repeats):
-        for busy in [0, args.busy] if args.busy else [0]:
+        for model, busy in [(m, b) for m in models for b in ([0, args.busy] if args.busy else [0])]:
             order = ["ours", "gensim"] if (repeat + bool(busy)) % 2 == 0 else ["gensim", "ours"]
             for name in order:
-                out = run_dir(args.out / f"{name}-{repeat}{f'-busy{busy}' if busy else ''}")
+                out = run_dir(args.out / f"{name}-{model}-{repeat}{f'-busy{busy}' if busy else ''}")
                 if name == "gensim":
-                    cmd = [sys.executable, __file__, "--worker", "gensim", "--out", str(out), *common]
+                    cmd = [sys.executable, __file__, "--worker", "gensim", "--out", str(out), "--sg", str(FAMILIES[model]), *common]
                 else:
-                    cmd = ours_command(args, corpus, out)
+                    cmd = ours_command(args, corpus, out, model=model)
                 with Busy(busy):
                     code, wall, rss = run_measured(cmd, out / "log.txt")
                 if code != 0:
                     sys.exit(f"{name} failed (exit {code}); see {out / 'log.txt'}")
                 metrics = json.loads((out / "metrics.json").read_text())
-                row = {"name": name, "repeat": repeat, "busy": busy, "wall_s": wall, "rss_mb": rss / 2**20, **metrics,
+                row = {"name": name, "model": model, "repeat": repeat, "busy": busy, "wall_s": wall, "rss_mb": rss / 2**20, **metrics,
                        **evaluate(out / "vectors.bin")}  # fmt: skip
                 row["raw_wps"] = tokens * args.epochs / row["train_s"]
                 rows.append(row)
-                print(f"  {name} (repeat {repeat}, busy {busy}): train {row['train_s']:.1f} s, analogy {row['analogy']:.4f}", flush=True)
+                print(f"  {name} {model} (repeat {repeat}, busy {busy}): train {row['train_s']:.1f} s, analogy {row['analogy']:.4f}", flush=True)
 
-    gensim_wps = {b: median([r["raw_wps"] for r in rows if r["name"] == "gensim" and r["busy"] == b]) for b in {r["busy"] for r in rows}}
-    print("\n| run | busy | train s | end-to-end s | raw words/s | ours/gensim | peak RSS MB (floor) | above floor MB | analogy@30k (questions) | WS353 ρ | SimLex ρ |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    gensim_wps = {(m, b): median([r["raw_wps"] for r in rows if r["name"] == "gensim" and r["busy"] == b and r["model"] == m])
+                  for m, b in {(r["model"], r["busy"]) for r in rows}}  # fmt: skip
+    print("\n| run | model | busy | train s | end-to-end s | raw words/s | ours/gensim | peak RSS MB (floor) | above floor MB | analogy@30k (questions) | WS353 ρ | SimLex ρ |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         floor = floors[r["name"]]
-        print(f"| {r['name']} #{r['repeat']} | {r['busy']} | {r['train_s']:.1f} | {r['wall_s']:.1f} | {r['raw_wps']:,.0f} | "
-              f"{r['raw_wps'] / gensim_wps[r['busy']]:.2f} | {r['rss_mb']:.0f} ({floor:.0f}) | {r['rss_mb'] - floor:.0f} | "
+        print(f"| {r['name']} #{r['repeat']} | {r['model']} | {r['busy']} | {r['train_s']:.1f} | {r['wall_s']:.1f} | {r['raw_wps']:,.0f} | "
+              f"{r['raw_wps'] / gensim_wps[(r['model'], r['busy'])]:.2f} | {r['rss_mb']:.0f} ({floor:.0f}) | {r['rss_mb'] - floor:.0f} | "
               f"{100 * r['analogy']:.1f} % ({r['questions']:,}) | {r['ws353']:.3f} | {r['simlex']:.3f} |")  # fmt: skip
     print(summary(rows))
     (args.out / "results.json").write_text(json.dumps({"floors_mb": floors, "runs": rows}, indent=1))

@@ -35,7 +35,7 @@ DEFAULT_CORPUS = os.environ.get("SGNS_ENWIKI", str(ROOT.parent / "shared" / "dat
 OURS = """
 import json, sys, time
 t0 = time.perf_counter()
-from sgns.corpus import prepare_corpus
+from sgns.data import prepare_corpus
 t1 = time.perf_counter()
 c = prepare_corpus(sys.argv[1], tokenizer=sys.argv[2], min_count=5, num_proc=int(sys.argv[3]) if sys.argv[3] != "auto" else None)
 t2 = time.perf_counter()
@@ -127,7 +127,7 @@ def main() -> None:
                 with gzip.open(corpus, "rb") as inp, open(plain, "wb") as out:
                     shutil.copyfileobj(inp, out)
             rows.append(("gensim build_vocab (corpus_file, uncompressed)", measured(GENSIM, [str(plain)], env)))
-        floor = measured("import json, sgns.corpus, datasets; print(json.dumps({}))", [], env)["peak_mb"]
+        floor = measured("import json, sgns.data, datasets; print(json.dumps({}))", [], env)["peak_mb"]
         print(f"\ncorpus: {corpus} ({corpus.stat().st_size / 2**20:,.0f} MB on disk)")
         print("| run | wall s | of which preparation s | peak RSS MB | peak PSS MB | peak anonymous PSS MB | raw tokens | vocabulary |")
         print("|---|---|---|---|---|---|---|---|")
@@ -135,7 +135,7 @@ def main() -> None:
             print(f"| {name} | {r['wall_s']:.1f} | {r['prepare_s']:.1f} | {r['peak_mb']:,.0f} | {r['peak_pss_mb']:,.0f} "
                   f"| {r['peak_anon_mb']:,.0f} "
                   f"| {r['raw_tokens']:,} | {r['vocab']:,} |")  # fmt: skip
-        print(f"\nimport floor of ours (sgns.corpus + datasets): {floor:,.0f} MB")
+        print(f"\nimport floor of ours (sgns.data + datasets): {floor:,.0f} MB")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

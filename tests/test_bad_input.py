@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _overrides(corpus, *extra):
     return [f"data.path={corpus}", "data.min_count=1", "data.sample=0", "data.batch_size=64", "trainer.max_epochs=1",
-            "model.embedding_dim=16", "logger=none", "callbacks.progress_bar.refresh_rate=0", "probe_words=[]", *extra]  # fmt: skip
+            "model.net.embedding_dim=16", "logger=none", "callbacks.progress_bar.refresh_rate=0", "probe_words=[]", *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ CASES = [
     (["data.path=[]"], "data.path is an empty list"),
     (["data.dataset=some/dataset"], "either data.path"),
     (["data.min_count=100000"], "no word occurs at least min_count=100000 times"),
-    (["data.path={in}/oneword.txt"], "gives no (centre, context) pairs"),
+    (["data.path={in}/oneword.txt"], "gives no examples to train on"),
     # data settings
     (["data.window=0"], "data.window must be an integer >= 1"),
     (["data.window=100000"], "data.window=100000 is wider than the longest sentence allowed"),
@@ -90,23 +90,24 @@ CASES = [
     (["data.val_fraction=1.5"], "data.val_fraction must be a finite number >= 0 and < 1"),
     (["data.ns_exponent=inf"], "data.ns_exponent must be a finite number"),
     (["data.chunk_tokens=0"], "data.chunk_tokens must be an integer >= 1"),
-    (["data.update_pairs=0"], "data.update_pairs must be null or an integer >= 1"),
+    (["data.update_size=0"], "data.update_size must be null or an integer >= 1"),
     (["data.pair_order=random"], "data.pair_order must be one of"),
     (["data.device=gpu0"], "data.device must be 'auto'"),
     (["data.tokenizer=spacy"], "unknown tokenizer 'spacy'"),
     (["data.format=xml"], "data.format must be text, json, parquet or null"),
-    (["data.shuffle=3"], "data.shuffle must be true or false"),
+    (["data.respect_lines=3"], "data.respect_lines must be true or false"),
     (["data.nonsense=1"], "Could not override 'data.nonsense'"),
     (["data=nonsense"], "Could not find 'data/nonsense'; choose one of: enwiki, jsonl, lee"),
     # model settings, checked before the corpus is read (the corpus here does not exist)
-    (["model.embedding_dim=0", "data.path={in}/missing.txt"], "model.embedding_dim must be an integer >= 1"),
-    (["model.optimizer.lr=nan", "data.path={in}/missing.txt"], "model.optimizer.lr must be a finite number > 0"),
-    (["model.optimizer.lr=0"], "model.optimizer.lr must be a finite number > 0"),
-    (["model.optimizer.lr=fast"], "model.optimizer.lr must be a finite number > 0"),
-    (["model.init=xavier"], "model.init must be one of"),
-    (["model.lr_schedule=cosine"], "model.lr_schedule must be one of"),
-    (["model.min_lr_ratio=2"], "model.min_lr_ratio must be a finite number >= 0 and <= 1"),
-    (["model.micro_batches=0"], "model.micro_batches must be an integer >= 1"),
+    (["model.net.embedding_dim=0", "data.path={in}/missing.txt"], "model.net.embedding_dim must be an integer >= 1"),
+    (["model.alpha=nan", "data.path={in}/missing.txt"], "model.alpha must be a finite number > 0"),
+    (["model.alpha=0"], "model.alpha must be a finite number > 0"),
+    (["model.alpha=fast"], "model.alpha must be a finite number > 0"),
+    (["model.min_alpha=0.5"], "model.min_alpha must be a finite number >= 0 and <= 0.035"),
+    (["model/optimizer=sparse_adam", "model.optimizer.lr=-1"], "model.optimizer.lr must be a finite number > 0"),
+    (["model=cbow", "model.net.cbow_mean=maybe"], "model.net.cbow_mean must be true or false"),
+    (["model=fasttext"], "Could not find 'model/fasttext'; choose one of: cbow, skipgram"),
+    (["+model.net.dims=3"], "model.net: SkipGram got an unexpected keyword argument 'dims'"),
     (["+model.optimizer.nesterovv=true"], "model.optimizer: SGD got an unexpected keyword argument 'nesterovv'"),
     (["model/optimizer=adamw", "model.fused=true"], "model.fused=true supports SparseAdam and plain SGD, not AdamW"),
     # the run
@@ -119,10 +120,11 @@ CASES = [
     (["ckpt_path={in}/truncated.ckpt"], "is not a readable sgns checkpoint"),
     (["ckpt_path={in}/a_dir"], "checkpoint not found"),
     (["ckpt_path={in}/other.ckpt"], "different vocabulary"),
-    (["ckpt_path={in}/run/last.ckpt", "model.embedding_dim=32"], "trained with model.embedding_dim=16 but this run has model.embedding_dim=32"),
+    (["ckpt_path={in}/run/last.ckpt", "model.net.embedding_dim=32"], "trained with model.net.embedding_dim=16 but this run has model.net.embedding_dim=32"),
+    (["ckpt_path={in}/run/last.ckpt", "model=cbow"], "trained with model.net='SkipGram' but this run has model.net='CBOW'"),
     (["ckpt_path={in}/run/last.ckpt", "data.batch_size=128"], "trained with data.batch_size=64 but this run has data.batch_size=128"),
     (["ckpt_path={in}/run/last.ckpt", "data.window=3"], "trained with data.window=5 but this run has data.window=3"),
-    (["ckpt_path={in}/run/last.ckpt", "model.optimizer.lr=0.05"], "trained with model.optimizer.lr=0.035"),
+    (["ckpt_path={in}/run/last.ckpt", "model.alpha=0.05"], "trained with model.alpha=0.035"),
     (["ckpt_path={in}/run/last.ckpt", "model/optimizer=sparse_adam"], "trained with model.optimizer='SGD'"),
     # evaluation and callbacks
     (["callbacks.word_vectors.analogies=[{in}/missing.txt]"], "evaluation file not found"),

@@ -22,7 +22,7 @@ def test_tensorboard_scalars_text_hparams_and_projector(planted, tmp_path):
     train(cfg)
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
-    for tag in ["train/loss", "lr-SGD", "train/words_per_s", "train/pairs_per_s", "val/loss", "val/analogy",
+    for tag in ["train/loss", "train/alpha", "train/words_per_s", "train/examples_per_s", "val/loss", "val/analogy",
                 "val/analogy_best", "val/ws353", "val/simlex", "hp/val/loss"]:  # fmt: skip
         assert tag in scalars, (tag, sorted(scalars))
     assert len(events.Scalars("train/loss")) > 10  # per step, not per epoch
@@ -55,10 +55,10 @@ def _summary(sweep):
 def test_multirun_jobs_and_summary(planted, tmp_path):
     path, _ = planted
     result, sweep = _sweep("-m", f"data.path={path}", "data.min_count=1", "trainer.max_epochs=1",
-                           "model.embedding_dim=8,16", tmp_path=tmp_path)  # fmt: skip
+                           "model.net.embedding_dim=8,16", tmp_path=tmp_path)  # fmt: skip
     rows = _summary(sweep)
-    assert ["model.embedding_dim=8" in r["overrides"] for r in rows] == [True, False]
-    assert ["model.embedding_dim=16" in r["overrides"] for r in rows] == [False, True]
+    assert ["model.net.embedding_dim=8" in r["overrides"] for r in rows] == [True, False]
+    assert ["model.net.embedding_dim=16" in r["overrides"] for r in rows] == [False, True]
     assert all(r["status"] == "ok" and float(r["val/loss"]) > 0 for r in rows)
     for job in ("0", "1"):
         assert list((sweep / job / "tensorboard").glob("events.out.tfevents.*"))
@@ -72,5 +72,5 @@ def test_optuna_search_runs_trials(planted, tmp_path):
                       f"data.path={path}", "data.min_count=1", tmp_path=tmp_path)  # fmt: skip
     rows = _summary(sweep)
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
-    assert all("model.embedding_dim=" in r["overrides"] for r in rows)
+    assert all("model.net.embedding_dim=" in r["overrides"] for r in rows)
     assert (sweep / "optimization_results.yaml").exists()

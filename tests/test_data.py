@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sgns.corpus import Vocabulary, prepare_corpus
-from sgns.data import SkipGramDataModule
+from sgns.data import Vocabulary, Word2VecDataModule, prepare_corpus
 from sgns.errors import Word2VecError
 
 TEXT = "the cat sat on the mat\nthe dog sat\n\nA Cat, a DOG: the end\n"
@@ -78,34 +77,41 @@ def test_vocabulary_file_round_trip(tmp_path):
     assert again.words == vocab.words and again.counts.tolist() == [5, 2]
 
 
-def _module(path, **overrides):
-    options = dict(path=str(path), min_count=1, window=3, negatives=4, sample=0.0, batch_size=64,
-                   chunk_tokens=500, val_fraction=0.0, seed=7)  # fmt: skip
+def _module(path, example="pairs", **overrides):
+    options = dict(path=str(path), min_count=1, window=3, negatives=4, shared_negatives=0, sample=0.0, batch_size=64,
+                   update_size=None, chunk_tokens=500, val_fraction=0.0, seed=7)  # fmt: skip
     options.update(overrides)
-    dm = SkipGramDataModule(**options)
+    dm = Word2VecDataModule(**options)
+    dm.example = example
     dm.setup("fit")
     return dm
 
 
-def test_batches_have_the_right_shapes_and_dtypes(planted):
+def _flat(steps, field):
+    """A field of every update of every step, concatenated: the epoch's examples in order."""
+    return torch.cat([getattr(update, field) for step in steps for update in step])
+
+
+def test_steps_have_the_right_shapes_and_dtypes(planted):
     path, _ = planted
     dm = _module(path)
-    batches = list(dm.train_dataloader())
-    assert len(batches) == len(dm.train_dataloader())  # len() is exact
-    for centre, context, negatives in batches[:-1]:
-        assert centre.shape == (64,) and context.shape == (64,) and negatives.shape == (64, 4)
-        assert centre.dtype == context.dtype == negatives.dtype == torch.long
-    assert 0 < len(batches[-1][0]) <= 64
+    steps = list(dm.train_dataloader())
+    assert len(steps) == len(dm.train_dataloader())  # len() is exact
+    for step in steps[:-1]:
+        (update,) = step
+        assert update.center.shape == (64,) and update.context.shape == (64,) and update.negatives.shape == (64, 4)
+        assert update.center.dtype == update.context.dtype == update.negatives.dtype == torch.long
+        assert update.neg_weight == 1.0 and update.mask is None
+    assert 0 < len(steps[-1][0]) <= 64
     vocab = len(dm.vocab)
-    assert all(((t >= 0) & (t < vocab)).all() for b in batches for t in b)
+    assert all(((t >= 0) & (t < vocab)).all() for step in steps for u in step for t in (u.center, u.context, u.negatives))
 
 
 @pytest.mark.parametrize("pair_order", ["sides", "pairs"])
 def test_an_epoch_covers_every_pair_once_in_shuffled_order(planted, pair_order):
     path, _ = planted
     dm = _module(path, window=1, pair_order=pair_order)
-    centres = torch.cat([b[0] for b in dm.train_dataloader()])
-    contexts = torch.cat([b[1] for b in dm.train_dataloader()])
+    centres, contexts = _flat(dm.train_dataloader(), "center"), _flat(dm.train_dataloader(), "context")
     ids = torch.from_numpy(np.array(dm.corpus.train.ids)).long()
     # window 1 without subsampling is deterministic: every neighbour pair within a sentence, both ways
     starts = dm.corpus.train.starts
@@ -117,11 +123,31 @@ def test_an_epoch_covers_every_pair_once_in_shuffled_order(planted, pair_order):
     assert not torch.equal(centres[: len(left)], left)  # shuffled
 
 
+def test_an_epoch_of_windows_holds_every_centre_once_with_its_window(planted):
+    """CBOW: window 1 without subsampling: every token of a sentence is a centre once, its window
+    the words next to it in its sentence (slot 0: the left one, slot 1: the right one)."""
+    path, _ = planted
+    dm = _module(path, example="windows", window=1)
+    steps = list(dm.train_dataloader())
+    centres, contexts, masks = _flat(steps, "center"), _flat(steps, "context"), _flat(steps, "mask")
+    ids = np.array(dm.corpus.train.ids)
+    expected = Counter()
+    for a, b in zip(dm.corpus.train.starts[:-1], dm.corpus.train.starts[1:]):
+        line = ids[a:b].tolist()
+        for i, word in enumerate(line):
+            expected[(word, line[i - 1] if i else None, line[i + 1] if i + 1 < len(line) else None)] += 1
+    got = Counter((c, ctx[0] if m[0] else None, ctx[1] if m[1] else None)
+                  for c, ctx, m in zip(centres.tolist(), contexts.tolist(), masks.tolist()))  # fmt: skip
+    assert got == expected
+    assert masks.any(dim=1).all() and steps[0][0].context.shape == (64, 2)
+    assert len(centres) == dm.train_set.examples()  # counted without making the windows
+
+
 @pytest.mark.parametrize("pair_order", ["sides", "pairs"])
 def test_pairs_come_side_by_side_or_one_by_one(planted, pair_order):
     """sides: a side of a centre's window (reach 1..5: 3 pairs on average) is a run of one centre."""
     path, _ = planted
-    centres = torch.cat([b[0] for b in _module(path, window=5, pair_order=pair_order).train_dataloader()])
+    centres = _flat(_module(path, window=5, pair_order=pair_order).train_dataloader(), "center")
     mean_run = len(centres) / len(torch.unique_consecutive(centres))
     assert mean_run > 2.5 if pair_order == "sides" else mean_run < 1.2
 
@@ -129,10 +155,11 @@ def test_pairs_come_side_by_side_or_one_by_one(planted, pair_order):
 def test_epochs_are_reproducible_and_differ(planted):
     path, _ = planted
     a, b = _module(path, sample=1e-2), _module(path, sample=1e-2)
-    first = [t.clone() for t in next(iter(a.train_set))]
-    assert all(torch.equal(x, y) for x, y in zip(first, next(iter(b.train_set))))
+    first = next(iter(a.train_set))[0]
+    again = next(iter(b.train_set))[0]
+    assert all(torch.equal(getattr(first, f), getattr(again, f)) for f in ("center", "context", "negatives"))
     a.train_set.set_epoch(1)
-    assert not torch.equal(first[0], next(iter(a.train_set))[0])
+    assert not torch.equal(first.center, next(iter(a.train_set))[0].center)
 
 
 def test_subsampling_thins_frequent_words_in_batches(tmp_path):
@@ -140,77 +167,76 @@ def test_subsampling_thins_frequent_words_in_batches(tmp_path):
     rng = np.random.default_rng(0)
     words = np.where(rng.random(20_000) < 0.5, "the", np.array([f"w{i}" for i in rng.integers(0, 500, 20_000)]))
     path.write_text(" ".join(words) + "\n")
-    plain = torch.cat([b[0] for b in _module(path, batch_size=4096).train_dataloader()])
-    thinned = torch.cat([b[0] for b in _module(path, batch_size=4096, sample=1e-3).train_dataloader()])
+    plain = _flat(_module(path, batch_size=4096).train_dataloader(), "center")
+    thinned = _flat(_module(path, batch_size=4096, sample=1e-3).train_dataloader(), "center")
     assert (plain == 0).float().mean() > 0.45  # "the" is word 0
     assert (thinned == 0).float().mean() < 0.25
 
 
-def test_validation_pairs_are_fixed(planted):
+def test_validation_steps_are_fixed(planted):
     path, _ = planted
     dm = _module(path, val_fraction=0.05)
-    first = [t.clone() for t in next(iter(dm.val_dataloader()))]
-    assert all(torch.equal(x, y) for x, y in zip(first, next(iter(dm.val_dataloader()))))
+    first = next(iter(dm.val_dataloader()))[0]
+    again = next(iter(dm.val_dataloader()))[0]
+    assert all(torch.equal(getattr(first, f), getattr(again, f)) for f in ("center", "context", "negatives"))
     assert len(dm.val_set) > 0
 
 
 @pytest.mark.parametrize("name, value", [("window", 0), ("negatives", 0), ("batch_size", -3), ("min_count", 0), ("sample", -1.0),
-                                         ("device", "gpu0"), ("update_pairs", 0), ("negative_groups", 0),
-                                         ("pair_order", "random")])  # fmt: skip
+                                         ("device", "gpu0"), ("update_size", 0), ("pair_order", "random")])  # fmt: skip
 def test_nonsense_values_are_refused(name, value):
     with pytest.raises(Word2VecError, match=f"data.{name}"):
-        SkipGramDataModule(**{name: value})
+        Word2VecDataModule(**{name: value})
 
 
-@pytest.mark.parametrize("update_pairs, updates", [(None, 1), (64, 1), (16, 4), (20, 4)])
-def test_shared_negatives_one_draw_per_batch_and_exact_pair_count(planted, update_pairs, updates):
-    """K shared negatives per update: a batch of 64 pairs in updates of update_pairs carries
-    K x ceil(64 / update_pairs) of them (the short last batch too: the model splits every batch alike)."""
+@pytest.mark.parametrize("example", ["pairs", "windows"])
+@pytest.mark.parametrize("update_size, updates", [(None, 1), (64, 1), (16, 4), (20, 4)])
+def test_steps_are_cut_into_updates_each_with_its_shared_negatives(planted, example, update_size, updates):
+    """Steps of 64 examples in updates of update_size: ceil(64 / update_size) updates, each with its
+    own K negatives [1, K] weighing k/K; the epoch's example count is known without making them."""
     path, _ = planted
-    dm = _module(path, sample=1e-2, shared_negatives=16, update_pairs=update_pairs)
-    assert dm.updates == updates
-    batches = list(dm.train_dataloader())
-    pairs = dm.train_set.pairs()  # counted without building the pairs
-    assert sum(len(b[0]) for b in batches) == pairs and len(batches) == len(dm.train_set) == -(-pairs // 64)
-    for centre, context, negatives in batches:
-        assert negatives.shape == (16 * updates,) and negatives.dtype == centre.dtype == context.dtype == torch.long
-    assert not torch.equal(batches[0][2], batches[1][2])
-
-
-def test_negative_groups_draw_k_for_each_group_of_every_update(planted):
-    """negative_groups=3, K=4, batches of 64 in updates of 16: [4 updates x 3 groups, 4] per batch."""
-    path, _ = planted
-    batches = list(_module(path, shared_negatives=4, negative_groups=3, update_pairs=16).train_dataloader())
-    assert all(b[2].shape == (12, 4) for b in batches) and len(batches) > 1
-    assert not torch.equal(batches[0][2], batches[1][2])
+    dm = _module(path, example, sample=1e-2, shared_negatives=16, update_size=update_size)
+    assert dm.updates_per_step == updates
+    steps = list(dm.train_dataloader())
+    examples = dm.train_set.examples()  # counted without making the examples
+    assert sum(len(u) for step in steps for u in step) == examples and len(steps) == len(dm.train_set) == -(-examples // 64)
+    for step in steps[:-1]:
+        assert len(step) == updates and [len(u) for u in step][:-1] == [update_size or 64] * (updates - 1)
+        assert all(u.negatives.shape == (1, 16) and u.neg_weight == 4 / 16 for u in step)
+    assert not torch.equal(steps[0][0].negatives, steps[0][-1].negatives if updates > 1 else steps[1][0].negatives)
 
 
 def _devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+@pytest.mark.parametrize("example", ["pairs", "windows"])
 @pytest.mark.parametrize("device", _devices())
-def test_batches_are_made_on_the_requested_device_with_the_same_statistics(planted, device):
-    """data.device: every tensor of every batch is born there; the pairs are the same multiset
+def test_batches_are_made_on_the_requested_device_with_the_same_statistics(planted, device, example):
+    """data.device: every tensor of every step is born there; the examples are the same multiset
     (window 1, no subsampling: deterministic), the negatives come from the same noise law."""
     path, _ = planted
-    on_cpu = list(_module(path, window=1, shared_negatives=16, device="cpu").train_dataloader())
-    here = _module(path, window=1, shared_negatives=16, device=device)
-    batches = list(here.train_dataloader())
-    assert {t.device.type for b in batches for t in b} == {torch.device(device).type}
-    assert len(batches) == len(on_cpu) == len(here.train_set)
-    pairs = lambda bs: Counter(zip(torch.cat([b[0] for b in bs]).tolist(), torch.cat([b[1] for b in bs]).tolist()))  # noqa: E731
-    assert pairs(batches) == pairs(on_cpu)
-    drawn = torch.cat([b[2] for b in batches]).cpu()
+    on_cpu = list(_module(path, example, window=1, shared_negatives=16, device="cpu").train_dataloader())
+    here = _module(path, example, window=1, shared_negatives=16, device=device)
+    steps = list(here.train_dataloader())
+    tensors = [t for step in steps for u in step for t in (u.center, u.context, u.negatives, u.mask) if t is not None]
+    assert {t.device.type for t in tensors} == {torch.device(device).type}
+    assert len(steps) == len(on_cpu) == len(here.train_set)
+    examples = lambda ss: Counter(zip(_flat(ss, "center").tolist(), map(tuple, _flat(ss, "context").tolist())  # noqa: E731
+                                      if example == "windows" else _flat(ss, "context").tolist()))  # fmt: skip
+    assert examples(steps) == examples(on_cpu)
+    drawn = _flat(steps, "negatives").cpu()
     assert ((drawn >= 0) & (drawn < len(here.vocab))).all()
 
 
-def test_device_auto_follows_the_trainer(planted):
+def test_device_and_example_follow_the_trainer(planted):
+    from sgns.models import CBOW
+    from sgns.module import Word2VecModule
+
     path, _ = planted
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
-    dm = SkipGramDataModule(path=str(path), min_count=1, batch_size=64, val_fraction=0.0, device="auto")
+    dm = Word2VecDataModule(path=str(path), min_count=1, batch_size=64, val_fraction=0.0, device="auto")
     dm.trainer = trainer
+    trainer.strategy.connect(Word2VecModule(CBOW, torch.optim.SGD))
     dm.setup("fit")
-    assert dm.train_set.device == trainer.strategy.root_device
-    with pytest.raises(Word2VecError, match="data.num_workers=2 needs batches made on the CPU"):
-        SkipGramDataModule(path=str(path), min_count=1, num_workers=2, device="cuda:0").setup("fit")
+    assert dm.train_set.device == trainer.strategy.root_device and dm.example == "windows"

@@ -4,68 +4,73 @@ import json
 import math
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from sgns.data import SkipGramDataModule
+from sgns.data import Word2VecDataModule
 from sgns.vectors import WordVectors
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _epoch(path, world_size: int, rank: int, batch_size: int) -> list[tuple[torch.Tensor, ...]]:
-    dm = SkipGramDataModule(path=str(path), min_count=1, window=2, negatives=3, sample=1e-2, batch_size=batch_size,
-                            chunk_tokens=700, val_fraction=0.0, seed=5)  # fmt: skip
+def _epoch(path, world_size: int, rank: int, batch_size: int, update_size: int, example: str) -> list:
+    dm = Word2VecDataModule(path=str(path), min_count=1, window=2, negatives=3, sample=1e-2, batch_size=batch_size,
+                            update_size=update_size, chunk_tokens=700, val_fraction=0.0, seed=5)  # fmt: skip
+    dm.example = example
     dm.setup("fit")
     dm.train_set.set_rank(rank, world_size)
-    batches = list(dm.train_set)
-    assert len(batches) == len(dm.train_set)
-    return batches
+    steps = list(dm.train_set)
+    assert len(steps) == len(dm.train_set)
+    return steps
 
 
-@pytest.mark.parametrize("batch_size", [64, 61])
-def test_ranks_split_every_step_and_together_see_each_pair_once(planted, batch_size):
+FIELDS = ("center", "context", "mask")
+
+
+@pytest.mark.parametrize("example", ["pairs", "windows"])
+@pytest.mark.parametrize("batch_size, update_size", [(64, 16), (61, 20)])
+def test_ranks_split_every_update_and_together_see_each_example_once(planted, example, batch_size, update_size):
     path, _ = planted
-    single = _epoch(path, 1, 0, 2 * batch_size)
-    ranks = [_epoch(path, 2, r, batch_size) for r in (0, 1)]
+    single = _epoch(path, 1, 0, 2 * batch_size, 2 * update_size, example)
+    ranks = [_epoch(path, 2, r, batch_size, update_size, example) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == len(single)  # equal step counts: no rank waits for the other
-    for step, (a, b) in enumerate(zip(*ranks)):
-        # two ranks with batch B see what one process with batch 2B sees, negatives included
-        for x, y, whole in zip(a, b, single[step]):
-            assert torch.equal(torch.cat([x, y]), whole)
-        assert abs(len(a[0]) - len(b[0])) <= 1
-    together = Counter(p for r in ranks for c, o, _ in r for p in zip(c.tolist(), o.tolist()))
-    assert together == Counter(p for c, o, _ in single for p in zip(c.tolist(), o.tolist()))
+    for a, b, whole in zip(*ranks, single):
+        assert len(a) == len(b) == len(whole)  # the same updates
+        for x, y, w in zip(a, b, whole):  # two ranks with batch B see what one process with batch 2B sees
+            for field in FIELDS:
+                if getattr(w, field) is not None:
+                    assert torch.equal(torch.cat([getattr(x, field), getattr(y, field)]), getattr(w, field))
+            assert torch.equal(x.negatives, w.negatives) and torch.equal(y.negatives, w.negatives)  # the update's shared K
+            assert abs(len(x) - len(y)) <= 1
 
 
 def _train(out: Path, corpus: Path, *overrides: str) -> dict:
     command = [sys.executable, "train.py", f"data.path={corpus}", "data.min_count=1", "data.sample=0", "data.window=2",
-               "data.val_fraction=0.05", "model.embedding_dim=16", "trainer.max_epochs=2", "logger=none",
+               "data.val_fraction=0.05", "model.net.embedding_dim=16", "trainer.max_epochs=2", "logger=none",
                "probe_words=[]", f"hydra.run.dir={out}", *overrides]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_ddp_sim_two_processes_train_like_one_process_with_the_double_batch(planted, tmp_path):
+@pytest.mark.parametrize("model", ["skipgram", "cbow"])
+def test_ddp_sim_two_processes_train_like_one_process_with_the_double_batch(planted, tmp_path, model):
     path, groups = planted
-    # one update per batch (micro-batches split each rank's share, not the combined step); the
-    # default shared negatives: every rank uses the step's K negatives; the default lr, a per-pair
-    # step whatever the number of ranks; 128 shared negatives, so that val/loss (its negatives
-    # drawn per batch of B) varies little with B
-    same = ["model.micro_batches=1", "data.shared_negatives=128"]
-    two = _train(tmp_path / "two", path, "trainer=ddp_sim", "data.batch_size=32", *same)
-    one = _train(tmp_path / "one", path, "trainer=cpu", "data.batch_size=64", *same)
+    # every rank takes its share of each update, with the update's K shared negatives; the default
+    # alpha, a per-pair step whatever the number of ranks; 128 shared negatives, so that val/loss
+    # (its negatives drawn per update) varies little with the update's size
+    same = [f"model={model}", "data.shared_negatives=128"]
+    two = _train(tmp_path / "two", path, "trainer=ddp_sim", "data.batch_size=32", "data.update_size=16", *same)
+    one = _train(tmp_path / "one", path, "trainer=cpu", "data.batch_size=64", "data.update_size=32", *same)
     assert two["world_size"] == 2 and one["world_size"] == 1
     # both ranks ended with identical weights, and rank 0 saved and exported those
     digests = two["weights_sha256_per_rank"]
     assert len(digests) == 2 and digests[0] == digests[1]
     state = torch.load(tmp_path / "two" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    centre, outside = state["model.center_embed.weight"], state["model.outside_embed.weight"]
+    centre, outside = state["net.center_embed.weight"], state["net.outside_embed.weight"]
     import hashlib
 
     assert hashlib.sha256(centre.numpy().tobytes() + outside.numpy().tobytes()).hexdigest() == digests[0]

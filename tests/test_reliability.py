@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -17,7 +18,8 @@ from gensim.models import KeyedVectors
 
 from conftest import compose_train, planted_corpus
 from sgns.errors import Word2VecError
-from sgns.train import train
+from sgns.lightning_internals import request_stop_as_on_sigterm
+from sgns.train import Stopped, train
 from sgns.vectors import WordVectors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _args(corpus, run_dir, *extra):
     return [f"data.path={corpus}", "data.min_count=1", "data.sample=0", "data.batch_size=64", "trainer.max_epochs=2",
-            "model.embedding_dim=16", "callbacks.model_checkpoint.every_n_train_steps=40", "logger=none",
+            "model.net.embedding_dim=16", "callbacks.model_checkpoint.every_n_train_steps=40", "logger=none",
             "callbacks.progress_bar.refresh_rate=0", "callbacks.word_vectors.every_n_epochs=100",
             f"hydra.run.dir={run_dir}", *extra]  # fmt: skip
 
@@ -119,7 +121,7 @@ def _digest(run_dir):
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(corpus, tmp_path):
     _finish(_args(corpus, tmp_path, "trainer.max_epochs=1"))
     before = _digest(tmp_path)
-    proc = _start(_args(corpus, tmp_path, "model/optimizer=sgd", "model.optimizer.lr=1e30", "model.fused=true",
+    proc = _start(_args(corpus, tmp_path, "model/optimizer=sgd", "model.alpha=1e30", "model.fused=true",
                         "callbacks.model_checkpoint.every_n_train_steps=1"))  # fmt: skip
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "Traceback" not in err
@@ -133,7 +135,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(corpus,
 def test_non_utf8_bytes_are_replaced_not_fatal(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("caf\xe9 au lait\n".encode("latin-1") * 20)
-    from sgns.corpus import prepare_corpus
+    from sgns.data import prepare_corpus
 
     corpus = prepare_corpus(path, min_count=1)
     assert {"caf", "au", "lait"} <= set(corpus.vocab.words)  # é became U+FFFD, which splits words
@@ -141,7 +143,7 @@ def test_non_utf8_bytes_are_replaced_not_fatal(tmp_path):
 
 def test_full_disk_keeps_previous_outputs(tmp_path, monkeypatch):
     words, old = ["a", "b"], WordVectors(["a", "b"], np.eye(2, dtype=np.float32))
-    from sgns.corpus import Vocabulary
+    from sgns.data import Vocabulary
     from sgns.outputs import export
 
     export(old, Vocabulary(words, np.array([2, 1])), tmp_path)
@@ -208,3 +210,29 @@ def test_the_thread_tuner_keeps_the_faster_count(monkeypatch, one_thread_faster)
         tuner.on_train_batch_end(None, module, None, batch, step + 1)
     assert tuner.threads == (1 if one_thread_faster else 4) == torch.get_num_threads()
     assert chosen.count(2) >= 1  # every candidate was timed
+
+
+class StopAt(L.Callback):
+    """Stops a run at a step boundary as SIGTERM does (checkpoint and vectors written, resume hint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            request_stop_as_on_sigterm(trainer)
+
+
+@pytest.mark.parametrize("model", ["skipgram", "cbow"])
+def test_a_run_stopped_mid_epoch_resumes_to_the_same_bits(tmp_path, model):
+    corpus = tmp_path / "planted.txt"
+    planted_corpus(corpus, sentences=400)
+    common = [f"data.path={corpus}", "data.min_count=1", "data.batch_size=128", "data.update_size=32", "trainer.max_epochs=2",
+              f"model={model}", "model.net.embedding_dim=16", "logger=none", "probe_words=[]"]  # fmt: skip
+    train(compose_train(tmp_path / "whole", common))
+    with pytest.raises(Stopped):
+        train(compose_train(tmp_path / "parts", [*common, "+callbacks.stop._target_=test_reliability.StopAt", "+callbacks.stop.step=3"]))
+    state = torch.load(tmp_path / "parts" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 3 and state["epoch"] == 0  # mid-epoch
+    train(compose_train(tmp_path / "parts", [*common, f"ckpt_path={tmp_path / 'parts' / 'last.ckpt'}"]))
+    assert (tmp_path / "parts" / "vectors.bin").read_bytes() == (tmp_path / "whole" / "vectors.bin").read_bytes()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from sgns.sampling import (
+from sgns.data.sampling import (
     AliasSampler,
     keep_probabilities,
     noise_distribution,

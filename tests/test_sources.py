@@ -11,10 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import sgns.corpus
-from sgns.corpus import TOKENIZERS, prepare_corpus
+import sgns.data.memory
+import sgns.data.prepare
+from sgns.data.prepare import prepare_corpus
+from sgns.data.sources import Source
+from sgns.data.tokenize import TOKENIZERS
 from sgns.errors import Word2VecError
-from sgns.sources import Source
 
 LINES = ["The cat sat on the mat.", "", "A dog, a cat: the end!", "the dog sat on a log", "cats and dogs"] * 20
 
@@ -82,7 +84,7 @@ def test_second_preparation_comes_from_the_memory_mapped_cache(tmp_path, text_fi
     def no_build(*args, **kwargs):
         raise AssertionError("rebuilt although cached")
 
-    monkeypatch.setattr(sgns.corpus, "_build", no_build)
+    monkeypatch.setattr(sgns.data.prepare, "_build", no_build)
     again = prepare_corpus(text_file, min_count=2, val_fraction=0.1, cache_dir=cache)
     _same(first, again)
     assert isinstance(again.train.ids, np.memmap) and isinstance(again.train.starts, np.memmap)
@@ -96,23 +98,23 @@ def test_second_preparation_comes_from_the_memory_mapped_cache(tmp_path, text_fi
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="preparation forks a child on Linux only")
 def test_preparation_runs_in_a_child_and_hands_back_its_errors(tmp_path, text_file, monkeypatch):
     pids = tmp_path / "pids"
-    build = sgns.corpus._build
+    build = sgns.data.prepare._build
 
     def recording_build(*args, **kwargs):
         pids.write_text(str(os.getpid()))
         return build(*args, **kwargs)
 
-    monkeypatch.setattr(sgns.corpus, "_build", recording_build)
+    monkeypatch.setattr(sgns.data.prepare, "_build", recording_build)
     corpus = prepare_corpus(text_file, min_count=2, cache_dir=tmp_path / "cache")
     assert int(pids.read_text()) != os.getpid() and corpus.train.n_tokens > 0  # built apart, opened here
 
     def failing(*args, **kwargs):
         raise Word2VecError("no word occurs at least min_count=99 times")
 
-    monkeypatch.setattr(sgns.corpus, "_build", failing)
+    monkeypatch.setattr(sgns.data.prepare, "_build", failing)
     with pytest.raises(Word2VecError, match="min_count=99"):
         prepare_corpus(text_file, min_count=99, cache_dir=tmp_path / "cache")
-    monkeypatch.setattr(sgns.corpus, "_build", lambda *args, **kwargs: os._exit(9))
+    monkeypatch.setattr(sgns.data.prepare, "_build", lambda *args, **kwargs: os._exit(9))
     with pytest.raises(Word2VecError, match="exit code 9"):
         prepare_corpus(text_file, min_count=98, cache_dir=tmp_path / "cache")
 
@@ -170,7 +172,7 @@ def test_bz2_and_xz_text_give_the_plain_text_corpus(tmp_path, text_file, suffix,
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc are Linux's")
 def test_released_pages_leave_this_process_and_read_back_intact(tmp_path):
-    from sgns.corpus import release_pages
+    from sgns.data.memory import release_pages
 
     def resident_file_mb() -> float:
         line = next(line for line in open("/proc/self/status") if line.startswith("RssFile:"))
@@ -216,7 +218,7 @@ def test_pages_are_never_released_past_the_mapping(tmp_path, monkeypatch):
     np.arange(10_000, dtype=np.int32).tofile(path)
     ids = np.memmap(path, dtype=np.int32, mode="r")
     calls = []
-    monkeypatch.setattr(sgns.corpus, "_MADVISE", lambda address, length, advice: calls.append((address, length)))
-    sgns.corpus.release_pages(ids, 0, 50_000)  # a chunk whose sentence offsets promise more ids than the file holds
+    monkeypatch.setattr(sgns.data.memory, "_MADVISE", lambda address, length, advice: calls.append((address, length)))
+    sgns.data.memory.release_pages(ids, 0, 50_000)  # a chunk whose sentence offsets promise more ids than the file holds
     start, end = ids.ctypes.data, ids.ctypes.data + ids.nbytes
     assert calls and all(start <= a and a + n <= end for a, n in calls)

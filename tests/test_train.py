@@ -1,11 +1,15 @@
 """End to end: the real configs train, learn planted structure, write outputs, fail clearly."""
 
+import inspect
 import math
+import re
 from pathlib import Path
 
 import hydra
 import pytest
 from gensim.models import KeyedVectors
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from conftest import compose_train, planted_corpus
 from sgns.train import train
@@ -21,28 +25,47 @@ def test_fast_dev_run_of_the_default_config(tmp_path):
     assert KeyedVectors.load_word2vec_format(str(tmp_path / "vectors.bin"), binary=True).vector_size == 100
 
 
-@pytest.mark.parametrize("overrides, updates, pairs", [([], 4, 256), (["data=text_file", "data.path=x.txt"], 16, 4096),
-                                                     (["data=text_file", "data.path=x.txt", "data.batch_size=10000"], 3, 3334)])
-def test_configs_split_batches_into_updates_of_update_pairs(tmp_path, overrides, updates, pairs):
-    """model.micro_batches follows data.batch_size and data.update_pairs, and agrees with the
-    data module's updates (which draw K shared negatives each)."""
-    cfg = compose_train(tmp_path, overrides)
-    data = hydra.utils.instantiate(cfg.data)
-    assert cfg.model.micro_batches == data.updates == updates
-    assert -(-cfg.data.batch_size // updates) == pairs
+def _defaults(cls) -> dict:
+    return {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+@pytest.mark.parametrize("group", ["data", "model", "model.net"])
+def test_python_defaults_equal_the_yaml_defaults(tmp_path, group):
+    """Every default a class declares is the one its config gives (conf/data/lee.yaml, conf/model/skipgram.yaml)."""
+    cfg = OmegaConf.select(compose_train(tmp_path), group)
+    declared = _defaults(hydra.utils.get_class(cfg._target_))
+    shared = {k: v for k, v in declared.items() if k in cfg and not OmegaConf.is_interpolation(cfg, k)}
+    assert shared and {k: cfg[k] for k in shared} == shared
+    assert set(declared) - set(cfg) <= {"vocab_size", "sparse"}  # given by the code, not by the config
+
+
+def test_the_search_space_holds_every_default(tmp_path):
+    """hparams_search=optuna: each key it searches has its default inside its range (for skip-gram and CBOW)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        searched = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True).hydra.sweeper.params
+    for model in ("skipgram", "cbow"):
+        cfg = compose_train(tmp_path, [f"model={model}"])
+        for key, space in searched.items():
+            default = OmegaConf.select(cfg, key)
+            numbers = [float(x) for x in re.findall(r"\d[\d.e-]*", space.split("(", 1)[1])]
+            if space.startswith("choice"):
+                assert default in numbers, (key, default, space)
+            else:
+                assert numbers[0] <= default <= numbers[1], (key, default, space)
 
 
 @pytest.mark.parametrize(
-    "optimizer, fused",
-    [("sparse_adam", True), ("sgd", True), ("sparse_adam", False), ("sgd", False), ("adamw", False)],
-)
-def test_planted_groups_become_nearest_neighbours(planted, tmp_path, optimizer, fused):
+    "model, optimizer, fused",
+    [("skipgram", "sparse_adam", True), ("skipgram", "sgd", True), ("skipgram", "sparse_adam", False), ("skipgram", "sgd", False),
+     ("skipgram", "adamw", False), ("cbow", "sgd", True), ("cbow", "sparse_adam", True), ("cbow", "sgd", False)],
+)  # fmt: skip
+def test_planted_groups_become_nearest_neighbours(planted, tmp_path, model, optimizer, fused):
     path, groups = planted
     out = tmp_path / "run"
     cfg = compose_train(out, [
-        "data=text_file", f"data.path={path}", "data.min_count=1", "data.sample=0", "data.batch_size=256",
-        "data.val_fraction=0.05", "model.embedding_dim=16", f"model/optimizer={optimizer}", f"model.fused={fused}", "trainer.max_epochs=3",
-        *([] if fused else ["model.micro_batches=1"]),  # the reference path: one autograd step per batch
+        "data=text_file", f"data.path={path}", "data.min_count=1", "data.sample=0", "data.batch_size=256", "data.update_size=64",
+        "data.val_fraction=0.05", f"model={model}", "model.net.embedding_dim=16", f"model/optimizer={optimizer}",
+        f"model.fused={fused}", "trainer.max_epochs=3",
     ])  # fmt: skip
     metrics = train(cfg)
     assert metrics["val/loss"] < 0.8 * 6 * 0.6931  # well below the untrained loss (k+1) log 2

@@ -17,8 +17,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sgns.errors import check_choice, check_int, check_number
 from sgns.evaluation import evaluate_all, read_analogies, read_word_pairs
-from sgns.outputs import export
-from sgns.vectors import WordVectors
+from sgns.lightning_internals import request_stop_as_on_sigterm
+from sgns.outputs import export_run
+from sgns.vectors import unit_rows
 
 log = logging.getLogger("sgns")
 
@@ -63,7 +64,7 @@ class WordVectorEvaluation(L.Callback):
         if not trainer.is_global_zero:  # every rank holds the same tables
             return
         words = trainer.datamodule.vocab.words
-        metrics = evaluate_all(words, pl_module.model.center_embed.weight.detach(), self.analogies,
+        metrics = evaluate_all(words, pl_module.net.word_vectors(), self.analogies,
                                self.word_pairs, self.restrict_vocab, self.method)  # fmt: skip
         value = metrics.get(self.monitor)
         if value is not None and value == value:
@@ -80,9 +81,21 @@ class WordVectorEvaluation(L.Callback):
         self.best = state.get("best", -math.inf)
 
 
+def raw_words(trainer: L.Trainer, steps: int) -> float:
+    """Raw corpus words (before min_count and subsampling, as gensim counts them) that ``steps``
+    training steps stand for: an epoch's steps stand for the whole corpus."""
+    return trainer.datamodule.corpus.raw_tokens * steps / max(1, trainer.num_training_batches)
+
+
+def examples(step) -> int:
+    """The examples of a training step (a list of updates), this rank's."""
+    return sum(len(update) for update in step)
+
+
 class Throughput(L.Callback):
-    """Logs ``train/words_per_s`` (raw corpus words, as gensim counts them) and ``train/pairs_per_s``
-    over the last ``every_n_steps`` steps; words/s is shown in the progress bar."""
+    """Logs ``train/words_per_s`` (raw corpus words, as gensim counts them) and
+    ``train/examples_per_s`` (pairs for skip-gram, centres for CBOW) over the last ``every_n_steps``
+    steps; words/s is shown in the progress bar."""
 
     def __init__(self, every_n_steps: int = 50):
         check_int("callbacks.throughput.every_n_steps", every_n_steps)
@@ -95,14 +108,13 @@ class Throughput(L.Callback):
     on_train_start = on_train_epoch_start  # a run resumed mid-epoch starts no epoch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self._pairs += len(batch[0])
+        self._pairs += examples(batch)
         self._batches += 1
         if self._batches < self.every_n_steps:
             return
         seconds = time.perf_counter() - self._since
-        raw_words = trainer.datamodule.corpus.raw_tokens * self._batches / max(1, trainer.num_training_batches)
-        pl_module.log("train/words_per_s", raw_words / seconds, prog_bar=True)
-        pl_module.log("train/pairs_per_s", self._pairs * trainer.world_size / seconds)  # all ranks
+        pl_module.log("train/words_per_s", raw_words(trainer, self._batches) / seconds, prog_bar=True)
+        pl_module.log("train/examples_per_s", self._pairs * trainer.world_size / seconds)  # all ranks
         self._since, self._pairs, self._batches = time.perf_counter(), 0, 0
 
 
@@ -142,7 +154,7 @@ class ThreadTuner(L.Callback):
             return
         if last is not None and batch_idx > 0 and self._queue:  # (an epoch's first step includes its start)
             seconds, pairs = self._timing.setdefault(self._queue[0], [0.0, 0.0])[:2]
-            self._timing[self._queue[0]] = [seconds + now - last, pairs + max(1, len(batch[0]))]
+            self._timing[self._queue[0]] = [seconds + now - last, pairs + max(1, examples(batch))]
             if self._timing[self._queue[0]][0] >= self.probe_s:  # this candidate is timed: the next one
                 self._queue.pop(0)
                 if not self._queue:
@@ -187,7 +199,7 @@ class EmbeddingDashboard(L.Callback):
         if writer is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
         words = trainer.datamodule.vocab.words
-        table = self.neighbour_table(words, pl_module.model.center_embed.weight.detach())
+        table = self.neighbour_table(words, pl_module.net.word_vectors())
         if table:
             writer.add_text("neighbours", table, trainer.global_step)
         if self.projector_every_epoch:
@@ -204,7 +216,7 @@ class EmbeddingDashboard(L.Callback):
         probes = [w for w in self.probe_words if w in index]
         if not probes:
             return ""
-        unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        unit = unit_rows(vectors)
         ids = torch.tensor([index[w] for w in probes], device=unit.device)
         scores = unit[ids] @ unit.T
         scores[torch.arange(len(ids)), ids] = float("-inf")
@@ -214,7 +226,7 @@ class EmbeddingDashboard(L.Callback):
 
     def _projector(self, writer, words: list[str], pl_module: L.LightningModule, step: int) -> None:
         n = min(self.top_n, len(words))
-        vectors = pl_module.model.center_embed.weight.detach()[:n].float().cpu()
+        vectors = pl_module.net.word_vectors()[:n].float().cpu()
         writer.add_embedding(vectors, metadata=words[:n], tag="center_embed", global_step=step)
         writer.flush()
 
@@ -270,7 +282,7 @@ class GracefulStop(L.Callback):
             if trainer.received_sigterm:
                 raise KeyboardInterrupt
             self.signal = signal.SIGINT
-            trainer._signal_connector.received_sigterm = True
+            request_stop_as_on_sigterm(trainer)
 
         self._previous_handler = signal.signal(signal.SIGINT, handle_sigint)
 
@@ -283,8 +295,7 @@ class GracefulStop(L.Callback):
             return  # errors (NaN loss included) keep the last good checkpoint untouched
         checkpoint = self.output_dir / self.checkpoint_name
         trainer.save_checkpoint(checkpoint, weights_only=False)
-        vocab = trainer.datamodule.vocab
-        export(WordVectors(vocab.words, pl_module.word_vectors(), vocab.counts), vocab, self.output_dir)
+        export_run(pl_module, trainer.datamodule.vocab, self.output_dir)
         self.stopped = checkpoint
 
     def _restore_handler(self) -> None:

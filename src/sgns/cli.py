@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
+from sgns.bundled import BENCHMARKS
 from sgns.errors import Word2VecError, check
-from sgns.evaluation import BENCHMARKS, evaluate_word_analogies, evaluate_word_pairs
-from sgns.outputs import read_checkpoint, write_atomically
+from sgns.evaluation import evaluate_word_analogies, evaluate_word_pairs
+from sgns.outputs import DATA_KEY, VECTORS_KEY, read_checkpoint, write_atomically
 from sgns.vectors import WordVectors
 
 
@@ -31,7 +32,7 @@ def load_vectors(path: str | Path) -> WordVectors:
     if path.suffix != ".ckpt":
         return WordVectors.load_word2vec_format(path)
     checkpoint = read_checkpoint(path)
-    vocab, weights = checkpoint["SkipGramDataModule"], checkpoint["state_dict"]["model.center_embed.weight"]
+    vocab, weights = checkpoint[DATA_KEY], checkpoint["state_dict"][VECTORS_KEY]
     check(len(vocab["words"]) == len(weights), f"{path}: vocabulary and weights disagree")
     return WordVectors(vocab["words"], weights, vocab["counts"], source=str(path))
 

@@ -15,22 +15,9 @@ from pathlib import Path
 import torch
 from torchmetrics.functional import spearman_corrcoef
 
+from sgns.bundled import BENCHMARKS, gensim_test_file
 from sgns.errors import check
-from sgns.vectors import check_finite
-
-
-def gensim_test_file(name: str) -> Path:
-    """A benchmark file shipped inside the gensim wheel (``gensim/test/test_data``)."""
-    import gensim
-
-    return Path(gensim.__file__).parent / "test" / "test_data" / name
-
-
-BENCHMARKS = {
-    "analogy": "questions-words.txt",
-    "ws353": "wordsim353.tsv",
-    "simlex": "simlex999.txt",
-}
+from sgns.vectors import check_finite, unit_rows
 
 
 def _resolve(path: str | Path) -> Path:
@@ -47,10 +34,6 @@ def _folded_vocab(words: list[str], restrict_vocab: int, case_insensitive: bool)
     if not case_insensitive:
         return {w: i for i, w in enumerate(keys)}
     return {w.upper(): i for i, w in reversed(list(enumerate(keys)))}
-
-
-def _unit(vectors: torch.Tensor) -> torch.Tensor:
-    return vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 @dataclass
@@ -114,7 +97,7 @@ def evaluate_word_analogies(
     check(method in ("add", "mul"), f"analogy method must be 'add' (3CosAdd) or 'mul' (3CosMul), got {method!r}")
     sections = read_analogies(path, case_insensitive)
     vocab = _folded_vocab(words, restrict_vocab, case_insensitive)
-    unit = _unit(torch.as_tensor(vectors)[: min(restrict_vocab, len(words))].float())
+    unit = unit_rows(torch.as_tensor(vectors)[: min(restrict_vocab, len(words))].float())
     # each candidate row's canonical row (case variants collapse to the most frequent one)
     fold = [w.upper() if case_insensitive else w for w in words[: len(unit)]]
     canonical = torch.tensor([vocab[k] for k in fold], device=unit.device)
@@ -136,7 +119,7 @@ def evaluate_word_analogies(
     for start in range(0, len(rows), batch_size):
         a, b, c, d = quads[start : start + batch_size].T
         if method == "add":  # argmax cos(x, b - a + c), as gensim's most_similar
-            scores = _unit(unit[b] - unit[a] + unit[c]) @ unit.T
+            scores = unit_rows(unit[b] - unit[a] + unit[c]) @ unit.T
         else:  # 3CosMul (Levy & Goldberg 2014), cosines shifted to [0, 1], as gensim's most_similar_cosmul
             cos = [(unit[x] @ unit.T + 1) / 2 for x in (a, b, c)]
             scores = cos[1] * cos[2] / (cos[0] + 1e-6)
@@ -199,7 +182,7 @@ def evaluate_word_pairs(
     oov = len(pairs) - len(known)
     if len(known) < 2:
         return SimilarityResult(float("nan"), len(known), oov)
-    unit = _unit(torch.as_tensor(vectors).float())
+    unit = unit_rows(torch.as_tensor(vectors).float())
     a, b, gold = (torch.tensor(col) for col in zip(*known))
     cosine = (unit[a.to(unit.device)] * unit[b.to(unit.device)]).sum(dim=1).double().cpu()
     return SimilarityResult(float(spearman_corrcoef(cosine, gold.double())), len(known), oov)

@@ -1,4 +1,6 @@
-"""LightningModule wrapping the dual-embedding model and its negative-sampling loss."""
+"""The LightningModule: it receives its network (a model family, ``models/``) and its optimiser as
+components and owns the optimisation: the per-pair step alpha and its decay, the fused row
+updates, the exchange of touched rows between ranks, and the checks that stop a diverging run."""
 
 from __future__ import annotations
 
@@ -11,17 +13,24 @@ from typing import Any, Callable
 import lightning as L
 import torch
 
-from sgns.errors import Word2VecError, check, check_choice, check_int, check_number
-from sgns.fused import FUSED_UPDATES, Update, gradient_scale, sgns_row_gradients
-from sgns.model import SkipGramModel
+from sgns.errors import Word2VecError, check, check_number
+from sgns.models.base import Batch, Update, WordModel
+from sgns.optim import FUSED_UPDATES, gradient_scale
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+NetFactory = Callable[..., WordModel]
 
 
-def _unpack(optimizer: OptimizerFactory) -> tuple[type, dict]:
-    if isinstance(optimizer, functools.partial):
-        return optimizer.func, optimizer.keywords
-    return optimizer, {}
+def _unpack(factory: Callable) -> tuple[Any, dict]:
+    """The class and the keywords of a Hydra partial (``_partial_: true``)."""
+    if isinstance(factory, functools.partial):
+        return factory.func, dict(factory.keywords)
+    return factory, {}
+
+
+def _plain(value: Any) -> Any:
+    """A config value as a plain Python value (checkpoints are read with weights_only=True)."""
+    return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig" else value
 
 
 def wants_sparse_gradients(optimizer: OptimizerFactory) -> bool:
@@ -29,185 +38,176 @@ def wants_sparse_gradients(optimizer: OptimizerFactory) -> bool:
     cls, kwargs = _unpack(optimizer)
     if cls is torch.optim.SparseAdam:
         return True
-    if cls is torch.optim.SGD:
-        return not kwargs.get("momentum") and not kwargs.get("weight_decay")
-    return False
-
-
-def split_batch(batch: tuple[torch.Tensor, ...], parts: int) -> list[tuple[torch.Tensor, ...]]:
-    """``parts`` consecutive slices of a batch; its negatives ([K] shared, [G, K] per group of pairs,
-    [B, k] per pair) are split the same way, into parts of near-equal length."""
-    center, context, negatives = batch
-    if parts == 1:
-        return [batch]
-    n, G = len(center), len(negatives)
-    if G < parts and G != n:
-        raise Word2VecError(f"the batch's {G} shared negatives (or groups) cannot be split into model.micro_batches={parts} parts")
-    cut = [n * i // parts for i in range(parts + 1)]
-    neg_cut = [G * i // parts for i in range(parts + 1)]  # per pair (G = n): the pairs' cut
-    return [(center[a:b], context[a:b], negatives[c:e]) for a, b, c, e in zip(cut, cut[1:], neg_cut, neg_cut[1:])]
+    return cls is torch.optim.SGD and not kwargs.get("momentum") and not kwargs.get("weight_decay")
 
 
 class Word2VecModule(L.LightningModule):
-    """Skip-gram with negative sampling; ``optimizer`` is a partial (Hydra ``_partial_: true``).
+    """Trains a model family (``net``: a partial taking the vocabulary size) with ``optimizer``.
 
-    The objective is word2vec's: the per-pair loss summed over the pairs, so SGD's lr is the
-    per-pair step alpha whatever the batch size, wherever a batch falls (a short last batch takes
-    the same step per pair as a full one) and however many ranks share a step.
-    ``fused=False`` is the reference path: loss.backward() and the optimiser's step.
-    ``fused=True`` (SparseAdam and SGD) computes the same gradients in closed form and
-    applies the same update to the touched rows only, under Lightning's manual optimisation.
-    ``lr_schedule='linear'`` decays the learning rate linearly to ``min_lr_ratio`` × lr over all
-    training steps, as word2vec.c and gensim do with alpha; ``'constant'`` keeps it.
-    ``negatives`` is k, the negatives per pair: batches with K shared negatives weigh them k/K.
-    ``micro_batches`` > 1 (fused path) splits every batch, and its shared negatives, into that
-    many consecutive updates: updates stay small while Lightning's per-step work is paid once per batch.
-    The loss is computed on the steps the logger writes and on the last step of every epoch;
-    a loss that is not finite, or more than ``DIVERGED`` times the untrained loss, stops the run.
+    The objective is word2vec's: the per-example loss summed over the examples, so plain SGD's lr
+    is the per-pair step ``alpha`` (gensim's name, word2vec's ``-alpha``) whatever the size of an
+    update, wherever a short one falls, and however many ranks share a step (the closed-form
+    updates sum every rank's rows; autograd's, which DDP averages, are taken × the world size).
+    The step decays linearly to ``min_alpha`` over all training, update by update, as word2vec.c
+    and gensim decay it. Adaptive optimisers (SparseAdam, AdamW) keep their own ``lr``, decayed by
+    the same factor.
+
+    A training step is a list of updates (the data module cuts them). ``fused=True`` (SGD,
+    SparseAdam) computes each update's gradients in closed form (the family's ``row_gradients``)
+    and applies the optimiser's step to the touched rows only; ``fused=False`` is the reference
+    path: the family's ``loss``, autograd, and the optimiser's own step. The loss is computed on
+    the steps the logger writes and on the last step of every epoch; one that is not finite, or
+    more than ``DIVERGED`` times the untrained loss, stops the run before its update.
     """
 
     DIVERGED = 2.0  # × (1 + k) ln 2: a model that scores worse than knowing nothing has diverged
 
-    def __init__(
-        self,
-        optimizer: OptimizerFactory,
-        vocab_size: int | None = None,
-        embedding_dim: int = 100,
-        init: str = "word2vec",
-        lr_schedule: str = "linear",
-        min_lr_ratio: float = 1e-4,
-        fused: bool = True,
-        negatives: int = 5,
-        micro_batches: int = 1,
-    ):
+    def __init__(self, net: NetFactory, optimizer: OptimizerFactory, alpha: float = 0.035, min_alpha: float = 0.0001,
+                 fused: bool = True, vocab_size: int | None = None):  # fmt: skip
         super().__init__()
-        check_int("model.embedding_dim", embedding_dim)
-        check_choice("model.init", init, ("word2vec", "seed"))
-        check_int("model.negatives", negatives)
-        check_choice("model.lr_schedule", lr_schedule, ("linear", "constant"))
-        check_number("model.min_lr_ratio", min_lr_ratio, 0, 1)
-        check_int("model.micro_batches", micro_batches)
-        check(micro_batches == 1 or fused, "model.micro_batches > 1 needs the fused path (model.fused=true)")
-        lr = optimizer.keywords.get("lr") if isinstance(optimizer, functools.partial) else None
-        if lr is not None:
-            check_number("model.optimizer.lr", lr, 0, low_open=True)
+        check_number("model.alpha", alpha, 0, low_open=True)
+        check_number("model.min_alpha", min_alpha, 0, alpha)
+        check(isinstance(fused, bool), f"model.fused must be true or false, got {fused!r}")
+        # the settings are checked now, not after the corpus is prepared: a net of one word is made
+        # (its own checks run) and the optimiser's keys are bound to its signature
+        for name, factory, make in (("model.net", net, lambda: net(1)),
+                                    ("model.optimizer", optimizer, lambda: inspect.signature(_unpack(optimizer)[0]).bind([], **_unpack(optimizer)[1]))):  # fmt: skip
+            try:
+                make()
+            except TypeError as exc:
+                raise Word2VecError(f"{name}: {_unpack(factory)[0].__name__} {str(exc).split('() ', 1)[-1]}") from None
         cls, kwargs = _unpack(optimizer)
-        try:  # a key the optimiser does not take fails now, not after the corpus is prepared
-            inspect.signature(cls).bind(params=[], **kwargs)
-        except TypeError as exc:
-            raise Word2VecError(f"model.optimizer: {cls.__name__} {exc}") from None
+        if "lr" in kwargs:
+            check_number("model.optimizer.lr", kwargs["lr"], 0, low_open=True)
         check(not fused or wants_sparse_gradients(optimizer),
               f"model.fused=true supports SparseAdam and plain SGD, not {cls.__name__}; use model.fused=false")  # fmt: skip
-        self.save_hyperparameters(ignore=["optimizer", "vocab_size"], logger=False)
-        self.optimizer_factory = optimizer
-        self.automatic_optimization = not fused
+        self.save_hyperparameters(ignore=["net", "optimizer", "vocab_size"], logger=False)
+        self.net_factory, self.optimizer_factory = net, optimizer
+        self.net: WordModel | None = None
+        self.automatic_optimization = False  # a step is several updates, each its own optimiser step
         self._epoch_loss = [0.0, 0]
-        self.model: SkipGramModel | None = None
         if vocab_size is not None:
             self.build(vocab_size)
+
+    @property
+    def example(self) -> str:
+        """What the data module must make for this family: "pairs" or "windows"."""
+        return _unpack(self.net_factory)[0].example
 
     def build(self, vocab_size: int) -> None:
         """Make the tables once the vocabulary is known (the settings were checked at construction,
         before the corpus was read)."""
-        h = self.hparams
-        sparse = not h.fused and wants_sparse_gradients(self.optimizer_factory)
-        self.model = SkipGramModel(vocab_size, h.embedding_dim, h.init, sparse=sparse)
+        sparse = not self.hparams.fused and wants_sparse_gradients(self.optimizer_factory)
+        self.net = self.net_factory(vocab_size, sparse=sparse)
 
     def resume_settings(self) -> dict[str, Any]:
         """The settings a resumed run must share with its checkpoint (by config key): they shape the
-        tables and the updates, and the optimiser state restored from a checkpoint would silently
-        override a new learning rate."""
-        cls, kwargs = _unpack(self.optimizer_factory)
+        tables and the updates (and the optimiser state a checkpoint restores would silently
+        override a new learning rate)."""
+        (net, net_kwargs), (cls, kwargs) = _unpack(self.net_factory), _unpack(self.optimizer_factory)
         h = self.hparams
-        return {"model.embedding_dim": h.embedding_dim, "model.negatives": h.negatives,
-                "model.micro_batches": h.micro_batches, "model.fused": h.fused, "model.lr_schedule": h.lr_schedule,
-                "model.min_lr_ratio": h.min_lr_ratio, "model.optimizer": cls.__name__,
-                **{f"model.optimizer.{k}": v for k, v in sorted(kwargs.items())}}  # fmt: skip
+        return {"model.net": net.__name__, **{f"model.net.{k}": _plain(v) for k, v in sorted(net_kwargs.items())},
+                "model.alpha": h.alpha, "model.min_alpha": h.min_alpha, "model.fused": h.fused, "model.optimizer": cls.__name__,
+                **{f"model.optimizer.{k}": _plain(v) for k, v in sorted(kwargs.items())}}  # fmt: skip
 
-    def forward(self, center: torch.Tensor, context: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        return self.model(center, context, negatives, self.hparams.negatives)
-
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor | None:
-        n = len(batch[0])
-        if self.automatic_optimization:
-            loss = self._check_loss(self(*batch))
-            self._log_loss(loss, n, sync_dist=self.trainer.world_size > 1)
-            # backward on the sum over this rank's pairs; DDP averages the ranks' gradients, hence × world size
-            return loss * n * self.trainer.world_size
-        # fused: the loss (the mean over all ranks' pairs) costs as much as a tenth of a step, so it is
-        # computed only where it is read: the steps the logger writes and the epoch's last step
-        trainer = self.trainer
-        wanted = (self.global_step + 1) % max(1, trainer.log_every_n_steps) == 0 or batch_idx == trainer.num_training_batches - 1
-        loss = self._fused_step(batch, with_loss=wanted)
-        if loss is not None:
-            self._log_loss(loss, n)
-        return None
-
-    def _log_loss(self, loss: torch.Tensor, n: int, sync_dist: bool = False) -> None:
-        self.log("train/loss", loss, prog_bar=True, batch_size=max(1, n), sync_dist=sync_dist)
-        self._epoch_loss[0] += float(loss.detach()) * max(1, n)
-        self._epoch_loss[1] += max(1, n)
-
-    def on_train_epoch_start(self) -> None:
-        self._epoch_loss = [0.0, 0]  # loss × pairs and pairs of this epoch's measured steps
-
-    def on_train_epoch_end(self) -> None:
-        """``train/epoch_loss``: the pair-weighted mean of this epoch's measured losses (the last step's included)."""
-        total, pairs = self._epoch_loss
-        if pairs:
-            self.log("train/epoch_loss", total / pairs, rank_zero_only=True)
+    # -- training ------------------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        cls, kwargs = _unpack(self.optimizer_factory)
+        optimizer = self.optimizer_factory(self.parameters(), **({} if "lr" in kwargs else {"lr": self.hparams.alpha}))
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self._total = self._count_total_steps()  # now, before a checkpoint moves the data to a later epoch
+        return optimizer
 
     def on_fit_start(self) -> None:
+        check(self.hparams.fused or self.trainer.world_size == 1 or self.trainer.datamodule is None
+              or self.trainer.datamodule.updates_per_step == 1,
+              "model.fused=false under DDP takes one update per step: set data.update_size=null")  # fmt: skip
         if self.device.type == "cpu":  # tiny gradients of rare rows must not fall into slow denormal arithmetic
             torch.set_flush_denormal(True)
 
-    def _check_loss(self, loss: torch.Tensor) -> torch.Tensor:
+    def on_train_epoch_start(self) -> None:
+        self._epoch_loss = [0.0, 0]  # loss × examples and examples of this epoch's measured steps
+
+    def training_step(self, step: list[Batch], batch_idx: int) -> None:
+        trainer, optimizer = self.trainer, self.optimizers()
+        # the loss costs as much as a tenth of an update: computed where it is read, on the steps the
+        # logger writes and on the epoch's last step (so the loss reported at the end is the last epoch's)
+        wanted = (self.global_step + 1) % max(1, trainer.log_every_n_steps) == 0 or batch_idx == trainer.num_training_batches - 1
+        result = [0.0, 0]
+
+        def closure() -> None:  # every update of the step; Lightning counts one optimiser step
+            for u, update in enumerate(step):
+                self._decay(optimizer.optimizer, (self.global_step + u / len(step)) / self._total)
+                loss, n = self._update(optimizer.optimizer, update, wanted)
+                if loss is not None:
+                    result[0], result[1] = result[0] + float(loss) * n, result[1] + n
+            optimizer.optimizer.zero_grad(set_to_none=True)  # (the step that follows finds nothing left to apply)
+
+        optimizer.step(closure=closure)
+        if result[1]:
+            self._log_loss(result[0] / result[1], result[1])
+            self.log("train/alpha", optimizer.optimizer.param_groups[0]["lr"])
+
+    def _update(self, optimizer: torch.optim.Optimizer, update: Batch, with_loss: bool) -> tuple[float | None, int]:
+        """One optimiser update; its mean loss over all ranks' examples (None unless ``with_loss``) and their number."""
+        world = self.trainer.world_size
+        if not self.hparams.fused:
+            losses = self.net.loss(update)
+            loss = self._check_loss(losses.detach().mean(), update) if with_loss and len(update) else None
+            optimizer.zero_grad()
+            self.manual_backward(losses.sum() * world)  # the summed loss; DDP averages the ranks' gradients
+            optimizer.step()
+            return loss, len(update)
+        if not len(update) and world == 1:
+            return None, 0
+        loss, rows = self.net.row_gradients(update, gradient_scale(optimizer), with_loss)
+        n = len(update)
+        if world > 1:  # (every rank joins every exchange, even with nothing to send)
+            loss, rows, n = self._gather_rows(loss, n, rows)
+        if loss is not None and n:
+            self._check_loss(loss, update)
+        FUSED_UPDATES[type(optimizer)](optimizer, rows)
+        return (None if loss is None else float(loss)), n
+
+    def _decay(self, optimizer: torch.optim.Optimizer, progress: float) -> None:
+        """Linear decay of every group's lr from its initial value (alpha for SGD) to min_alpha / alpha of it."""
+        h = self.hparams
+        factor = 1.0 - (1.0 - h.min_alpha / h.alpha) * min(1.0, progress)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+    def _check_loss(self, loss: torch.Tensor, update: Batch) -> torch.Tensor:
         """Stop on a loss that is not finite or far above the untrained (1 + k) ln 2: the run diverged."""
-        value, untrained = float(loss.detach()), (1 + self.hparams.negatives) * math.log(2)
+        value = float(loss)
+        untrained = (1 + update.neg_weight * update.negatives.shape[1]) * math.log(2)
         if not math.isfinite(value) or value > self.DIVERGED * untrained:
             raise Word2VecError(
                 f"training diverged: loss {value:.4g} at step {self.global_step} (untrained: {untrained:.4f}); "
-                "stopping before the update (the last checkpoint is kept). Lower model.optimizer.lr."
+                "stopping before the update (the last checkpoint is kept). Lower model.alpha."
             )
         return loss
 
-    def _fused_step(self, batch: tuple[torch.Tensor, ...], with_loss: bool = True) -> torch.Tensor | None:
-        """One update of the touched rows; returns the batch loss (None without ``with_loss``)."""
-        optimizer = self.optimizers()
-        apply = FUSED_UPDATES[type(optimizer.optimizer)]
-        result = {}
+    def _log_loss(self, loss: float, n: int) -> None:
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self._epoch_loss[0] += loss * n
+        self._epoch_loss[1] += n
 
-        def closure() -> torch.Tensor | None:
-            total, pairs = 0.0, 0
-            for part in split_batch(batch, self.hparams.micro_batches):
-                if not len(part[0]) and self.trainer.world_size == 1:
-                    continue  # (under DDP every rank joins every gather, even with nothing to send)
-                loss, updates = sgns_row_gradients(self.model, *part, self.hparams.negatives,
-                                                   gradient_scale(optimizer.optimizer), with_loss)  # fmt: skip
-                n = len(part[0])
-                if self.trainer.world_size > 1:
-                    loss, updates, n = self._gather_rows(loss, n, updates)
-                if with_loss:
-                    total, pairs = total + self._check_loss(loss) * n, pairs + n
-                apply(optimizer.optimizer, updates)
-            result["loss"] = total / max(1, pairs) if with_loss else None
-            return result["loss"]
-
-        optimizer.step(closure=closure)  # Lightning counts the step; the closure did the update
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
-        return result["loss"]
+    def on_train_epoch_end(self) -> None:
+        """``train/epoch_loss``: the example-weighted mean of this epoch's measured losses (the last step's included)."""
+        total, n = self._epoch_loss
+        if n:
+            self.log("train/epoch_loss", total / n, rank_zero_only=True)
 
     def _gather_rows(self, loss: torch.Tensor | None, n: int, updates: list[Update]) -> tuple[torch.Tensor | None, list[Update], int]:
-        """Distributed fused step: every rank gets every rank's touched rows and their gradients.
+        """Distributed fused update: every rank gets every rank's touched rows and their gradients.
 
-        Each rank sends its n pairs' row indices and gradient rows (n centre rows, n context rows,
-        n·k or K negative rows: about n(2+k)(4d + 8) bytes) through all_gather; all ranks then
-        apply the same update, so the tables stay identical without a dense all-reduce of
-        2 x V x d floats. The gradients are of each rank's summed loss, so together they are those
-        of the loss summed over all N pairs of the step: the per-pair step does not depend on the
-        number of ranks. Returns the mean loss over all ranks' pairs, the updates and N.
+        Each rank sends its n examples' row indices and gradient rows (for skip-gram n centre rows,
+        n context rows, n·k or K negative rows: about n(2+k)(4d + 8) bytes) through all_gather; all
+        ranks then apply the same update, so the tables stay identical without a dense all-reduce
+        of 2 x V x d floats. The gradients are of each rank's summed loss, so together they are those
+        of the loss summed over all N examples: the per-pair step does not depend on the number of
+        ranks. Returns the mean loss over all ranks' examples, the updates and N.
         """
         device = updates[0][1].device
         sizes = torch.tensor([n, *(len(rows) for _, rows, _ in updates)], dtype=torch.float64, device=device)
@@ -228,43 +228,9 @@ class Word2VecModule(L.LightningModule):
             gathered.append((table, self.all_gather(padded_rows)[valid], self.all_gather(padded)[valid]))
         return mean_loss, gathered, int(counts.sum())
 
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self.log("val/loss", self(*batch), prog_bar=True, batch_size=len(batch[0]), sync_dist=self.trainer.world_size > 1)
-
-    def on_train_end(self) -> None:
-        """Under distributed training, gather every rank's weight digest: they must be identical."""
-        self.rank_digests: list[str] = []
-        if self.trainer.world_size > 1:
-            own = torch.tensor(list(self.weights_digest()), dtype=torch.uint8, device=self.device)
-            self.rank_digests = [bytes(row.tolist()).hex() for row in self.all_gather(own).cpu()]
-
-    @torch.no_grad()
-    def weights_digest(self) -> bytes:
-        """SHA-256 of both tables' bytes (centre, then outside)."""
-        digest = hashlib.sha256()
-        for table in (self.model.center_embed.weight, self.model.outside_embed.weight):
-            digest.update(table.detach().cpu().contiguous().numpy().tobytes())
-        return digest.digest()
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Never replace a good checkpoint with non-finite weights; record the resume settings."""
-        for name, table in self.model.named_parameters():
-            if not torch.isfinite(table).all():
-                raise Word2VecError(f"{name} holds NaN/inf at step {self.global_step}; not saving a checkpoint "
-                                    "(the last one is kept). Lower model.optimizer.lr.")  # fmt: skip
-        checkpoint["resume_settings"] = self.resume_settings()
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.hparams.lr_schedule == "constant":
-            return {"optimizer": optimizer}
-        total = self._total_steps()
-        floor = self.hparams.min_lr_ratio
-        decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(floor, 1.0 - step / total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
-
-    def _total_steps(self) -> int:
-        """Steps of the whole run, for the linear decay.
+    def _count_total_steps(self) -> int:
+        """Steps of the whole run, for the decay: the first epoch's steps × the epochs (each epoch's
+        count differs a little; the first is the one every run, resumed or not, counts alike).
 
         Counted from the data module rather than ``trainer.estimated_stepping_batches``: that
         builds the train loader before a checkpoint is restored, and Lightning then skips
@@ -278,7 +244,37 @@ class Word2VecModule(L.LightningModule):
         total = batches * trainer.max_epochs
         return max(1, min(total, trainer.max_steps) if trainer.max_steps > 0 else total)
 
+    # -- validation, checkpoints, the vectors ---------------------------------------------------
+    def validation_step(self, step: list[Batch], batch_idx: int) -> None:
+        losses = [self.net.loss(update) for update in step if len(update)]
+        n = sum(len(loss) for loss in losses)
+        mean = torch.cat(losses).mean() if losses else torch.zeros((), device=self.device)
+        self.log("val/loss", mean, prog_bar=True, batch_size=max(1, n), sync_dist=self.trainer.world_size > 1)
+
+    def on_train_end(self) -> None:
+        """Under distributed training, gather every rank's weight digest: they must be identical."""
+        self.rank_digests: list[str] = []
+        if self.trainer.world_size > 1:
+            own = torch.tensor(list(self.weights_digest()), dtype=torch.uint8, device=self.device)
+            self.rank_digests = [bytes(row.tolist()).hex() for row in self.all_gather(own).cpu()]
+
+    @torch.no_grad()
+    def weights_digest(self) -> bytes:
+        """SHA-256 of both tables' bytes (centre, then outside)."""
+        digest = hashlib.sha256()
+        for table in (self.net.center_embed.weight, self.net.outside_embed.weight):
+            digest.update(table.detach().cpu().contiguous().numpy().tobytes())
+        return digest.digest()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Never replace a good checkpoint with non-finite weights; record the resume settings."""
+        for name, table in self.net.named_parameters():
+            if not torch.isfinite(table).all():
+                raise Word2VecError(f"{name} holds NaN/inf at step {self.global_step}; not saving a checkpoint "
+                                    "(the last one is kept). Lower model.alpha.")  # fmt: skip
+        checkpoint["resume_settings"] = self.resume_settings()
+
     @torch.no_grad()
     def word_vectors(self) -> torch.Tensor:
-        """The trained word vectors: rows of ``center_embed``, on the CPU."""
-        return self.model.center_embed.weight.detach().float().cpu().clone()
+        """The trained word vectors, on the CPU."""
+        return self.net.word_vectors().float().cpu().clone()

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from sgns.corpus import Vocabulary
+from sgns.data.corpus import Vocabulary
 from sgns.errors import Word2VecError, check
 from sgns.vectors import WordVectors
 
@@ -39,6 +39,13 @@ def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
     return Path(path)
 
 
+def export_run(module, vocab: Vocabulary, output_dir: str | Path, text: bool = True, binary: bool = True) -> tuple[WordVectors, list[Path]]:
+    """Write a run's vocabulary (``word count``) and its model's vectors (``module.word_vectors()``) in
+    the word2vec text and binary formats; returns the vectors and the files written."""
+    vectors = WordVectors(vocab.words, module.word_vectors(), vocab.counts)
+    return vectors, export(vectors, vocab, output_dir, text, binary)
+
+
 def export(vectors: WordVectors, vocab: Vocabulary, output_dir: str | Path, text: bool = True, binary: bool = True) -> list[Path]:
     """Write the vocabulary (``word count``) and the vectors in word2vec text and binary formats."""
     output_dir = Path(output_dir)
@@ -50,6 +57,10 @@ def export(vectors: WordVectors, vocab: Vocabulary, output_dir: str | Path, text
     return written
 
 
+VECTORS_KEY = "net.center_embed.weight"  # the word vectors, in a checkpoint's state_dict
+DATA_KEY = "Word2VecDataModule"  # the data module's state: the vocabulary and the batch settings
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint of ours, loaded with ``weights_only=True`` (no code is unpickled) and
     memory-mapped; anything else (missing, truncated, foreign) is one clear error."""
@@ -57,7 +68,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     check(path.is_file(), f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        state["state_dict"]["model.center_embed.weight"], state["SkipGramDataModule"]["words"]
+        state["state_dict"][VECTORS_KEY], state[DATA_KEY]["words"]
     except Exception as exc:
         raise Word2VecError(f"checkpoint {path} is not a readable sgns checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     return state

@@ -18,15 +18,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sgns.callbacks import GracefulStop
+from sgns.callbacks import GracefulStop, raw_words
 from sgns.errors import Word2VecError, check_int
-from sgns.outputs import export, read_checkpoint
+from sgns.outputs import DATA_KEY, VECTORS_KEY, export_run, read_checkpoint
 from sgns.vectors import WordVectors
 
 log = logging.getLogger("sgns")
@@ -68,8 +67,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model)  # its settings are checked now; the tables are made once the vocabulary is known
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
-    if not loggers:  # nothing to log learning rates to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     try:  # before the corpus is read: a wrong device should cost a glance, not a long preparation
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     except Exception as exc:
@@ -91,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         f"{corpus.raw_tokens:,}", f"{corpus.train.n_tokens:,}", f"{corpus.val.n_tokens:,}",
         f"{len(corpus.vocab):,}", prepare_s,
     )  # fmt: skip
-    if checkpoint is not None and (words := checkpoint["SkipGramDataModule"]["words"]) != corpus.vocab.words:
+    if checkpoint is not None and (words := checkpoint[DATA_KEY]["words"]) != corpus.vocab.words:
         raise Word2VecError(f"checkpoint {ckpt_path} was trained on a different vocabulary ({len(words):,} words) "
                             f"than this corpus and config give ({len(corpus.vocab):,} words)")  # fmt: skip
     model.build(len(corpus.vocab))
@@ -113,13 +110,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not trainer.is_global_zero:
         return metrics
 
-    vectors = WordVectors(corpus.vocab.words, model.word_vectors(), corpus.vocab.counts)
-    written = export(vectors, corpus.vocab, output_dir, **cfg.get("export", {}))
-    raw_words = corpus.raw_tokens * (trainer.global_step - first_step) / max(1, trainer.num_training_batches)
-    metrics["train/raw_words_per_s"] = raw_words / seconds if seconds > 0 else 0.0
+    vectors, written = export_run(model, corpus.vocab, output_dir, **cfg.get("export", {}))
+    metrics["train/raw_words_per_s"] = raw_words(trainer, trainer.global_step - first_step) / seconds if seconds > 0 else 0.0
     summary = {"prepare_s": prepare_s, "train_s": seconds, "raw_tokens": corpus.raw_tokens,
                "epochs": trainer.current_epoch, "vocab_size": len(corpus.vocab), "world_size": trainer.world_size,
-               "pairs_last_epoch": datamodule.train_set.pairs(),
+               "examples_last_epoch": datamodule.train_set.examples(),
                **metrics, **({"weights_sha256_per_rank": digests} if digests else {})}  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     for logger in loggers:  # the HParams tab: this run's hyperparameters next to its final metrics
@@ -162,8 +157,8 @@ def check_checkpoint(path: str | Path, expected: dict[str, Any]) -> dict[str, An
     has wherever they decide the tables, the updates or the batches (``expected``, by config key);
     returns it."""
     state = read_checkpoint(path)
-    dim = state["state_dict"]["model.center_embed.weight"].shape[1]
-    saved = {"model.embedding_dim": dim, **state.get("resume_settings", {}), **state["SkipGramDataModule"].get("settings", {})}
+    dim = state["state_dict"][VECTORS_KEY].shape[1]
+    saved = {"model.net.embedding_dim": dim, **state.get("resume_settings", {}), **state[DATA_KEY].get("settings", {})}
     for key, value in expected.items():
         if key in saved and saved[key] != value:
             raise Word2VecError(f"checkpoint {path} was trained with {key}={saved[key]!r} but this run has {key}={value!r}; "

@@ -31,7 +31,7 @@ class WordVectors:
 
     def unit(self, ids: Sequence[int]) -> np.ndarray:
         """Rows ``ids`` scaled to length 1."""
-        return self.vectors[ids] / self.norms[ids, None]
+        return unit_rows(torch.from_numpy(self.vectors[ids])).numpy()
 
     def __len__(self) -> int:
         return len(self.words)
@@ -68,7 +68,7 @@ class WordVectors:
         weights = np.array([1.0] * len(positive) + [-1.0] * len(negative), dtype=np.float32)
         query = weights @ self.unit(ids) / len(ids)
         query /= max(np.linalg.norm(query), 1e-12)
-        sims = self.vectors @ query / self.norms
+        sims = self.vectors @ query / self.norms  # cosines: unit_rows of every row, without a [V, d] copy
         sims[ids] = -np.inf
         top = np.argsort(-sims)[:topn]
         return [(self.words[i], float(sims[i])) for i in top if np.isfinite(sims[i])]
@@ -136,6 +136,11 @@ class WordVectors:
         except (ValueError, UnicodeDecodeError) as exc:
             raise Word2VecError(f"{path}: not a {'binary' if binary else 'text'} word2vec file ({exc})") from None
         return cls(words, vectors, source=str(path))
+
+
+def unit_rows(vectors: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to length 1, for cosine similarity (a zero row stays zero)."""
+    return vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def check_finite(vectors: np.ndarray | torch.Tensor, words: Sequence[str], source: str = "vectors") -> None:

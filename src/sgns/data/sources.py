@@ -19,17 +19,11 @@ from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sgns.bundled import DEFAULT_CORPUS, gensim_test_file
 from sgns.errors import Word2VecError, check
 
 COMPRESSED = (".gz", ".bz2", ".xz")
 FORMATS = {".txt": "text", ".text": "text", ".cor": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
-
-def default_corpus_path() -> Path:
-    """The Lee background news corpus (299 documents, ~60k words) shipped inside gensim."""
-    import gensim
-
-    return Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
 
 
 @dataclass(frozen=True)
@@ -55,7 +49,7 @@ class Source:
     def files(self) -> list[Path]:
         """The local files, globs expanded and sorted (once); a clear error when there are none."""
         if self.path in (None, ""):
-            return [default_corpus_path()]
+            return [gensim_test_file(DEFAULT_CORPUS)]
         patterns = [self.path] if isinstance(self.path, (str, Path)) else list(self.path)
         check(len(patterns) > 0, "data.path is an empty list")
         files: list[Path] = []

@@ -137,3 +137,37 @@ def skipgram_pairs(
         empty = tokens[:0]
         return empty, empty
     return torch.cat(centres), torch.cat(contexts)
+
+
+def window_example_count(sentence: torch.Tensor) -> int:
+    """len() of what ``cbow_windows`` returns: the tokens of sentences of two or more (a window is
+    never empty then: every reach is at least 1), without drawing anything."""
+    if len(sentence) < 2:
+        return 0
+    first = torch.ones(len(sentence), dtype=torch.bool, device=sentence.device)
+    first[1:] = sentence[1:] != sentence[:-1]
+    lengths = torch.diff(torch.nonzero(first).squeeze(1), append=torch.tensor([len(sentence)], device=sentence.device))
+    return int(lengths[lengths >= 2].sum())
+
+
+def cbow_windows(
+    tokens: torch.Tensor, sentence: torch.Tensor, window: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every centre with the words of its dynamic window, as word2vec.c's CBOW reads them.
+
+    Each centre i draws a reach b_i uniformly from 1..window (the same draws as ``skipgram_pairs``)
+    and takes the tokens at distance <= b_i on both sides within its sentence. Returns the centres
+    [N], the windows [N, 2 x window] (slot s: offset s - window, or s - window + 1 past the centre)
+    and their mask; centres whose window is empty (one-word sentences) are left out.
+    """
+    n, device = len(tokens), tokens.device
+    slots = 2 * window
+    if n < 2:
+        return tokens[:0], tokens.new_zeros(0, slots), torch.zeros(0, slots, dtype=torch.bool, device=device)
+    left, right = _reaches(sentence, window, generator)
+    offsets = torch.cat([torch.arange(-window, 0, device=device), torch.arange(1, window + 1, device=device)])  # [2W]
+    mask = (offsets >= -left.unsqueeze(1)) & (offsets <= right.unsqueeze(1))  # [n, 2W]
+    keep = mask.any(dim=1)
+    position = (torch.arange(n, device=device).unsqueeze(1) + offsets).clamp_(0, n - 1)
+    context = tokens[position].masked_fill_(~mask, 0)
+    return tokens[keep], context[keep], mask[keep]

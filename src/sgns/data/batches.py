@@ -1,0 +1,188 @@
+"""One epoch of training steps, made from the prepared corpus: what the data module hands the model.
+
+Each epoch walks the corpus in chunks of whole sentences (in shuffled chunk order). A chunk is
+subsampled, turned into examples with dynamic windows (``sampling.py``: (centre, context) pairs
+for skip-gram, a centre with its window for CBOW) and shuffled; skip-gram pairs either side by
+side (``pair_order=sides``: the sides of the chunk's windows in random order, each side's pairs
+together) or one by one (``pairs``). A Lightning step takes ``batch_size`` examples and cuts them
+into optimiser updates of ``update_size``; each update carries its negatives: K shared by the
+update (``shared_negatives``), or k per example (``shared_negatives=0``), with the weight k/K.
+
+Every chunk's randomness comes from a generator seeded by (seed, epoch, chunk), and every step's
+negatives from one seeded by (seed, epoch, step), so an epoch can be replayed exactly: that is
+how ``len()`` knows the number of steps before the epoch starts, and how a run resumed from a
+mid-epoch checkpoint continues with the very steps it would have seen. Batches are made on
+``device``: on a GPU the chunk's token ids are copied there once, and subsampling, windows,
+shuffling and negatives run on it, with no host round trip per step.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from sgns.data.corpus import EncodedCorpus
+from sgns.data.memory import release_pages
+from sgns.data.sampling import (
+    AliasSampler,
+    cbow_windows,
+    skipgram_pair_count,
+    skipgram_pairs,
+    subsample,
+    window_example_count,
+)
+from sgns.errors import check
+from sgns.models.base import Batch
+
+Step = list[Batch]  # a Lightning step: its optimiser updates, in order
+
+
+def generator(*key: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator seeded from a tuple of integers (numpy's SeedSequence mixes them)."""
+    seed = int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+class Epochs(IterableDataset):
+    """Streams one epoch of shuffled training steps; ``set_epoch`` chooses which."""
+
+    def __init__(
+        self,
+        corpus: EncodedCorpus,
+        keep_prob: np.ndarray,
+        noise: AliasSampler,
+        example: str,
+        window: int,
+        negatives: int,
+        shared_negatives: int,
+        batch_size: int,
+        update_size: int | None,
+        chunk_tokens: int,
+        seed: int,
+        shuffle: bool = True,
+        pair_order: str = "sides",
+    ):
+        check(example in ("pairs", "windows"), f"unknown example kind {example!r}")
+        self.ids, self.starts = corpus.ids, corpus.starts  # numpy, possibly memory-mapped
+        self.keep_prob = torch.as_tensor(keep_prob, dtype=torch.float64)
+        self.noise, self.example, self.window = noise, example, window
+        self.negatives, self.shared_negatives = negatives, shared_negatives
+        self.batch_size, self.update_size = batch_size, update_size or batch_size
+        self.seed, self.shuffle = seed, shuffle
+        self.by_side = shuffle and example == "pairs" and pair_order == "sides"
+        self.epoch = 0
+        self.skip = 0  # steps of this epoch already trained (resume)
+        self.rank, self.world_size = 0, 1  # distributed training: this process's share
+        self.device = torch.device("cpu")  # where batches are made
+        self._examples: dict[int, int] = {}
+        # chunk boundaries on sentence starts, so no window is cut
+        starts = corpus.starts
+        cuts = np.searchsorted(starts, np.arange(0, starts[-1], max(1, chunk_tokens)))
+        self.chunk_sentences = np.unique(np.append(cuts, len(starts) - 1))  # sentence indices
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunk_sentences) - 1
+
+    @property
+    def neg_weight(self) -> float:
+        """k/K: each of the K negatives shared by an update stands for k/K of an example's k."""
+        return self.negatives / self.shared_negatives if self.shared_negatives else 1.0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def set_device(self, device: torch.device | str) -> None:
+        """Make batches on ``device`` (its random streams differ from the CPU's for the same seed)."""
+        self.device = torch.device(device)
+        self.keep_prob = self.keep_prob.to(self.device)
+
+    def set_rank(self, rank: int, world_size: int) -> None:
+        """Under distributed training, take slice ``rank`` of every update of world_size x batch_size examples."""
+        check(0 <= rank < world_size, f"rank {rank} outside world size {world_size}")
+        self.rank, self.world_size = rank, world_size
+
+    def _chunk_tokens(self, chunk: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A chunk's tokens after subsampling, and their sentence ids."""
+        s0, s1 = self.chunk_sentences[chunk], self.chunk_sentences[chunk + 1]
+        starts = np.asarray(self.starts[s0 : s1 + 1])
+        lengths = torch.from_numpy(np.diff(starts)).to(self.device)
+        tokens = torch.from_numpy(self.ids[starts[0] : starts[-1]].astype(np.int32)).to(self.device)  # int32: half the memory
+        release_pages(self.ids, starts[0], starts[-1])  # copied: RSS stays flat however long the corpus
+        sentence = torch.repeat_interleave(torch.arange(len(lengths), device=self.device), lengths)
+        return subsample(tokens, sentence, self.keep_prob, gen)
+
+    def _chunk_examples(self, chunk: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """The chunk's examples, shuffled: (centres, contexts) pairs, or (centres, windows, masks)."""
+        tokens, sentence = self._chunk_tokens(chunk, gen)
+        if self.example == "pairs":
+            parts = skipgram_pairs(tokens, sentence, self.window, gen, self.by_side)
+            if self.by_side or not self.shuffle:
+                return parts
+        else:
+            parts = cbow_windows(tokens, sentence, self.window, gen)
+            if not self.shuffle:
+                return parts
+        order = torch.randperm(len(parts[0]), generator=gen, device=self.device)
+        return tuple(p.index_select(0, order) for p in parts)
+
+    def _chunk_order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n_chunks))
+        return torch.randperm(self.n_chunks, generator=generator(self.seed, self.epoch)).tolist()
+
+    def examples(self) -> int:
+        """Examples of this epoch, all ranks together (replays its subsampling and window draws once,
+        and counts the examples without making them)."""
+        if self.epoch not in self._examples:
+            self._examples = {self.epoch: sum(self._chunk_count(c) for c in range(self.n_chunks))}
+        return self._examples[self.epoch]
+
+    def _chunk_count(self, chunk: int) -> int:
+        gen = generator(self.seed, self.epoch, chunk, device=self.device)
+        _, sentence = self._chunk_tokens(chunk, gen)
+        return skipgram_pair_count(sentence, self.window, gen) if self.example == "pairs" else window_example_count(sentence)
+
+    def __len__(self) -> int:
+        return -(-self.examples() // (self.batch_size * self.world_size))
+
+    def __iter__(self) -> Iterator[Step]:
+        """Every rank walks the same shuffled example stream. Each step takes world_size x B examples,
+        cuts them into updates of world_size x update_size, and rank r keeps the r-th share of every
+        update: together the ranks see every example of the epoch once, in equal step counts, and
+        W ranks with batch B make exactly the updates of one process with batch W x B."""
+        carry: tuple[torch.Tensor, ...] | None = None
+        index, step = 0, self.batch_size * self.world_size
+        for chunk in self._chunk_order():
+            parts = self._chunk_examples(chunk, generator(self.seed, self.epoch, chunk, device=self.device))
+            if carry is not None:
+                parts = tuple(torch.cat([c, p]) for c, p in zip(carry, parts))
+            full = len(parts[0]) // step * step
+            for i in range(0, full, step):
+                if index >= self.skip:
+                    yield self._step(tuple(p[i : i + step] for p in parts), index)
+                index += 1
+            carry = tuple(p[full:] for p in parts)
+        if carry is not None and len(carry[0]) and index >= self.skip:
+            yield self._step(carry, index)
+
+    def _step(self, parts: tuple[torch.Tensor, ...], index: int) -> Step:
+        """This rank's share of each update of one step (near-equal slices: a short update may leave
+        a rank none); shared negatives are the update's, the same on every rank."""
+        n, size = len(parts[0]), self.update_size * self.world_size
+        cuts = list(range(0, n, size)) + [n]
+        gen = generator(self.seed, self.epoch, 1 << 40, index, device=self.device)
+        shape = (len(cuts) - 1, self.shared_negatives) if self.shared_negatives else (n, self.negatives)
+        drawn = self.noise.sample(shape, gen)
+        updates = []
+        for u, (a, b) in enumerate(zip(cuts, cuts[1:])):
+            base, extra = divmod(b - a, self.world_size)
+            lo = a + self.rank * base + min(self.rank, extra)
+            hi = lo + base + (self.rank < extra)
+            negatives = drawn[u : u + 1] if self.shared_negatives else drawn[lo:hi]
+            centre, context, *mask = (p[lo:hi] for p in parts)
+            updates.append(Batch(centre.long(), context.long(), negatives, self.neg_weight, mask[0] if mask else None))
+        return updates

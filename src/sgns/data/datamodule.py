@@ -1,0 +1,203 @@
+"""The LightningDataModule: corpus preparation once, then every epoch's training steps (``batches.py``)
+for the model family being trained. Hyperparameter names follow gensim's Word2Vec."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Callable
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from sgns.data.batches import Epochs, Step
+from sgns.data.corpus import PreparedCorpus, Vocabulary
+from sgns.data.prepare import prepare_corpus
+from sgns.data.sampling import AliasSampler, keep_probabilities, noise_distribution
+from sgns.data.sources import Source
+from sgns.data.tokenize import check_tokenizer
+from sgns.errors import Word2VecError, check, check_choice, check_int, check_number
+from sgns.lightning_internals import batches_done
+
+
+def _is_device(name: object) -> bool:
+    try:
+        torch.device(name)
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose state (epoch, steps done) goes into Lightning checkpoints."""
+
+    def __init__(self, dataset: Epochs, progress: Callable[[], int]):
+        super().__init__(dataset, batch_size=None)
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.dataset.epoch, "batches": self._progress()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("epoch") == self.dataset.epoch:
+            self.dataset.set_epoch(self.dataset.epoch, skip=state.get("batches", 0))
+
+
+class Word2VecDataModule(L.LightningDataModule):
+    """Corpus preparation and the training steps of a model family: (centre, context) pairs for
+    skip-gram, centres with their windows for CBOW (``example``, which the trainer's model decides
+    when one is attached). Defaults are those of ``conf/data/lee.yaml`` (tested)."""
+
+    def __init__(
+        self,
+        path: str | list[str] | None = None,
+        format: str | None = None,
+        text_column: str = "text",
+        dataset: str | None = None,
+        dataset_config: str | None = None,
+        split: str = "train",
+        tokenizer: str = "lower",
+        min_count: int = 5,
+        max_vocab_size: int | None = None,
+        max_tokens: int | None = None,
+        max_sentence_length: int = 10_000,
+        respect_lines: bool = True,
+        num_proc: int | None = None,
+        cache_dir: str | None = None,
+        window: int = 5,
+        negatives: int = 5,
+        shared_negatives: int = 32,
+        ns_exponent: float = 0.75,
+        sample: float = 1e-3,
+        batch_size: int = 1024,
+        update_size: int | None = 256,
+        chunk_tokens: int = 250_000,
+        pair_order: str = "sides",
+        val_fraction: float = 0.02,
+        val_max_tokens: int = 100_000,
+        device: str = "auto",
+        seed: int = 42,
+    ):
+        super().__init__()
+        for name, value, low in [
+            ("window", window, 1), ("negatives", negatives, 1), ("batch_size", batch_size, 1),
+            ("min_count", min_count, 1), ("chunk_tokens", chunk_tokens, 1),
+            ("max_sentence_length", max_sentence_length, 1), ("shared_negatives", shared_negatives, 0),
+            ("val_max_tokens", val_max_tokens, 1), ("seed", seed, 0),
+        ]:  # fmt: skip
+            check_int(f"data.{name}", value, low)
+        check(window <= max_sentence_length, f"data.window={window} is wider than the longest sentence allowed "
+                                             f"(data.max_sentence_length={max_sentence_length})")  # fmt: skip
+        for name, value in [("max_vocab_size", max_vocab_size), ("max_tokens", max_tokens), ("num_proc", num_proc),
+                            ("update_size", update_size)]:  # fmt: skip
+            check_int(f"data.{name}", value, optional=True)
+        check_number("data.sample", sample, 0)
+        check_number("data.val_fraction", val_fraction, 0, 1, high_open=True)
+        check_number("data.ns_exponent", ns_exponent)
+        check_choice("data.pair_order", pair_order, ("sides", "pairs"))
+        check(isinstance(respect_lines, bool), f"data.respect_lines must be true or false, got {respect_lines!r}")
+        check(device == "auto" or _is_device(device), f"data.device must be 'auto', 'cpu' or a torch device such as 'cuda:0', got {device!r}")
+        check_tokenizer(tokenizer)
+        self.source = Source(path, format, text_column, dataset, dataset_config, split)
+        self.save_hyperparameters(logger=False)
+        self.corpus: PreparedCorpus | None = None
+        self.example = "pairs"  # what the model trains on: "pairs" (skip-gram) or "windows" (CBOW)
+
+    # -- preparation ---------------------------------------------------------------------
+    def prepare(self) -> PreparedCorpus:
+        """Read and encode the corpus once (idempotent); the vocabulary size is known after."""
+        if self.corpus is None:
+            h = self.hparams
+            self.corpus = prepare_corpus(
+                None, h.tokenizer, h.min_count, h.max_vocab_size, h.max_tokens,
+                h.val_fraction, h.val_max_tokens, h.max_sentence_length, h.seed,
+                source=self.source, respect_lines=h.respect_lines, num_proc=h.num_proc, cache_dir=h.cache_dir,
+            )  # fmt: skip
+            if self.corpus.train.n_tokens < 2:
+                raise Word2VecError("corpus has fewer than 2 in-vocabulary tokens: nothing to train on")
+        return self.corpus
+
+    @property
+    def vocab(self) -> Vocabulary:
+        return self.prepare().vocab
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimiser updates per Lightning step: ceil(batch_size / update_size)."""
+        return -(-self.hparams.batch_size // (self.hparams.update_size or self.hparams.batch_size))
+
+    @cached_property
+    def noise(self) -> AliasSampler:
+        return AliasSampler(noise_distribution(self.vocab.counts, self.hparams.ns_exponent))
+
+    @cached_property
+    def keep_prob(self) -> np.ndarray:
+        return keep_probabilities(self.vocab.counts, self.hparams.sample)
+
+    def _epochs(self, corpus, **overrides: Any) -> Epochs:
+        h = self.hparams
+        options = dict(window=h.window, negatives=h.negatives, shared_negatives=h.shared_negatives, batch_size=h.batch_size,
+                       update_size=h.update_size, chunk_tokens=h.chunk_tokens, seed=h.seed, pair_order=h.pair_order)  # fmt: skip
+        return Epochs(corpus, self.keep_prob, self.noise, self.example, **{**options, **overrides})
+
+    @cached_property
+    def train_set(self) -> Epochs:
+        return self._epochs(self.prepare().train)
+
+    @cached_property
+    def val_set(self) -> list[Step]:
+        """Fixed held-out examples and negatives, made once, so val/loss compares across epochs."""
+        val = self.prepare().val
+        if val.n_tokens < 2:
+            return []
+        return list(self._epochs(val, chunk_tokens=val.n_tokens, seed=self.hparams.seed + 1, shuffle=False))
+
+    # -- Lightning hooks -------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+        device = self.hparams.device
+        if self.trainer is not None:
+            self.example = getattr(self.trainer.lightning_module, "example", self.example)
+            if device == "auto":  # batches are made where training runs
+                device = self.trainer.strategy.root_device
+        self.train_set.set_device("cpu" if device == "auto" else device)
+        if self.trainer is not None:  # before anyone asks len(): each rank's share of the steps
+            self.train_set.set_rank(self.trainer.global_rank, self.trainer.world_size)
+        check(self.train_set.examples() > 0, f"{self.source.describe()} gives no examples to train on: no line keeps two "
+                                             "in-vocabulary words (lower data.min_count or data.sample?)")  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        if self.trainer is not None:
+            self.train_set.set_epoch(self.trainer.current_epoch)
+        return ResumableLoader(self.train_set, lambda: batches_done(self.trainer) if self.trainer is not None else 0)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return DataLoader(self.val_set, batch_size=None) if self.val_set else []
+
+    # -- checkpoints -------------------------------------------------------------------------
+    BATCH_KEYS = ("window", "negatives", "shared_negatives", "ns_exponent", "sample", "batch_size", "update_size",
+                  "chunk_tokens", "pair_order", "seed")  # fmt: skip
+
+    def resume_settings(self, world_size: int, device_type: str) -> dict[str, Any]:
+        """What decides an epoch's steps besides the corpus (by config key): a resumed run skips the
+        steps its checkpoint had done, which are the same steps only if all of these agree.
+        Batches made on a GPU come from its own random streams, hence the device type."""
+        h = self.hparams
+        return {**{f"data.{k}": h[k] for k in self.BATCH_KEYS}, "data.device": device_type, "trainer.world_size": world_size}
+
+    def batch_device_type(self, trainer: L.Trainer | None) -> str:
+        if self.hparams.device != "auto":
+            return torch.device(self.hparams.device).type
+        return trainer.strategy.root_device.type if trainer is not None else "cpu"
+
+    def state_dict(self) -> dict[str, Any]:
+        """The vocabulary travels with every checkpoint, so vectors can be exported from it, and so do
+        the settings that decide the steps, so a resumed run can check it replays the same ones."""
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        return {"words": self.vocab.words, "counts": self.vocab.counts.tolist(),
+                "settings": self.resume_settings(world_size, self.train_set.device.type)}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("words") != self.vocab.words:
+            raise Word2VecError("checkpoint was trained on a different vocabulary than this corpus and config")

@@ -1,0 +1,20 @@
+"""The two places where sgns reads or sets Lightning's internals, each with the reason there is no
+public way. Kept here, in one file, so a Lightning upgrade that moves them breaks in one place."""
+
+from __future__ import annotations
+
+import lightning as L
+
+
+def batches_done(trainer: L.Trainer) -> int:
+    """Steps of the current epoch fully trained, as the fit loop counts them: the data loader's
+    position that goes into a checkpoint. (No public counter: ``trainer.global_step`` counts
+    optimiser steps over all epochs, not the loader's position within this one.)"""
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+def request_stop_as_on_sigterm(trainer: L.Trainer) -> None:
+    """Make the trainer stop at the next step boundary exactly as it does on SIGTERM (raising
+    SIGTERMException there, on every rank). (``trainer.should_stop`` is public but ends the epoch as
+    if it were complete, so a resumed run would skip the epoch's remaining steps.)"""
+    trainer._signal_connector.received_sigterm = True

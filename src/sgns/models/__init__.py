@@ -1,0 +1,14 @@
+"""Model families: each a file holding its network, its loss and its closed-form row gradients.
+
+- ``skipgram.SkipGram``: skip-gram with negative sampling (gensim ``sg=1``), the default;
+- ``cbow.CBOW``: continuous bag of words with negative sampling (gensim ``sg=0``).
+
+A new family is one file here (a ``base.WordModel``: ``example``, ``loss``, ``row_gradients``)
+and one config in ``conf/model/``; ``docs/design.md`` lists what it implements.
+"""
+
+from sgns.models.base import Batch, WordModel
+from sgns.models.cbow import CBOW
+from sgns.models.skipgram import SkipGram
+
+__all__ = ["Batch", "CBOW", "SkipGram", "WordModel"]

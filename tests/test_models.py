@@ -1,0 +1,213 @@
+"""Every model family: its loss is the formula, its closed-form row gradients equal autograd's on that
+loss (k negatives per example, K shared by the update, pairs side by side), and the fused SGD and
+SparseAdam steps equal torch's optimisers on them."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sgns.models import CBOW, Batch, SkipGram
+from sgns.models.base import sgns_loss
+from sgns.optim import apply_sgd, apply_sparse_adam, gradient_scale
+
+V, D = 30, 8
+FAMILIES = ["skipgram", "cbow", "cbow_sum"]
+NEGATIVES = ["per_example", "shared", "runs"]  # k per example, K shared by the update, pairs side by side
+
+
+def _net(family: str, sparse: bool = False, seed: int = 0):
+    torch.manual_seed(seed)
+    net = (SkipGram(V, D, sparse=sparse) if family == "skipgram" else CBOW(V, D, cbow_mean=family == "cbow", sparse=sparse)).double()
+    with torch.no_grad():  # random outputs (word2vec starts them at zero): every gradient term is exercised
+        net.center_embed.weight.normal_(0, 0.3)
+        net.outside_embed.weight.normal_(0, 0.3)
+    return net
+
+
+def _pair(family: str, sparse: bool = False):
+    reference, fused = _net(family, sparse=True), _net(family, sparse=sparse)
+    fused.load_state_dict(reference.state_dict())
+    return reference, fused
+
+
+def _batch(family: str, negatives: str = "shared", B: int = 64, k: int = 5, K: int = 12, seed: int = 1) -> Batch:
+    g = torch.Generator().manual_seed(seed)  # a small vocabulary: many rows repeat within an update
+    center = torch.randint(0, V, (B,), generator=g)
+    if negatives == "runs":  # side by side: runs of 1 to 6 pairs with one centre
+        center = center.repeat_interleave(torch.randint(1, 7, (B,), generator=g))[:B]
+    drawn = torch.randint(0, V, (B, k) if negatives == "per_example" else (1, K), generator=g)
+    weight = 1.0 if negatives == "per_example" else k / K
+    if family == "skipgram":
+        return Batch(center, torch.randint(0, V, (B,), generator=g), drawn, weight)
+    window = 3  # CBOW windows of 6 slots, a random reach on each side (some windows have one word)
+    mask = torch.rand(B, 2 * window, generator=g) < 0.6
+    mask[:, window - 1] = True
+    context = torch.randint(0, V, (B, 2 * window), generator=g).masked_fill(~mask, 0)
+    return Batch(center, context, drawn, weight, mask)
+
+
+def _dense(table: torch.Tensor, updates) -> torch.Tensor:
+    total = torch.zeros_like(table)
+    for param, rows, grads in updates:
+        if param is table:
+            total.index_add_(0, rows, grads)
+    return total
+
+
+def test_the_skipgram_loss_is_the_tutorial_formula():
+    """-log σ(v_c·u_o) - (k/K) Σ_j log σ(-v_c·u_j), per pair, negatives shared and per pair, written out."""
+    net = _net("skipgram")
+    for negatives, weight in (("shared", 5 / 7), ("per_example", 1.0)):
+        batch = _batch("skipgram", negatives, B=5, K=7)
+        Vw, Uw = net.center_embed.weight, net.outside_embed.weight
+        for p, (c, o) in enumerate(zip(batch.center.tolist(), batch.context.tolist())):
+            negs = batch.negatives[0 if negatives == "shared" else p].tolist()
+            expected = -math.log(torch.sigmoid(Vw[c] @ Uw[o]).item())
+            expected -= weight * sum(math.log(torch.sigmoid(-(Vw[c] @ Uw[j])).item()) for j in negs)
+            assert net.loss(batch)[p].item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("cbow_mean", [True, False])
+def test_the_cbow_loss_scores_the_window_mean_or_sum(cbow_mean):
+    net = _net("cbow" if cbow_mean else "cbow_sum")
+    batch = _batch("cbow", "shared", B=6, K=7)
+    Vw, Uw = net.center_embed.weight, net.outside_embed.weight
+    for b in range(6):
+        words = batch.context[b][batch.mask[b]]
+        h = Vw[words].mean(0) if cbow_mean else Vw[words].sum(0)
+        expected = -math.log(torch.sigmoid(h @ Uw[batch.center[b]]).item())
+        expected -= (5 / 7) * sum(math.log(torch.sigmoid(-(h @ Uw[j])).item()) for j in batch.negatives[0].tolist())
+        assert net.loss(batch)[b].item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_the_loss_is_stable_for_large_scores():
+    loss = sgns_loss(torch.tensor([-200.0]), torch.tensor([[200.0]]))
+    assert torch.isfinite(loss).all() and torch.allclose(loss, torch.tensor([400.0]))
+
+
+def test_skipgram_gradients_match_the_hand_derivation():
+    """d/dv_c = (σ(pos)-1) u_o + Σ σ(neg_k) u_k;  d/du_o = (σ(pos)-1) v_c;  d/du_k = σ(neg_k) v_c; summed over pairs."""
+    net = _net("skipgram")
+    batch = Batch(torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([[4, 5], [5, 2]]), 1.0)
+    net.loss(batch).sum().backward()
+    Vw, Uw = net.center_embed.weight.detach(), net.outside_embed.weight.detach()
+    gV, gU = torch.zeros_like(Vw), torch.zeros_like(Uw)
+    for b in range(2):
+        vc, uo = Vw[batch.center[b]], Uw[batch.context[b]]
+        gpos = torch.sigmoid(uo @ vc) - 1
+        gV[batch.center[b]] += gpos * uo
+        gU[batch.context[b]] += gpos * vc
+        for k in batch.negatives[b]:
+            gneg = torch.sigmoid(Uw[k] @ vc)
+            gV[batch.center[b]] += gneg * Uw[k]
+            gU[k] += gneg * vc
+    assert torch.allclose(net.center_embed.weight.grad, gV, atol=1e-12)
+    assert torch.allclose(net.outside_embed.weight.grad, gU, atol=1e-12)
+
+
+def test_every_cbow_window_word_receives_the_hidden_layers_gradient():
+    """gensim's and word2vec.c's CBOW update: each window word's row moves by dL/dh, undivided by
+    the window's size with cbow_mean (and divided by it without), on both paths."""
+    for family in ("cbow", "cbow_sum"):
+        net = _net(family)
+        batch = _batch("cbow", "shared", B=1, K=4)
+        words = batch.context[0][batch.mask[0]]
+        h = net.center_embed.weight[words].mean(0) if family == "cbow" else net.center_embed.weight[words].sum(0)
+        h = h.detach().requires_grad_()
+        u_c, u_neg = net.outside_embed.weight[batch.center[0]].detach(), net.outside_embed.weight[batch.negatives[0]].detach()
+        sgns_loss((h @ u_c).reshape(1), (u_neg @ h).reshape(1, -1), batch.neg_weight).sum().backward()
+        expected = h.grad if family == "cbow" else h.grad / len(words)
+        net.loss(batch).sum().backward()
+        for word in words.unique():
+            assert torch.allclose(net.center_embed.weight.grad[word], expected * (words == word).sum(), atol=1e-12)
+        _, rows = net.row_gradients(batch)
+        assert all(torch.allclose(g, expected, atol=1e-12) for g in rows[0][2])
+
+
+@pytest.mark.parametrize("negatives", NEGATIVES)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("scale", [1.0, -0.3])
+def test_row_gradients_equal_autograd(family, negatives, scale):
+    reference, fused = _pair(family)
+    batch = _batch(family, negatives)
+    loss = reference.loss(batch)
+    loss.sum().backward()  # the objective: the per-example loss summed over the update
+    fused_loss, updates = fused.row_gradients(batch, scale=scale)
+    assert torch.allclose(fused_loss, loss.mean())
+    if family == "skipgram":
+        assert (len(updates[0][1]) < len(batch)) == (negatives == "runs")  # centre rows: one per run
+    for table, ref_table in ((fused.center_embed.weight, reference.center_embed.weight),
+                             (fused.outside_embed.weight, reference.outside_embed.weight)):  # fmt: skip
+        assert torch.allclose(_dense(table, updates), scale * ref_table.grad.to_dense(), atol=1e-12)
+    assert fused.row_gradients(batch, with_loss=False)[0] is None
+
+
+def _run(family, negatives, optimizer_cls, apply, steps=5, **kwargs):
+    reference, fused = _pair(family)
+    ref_opt, fused_opt = optimizer_cls(list(reference.parameters()), **kwargs), optimizer_cls(list(fused.parameters()), **kwargs)
+    for step in range(steps):
+        batch = _batch(family, negatives, seed=step)
+        ref_opt.zero_grad()
+        reference.loss(batch).sum().backward()
+        ref_opt.step()
+        apply(fused_opt, fused.row_gradients(batch, scale=gradient_scale(fused_opt))[1])
+    return reference, fused, ref_opt, fused_opt
+
+
+@pytest.mark.parametrize("negatives", NEGATIVES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fused_sparse_adam_equals_torch_sparse_adam(family, negatives):
+    reference, fused, ref_opt, fused_opt = _run(family, negatives, torch.optim.SparseAdam, apply_sparse_adam, lr=0.05)
+    start = _net(family).state_dict()["center_embed.weight"]
+    for p_ref, p_fused in zip(reference.parameters(), fused.parameters()):
+        assert torch.allclose(p_ref, p_fused, atol=1e-12)
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(ref_opt.state[p_ref][key], fused_opt.state[p_fused][key], atol=1e-12)
+        assert ref_opt.state[p_ref]["step"] == fused_opt.state[p_fused]["step"] == 5
+    assert not torch.equal(fused.center_embed.weight, start)  # it moved
+
+
+@pytest.mark.parametrize("negatives", NEGATIVES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fused_sgd_equals_torch_sparse_sgd(family, negatives):
+    reference, fused, _, _ = _run(family, negatives, torch.optim.SGD, apply_sgd, lr=0.03)
+    for p_ref, p_fused in zip(reference.parameters(), fused.parameters()):
+        assert torch.allclose(p_ref, p_fused, atol=1e-12)
+
+
+def test_shared_negatives_weigh_like_k_per_example_in_expectation():
+    """Averaged over many draws of K shared negatives, the negative term equals that of k per example."""
+    torch.manual_seed(0)
+    v = torch.randn(50, 8) * 0.5
+    u = torch.randn(40, 8) * 0.5
+    scores = F.logsigmoid(-(v @ u.T))  # every (centre, candidate) pair; negatives drawn uniformly
+    exact = 5 * scores.mean(dim=1)  # E[Σ_{k=5} log σ(-v·u_j)]
+    draws = torch.randint(0, 40, (20000, 16))
+    shared = (5 / 16) * scores[:, draws].sum(dim=2).mean(dim=1)
+    assert torch.allclose(shared, exact, rtol=0.01)  # Monte Carlo error about 0.3 %
+
+
+@pytest.mark.parametrize("negatives", NEGATIVES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_empty_update_sends_empty_rows(family, negatives):
+    """Under DDP a short update can leave a rank no examples; it still joins every exchange."""
+    _, fused = _pair(family)
+    batch = _batch(family, negatives)
+    per_example = negatives == "per_example"
+    empty = Batch(batch.center[:0], batch.context[:0], batch.negatives[:0] if per_example else batch.negatives,
+                  batch.neg_weight, None if batch.mask is None else batch.mask[:0])  # fmt: skip
+    _, updates = fused.row_gradients(empty, scale=-0.5, with_loss=False)
+    assert [len(rows) for _, rows, _ in updates] == [0, 0, 0 if per_example else batch.negatives.numel()]
+    assert all(not grads.any() for _, _, grads in updates)
+
+
+@pytest.mark.parametrize("family", ["skipgram", "cbow"])
+def test_word2vec_initialisation(family):
+    d = 50
+    net = SkipGram(1000, d) if family == "skipgram" else CBOW(1000, d)
+    weights = net.center_embed.weight
+    assert weights.abs().max() <= 0.5 / d and weights.std() > 0.25 / d  # U(±0.5/d): std 0.29/d
+    assert (net.outside_embed.weight == 0).all()
+    assert torch.equal(net.word_vectors(), weights.detach())

@@ -77,7 +77,7 @@ CASES = [
     (["data.path=[]"], "data.path is an empty list"),
     (["data.dataset=some/dataset"], "either data.path"),
     (["data.min_count=100000"], "no word occurs at least min_count=100000 times"),
-    (["data.path={in}/oneword.txt"], "gives no examples to train on"),
+    (["data.path={in}/oneword.txt"], "gives no (centre, context) pairs to train on"),
     # data settings
     (["data.window=0"], "data.window must be an integer >= 1"),
     (["data.window=100000"], "data.window=100000 is wider than the longest sentence allowed"),

@@ -139,8 +139,9 @@ def test_an_epoch_of_windows_holds_every_centre_once_with_its_window(planted):
     got = Counter((c, ctx[0] if m[0] else None, ctx[1] if m[1] else None)
                   for c, ctx, m in zip(centres.tolist(), contexts.tolist(), masks.tolist()))  # fmt: skip
     assert got == expected
-    assert masks.any(dim=1).all() and steps[0][0].context.shape == (64, 2)
-    assert len(centres) == dm.train_set.examples()  # counted without making the windows
+    assert masks.any(dim=1).all() and steps[0][0].context.shape[1] == 2
+    assert 62 < int(steps[0][0].mask.sum()) <= 64  # a step of 64 pairs: whole windows, up to 64 of their words
+    assert int(masks.sum()) == dm.train_set.pairs()  # the pairs of the windows, counted without making them
 
 
 @pytest.mark.parametrize("pair_order", ["sides", "pairs"])
@@ -189,20 +190,33 @@ def test_nonsense_values_are_refused(name, value):
         Word2VecDataModule(**{name: value})
 
 
+def _pairs(update) -> int:
+    return len(update) if update.mask is None else int(update.mask.sum())
+
+
 @pytest.mark.parametrize("example", ["pairs", "windows"])
 @pytest.mark.parametrize("update_size, updates", [(None, 1), (64, 1), (16, 4), (20, 4)])
 def test_steps_are_cut_into_updates_each_with_its_shared_negatives(planted, example, update_size, updates):
-    """Steps of 64 examples in updates of update_size: ceil(64 / update_size) updates, each with its
-    own K negatives [1, K] weighing k/K; the epoch's example count is known without making them."""
+    """Steps of 64 pairs (a CBOW window counts its words) in updates of update_size pairs:
+    ceil(64 / update_size) updates, each with its own K negatives [1, K] weighing k/K; the
+    epoch's pair count is known without making the examples."""
     path, _ = planted
     dm = _module(path, example, sample=1e-2, shared_negatives=16, update_size=update_size)
     assert dm.updates_per_step == updates
     steps = list(dm.train_dataloader())
-    examples = dm.train_set.examples()  # counted without making the examples
-    assert sum(len(u) for step in steps for u in step) == examples and len(steps) == len(dm.train_set) == -(-examples // 64)
-    for step in steps[:-1]:
-        assert len(step) == updates and [len(u) for u in step][:-1] == [update_size or 64] * (updates - 1)
+    pairs = dm.train_set.pairs()  # counted without making the examples
+    assert sum(_pairs(u) for step in steps for u in step) == pairs and len(steps) == len(dm.train_set) == -(-pairs // 64)
+    size = update_size or 64
+    for k, step in enumerate(steps[:-1]):
+        assert len(step) in (updates, updates - (example == "windows")) and len({u.negatives for u in step}) == len(step)
         assert all(u.negatives.shape == (1, 16) and u.neg_weight == 4 / 16 for u in step)
+        if example == "pairs":
+            assert [len(u) for u in step][:-1] == [size] * (updates - 1)
+        else:  # whole windows: an update holds the windows that end within its pairs (so up to a window
+            # more than update_size), and the steps end on the stream's marks
+            assert all(0 < _pairs(u) < size + 4 * 3 for u in step)  # (the last: up to two windows more)
+            done = sum(_pairs(u) for s in steps[: k + 1] for u in s)
+            assert 64 * (k + 1) - 2 * 3 < done <= 64 * (k + 1)
     assert not torch.equal(steps[0][0].negatives, steps[0][-1].negatives if updates > 1 else steps[1][0].negatives)
 
 

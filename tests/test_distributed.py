@@ -78,11 +78,13 @@ def test_ddp_sim_two_processes_train_like_one_process_with_the_double_batch(plan
     assert np.array_equal(exported.vectors, centre.numpy())
     # the loss fell from its starting value (outside table zero: (1 + k) log 2)
     assert two["val/loss"] < 0.6 * 6 * math.log(2)
-    # the same updates as one process with batch 2B, up to the order of float sums
+    # the same updates as one process with batch 2B, up to the order of float sums (which drifts by
+    # about 2e-5 over the run; CBOW with an alpha 10 % larger differs by 0.08)
     alone = WordVectors.load_word2vec_format(tmp_path / "one" / "vectors.bin", binary=True)
     assert alone.words == exported.words
-    np.testing.assert_allclose(exported.vectors, alone.vectors, atol=2e-5)
-    assert abs(two["val/loss"] - one["val/loss"]) < 0.01  # held-out negatives are drawn per batch of B
+    np.testing.assert_allclose(exported.vectors, alone.vectors, atol=1e-4)
+    # held-out negatives are drawn per update of B pairs: 128 for 16 pairs, or for about 3 CBOW windows
+    assert abs(two["val/loss"] - one["val/loss"]) < (0.01 if model == "skipgram" else 0.03)
     assert exported.most_similar(groups[0][0], topn=1)[0][0] in groups[0]
 
 

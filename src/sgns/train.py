@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any, Iterator
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import CompactHydraException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -24,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sgns.callbacks import GracefulStop, raw_words
-from sgns.errors import Word2VecError, check_int
+from sgns.data.memory import reuse_freed_memory
+from sgns.errors import Diverged, Word2VecError, check_int
 from sgns.outputs import DATA_KEY, VECTORS_KEY, export_run, read_checkpoint
 from sgns.vectors import WordVectors
 
@@ -51,8 +54,9 @@ def quiet() -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train SGNS as configured; returns the final metrics (floats)."""
+    """Train as configured; returns the final metrics (floats)."""
     quiet()
+    reuse_freed_memory()
     if cfg.get("seed") is not None:
         check_int("seed", cfg.seed, 0, 2**32 - 1)  # (Lightning would pick a random seed for one out of range)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -114,7 +118,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics["train/raw_words_per_s"] = raw_words(trainer, trainer.global_step - first_step) / seconds if seconds > 0 else 0.0
     summary = {"prepare_s": prepare_s, "train_s": seconds, "raw_tokens": corpus.raw_tokens,
                "epochs": trainer.current_epoch, "vocab_size": len(corpus.vocab), "world_size": trainer.world_size,
-               "examples_last_epoch": datamodule.train_set.examples(),
+               "pairs_last_epoch": datamodule.train_set.pairs(),
                **metrics, **({"weights_sha256_per_rank": digests} if digests else {})}  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     for logger in loggers:  # the HParams tab: this run's hyperparameters next to its final metrics
@@ -238,6 +242,25 @@ def one_line_errors() -> Iterator[None]:
 def main(cfg: DictConfig) -> float | None:
     """Hydra task: train and return the optimised metric (``cfg.optimized_metric``) for sweeps."""
     with one_line_errors():
-        metrics = train(cfg)
+        try:
+            metrics = train(cfg)
+        except Diverged as exc:
+            if not _in_sweep():
+                raise
+            return _diverged_trial(exc)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
+
+
+def _in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _diverged_trial(exc: Diverged) -> float | None:
+    """A sweep job whose settings diverged is one of the sweep's results, not the end of the sweep:
+    one line for it, and the worst value for a sweeper that optimises (Optuna's ``direction``)."""
+    hydra_cfg = HydraConfig.get()
+    print(f"error: sweep job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {exc}; the sweep goes on",
+          file=sys.stderr, flush=True)  # fmt: skip
+    direction = OmegaConf.select(hydra_cfg, "sweeper.direction", default=None)
+    return {"maximize": -math.inf, "minimize": math.inf}.get(str(direction).lower() if direction else "")

@@ -4,8 +4,9 @@ Each epoch walks the corpus in chunks of whole sentences (in shuffled chunk orde
 subsampled, turned into examples with dynamic windows (``sampling.py``: (centre, context) pairs
 for skip-gram, a centre with its window for CBOW) and shuffled; skip-gram pairs either side by
 side (``pair_order=sides``: the sides of the chunk's windows in random order, each side's pairs
-together) or one by one (``pairs``). A Lightning step takes ``batch_size`` examples and cuts them
-into optimiser updates of ``update_size``; each update carries its negatives: K shared by the
+together) or one by one (``pairs``). Steps and updates are measured in (centre, context) pairs
+for both families (a CBOW window counts its words): a Lightning step takes ``batch_size`` pairs
+and cuts them into optimiser updates of ``update_size``; each update carries its negatives: K shared by the
 update (``shared_negatives``), or k per example (``shared_negatives=0``), with the weight k/K.
 
 Every chunk's randomness comes from a generator seeded by (seed, epoch, chunk), and every step's
@@ -26,14 +27,7 @@ from torch.utils.data import IterableDataset
 
 from sgns.data.corpus import EncodedCorpus
 from sgns.data.memory import release_pages
-from sgns.data.sampling import (
-    AliasSampler,
-    cbow_windows,
-    skipgram_pair_count,
-    skipgram_pairs,
-    subsample,
-    window_example_count,
-)
+from sgns.data.sampling import AliasSampler, cbow_windows, skipgram_pair_count, skipgram_pairs, subsample
 from sgns.errors import check
 from sgns.models.base import Batch
 
@@ -77,7 +71,7 @@ class Epochs(IterableDataset):
         self.skip = 0  # steps of this epoch already trained (resume)
         self.rank, self.world_size = 0, 1  # distributed training: this process's share
         self.device = torch.device("cpu")  # where batches are made
-        self._examples: dict[int, int] = {}
+        self._pairs: dict[int, int] = {}
         # chunk boundaries on sentence starts, so no window is cut
         starts = corpus.starts
         cuts = np.searchsorted(starts, np.arange(0, starts[-1], max(1, chunk_tokens)))
@@ -134,46 +128,53 @@ class Epochs(IterableDataset):
             return list(range(self.n_chunks))
         return torch.randperm(self.n_chunks, generator=generator(self.seed, self.epoch)).tolist()
 
-    def examples(self) -> int:
-        """Examples of this epoch, all ranks together (replays its subsampling and window draws once,
-        and counts the examples without making them)."""
-        if self.epoch not in self._examples:
-            self._examples = {self.epoch: sum(self._chunk_count(c) for c in range(self.n_chunks))}
-        return self._examples[self.epoch]
+    def pairs(self) -> int:
+        """(centre, context) pairs of this epoch, all ranks together: for CBOW the words of all its
+        windows (the same draws give both families the same pairs). Replays the epoch's
+        subsampling and window draws once and counts them without making the examples."""
+        if self.epoch not in self._pairs:
+            self._pairs = {self.epoch: sum(self._chunk_pair_count(c) for c in range(self.n_chunks))}
+        return self._pairs[self.epoch]
 
-    def _chunk_count(self, chunk: int) -> int:
+    def _chunk_pair_count(self, chunk: int) -> int:
         gen = generator(self.seed, self.epoch, chunk, device=self.device)
         _, sentence = self._chunk_tokens(chunk, gen)
-        return skipgram_pair_count(sentence, self.window, gen) if self.example == "pairs" else window_example_count(sentence)
+        return skipgram_pair_count(sentence, self.window, gen)
 
     def __len__(self) -> int:
-        return -(-self.examples() // (self.batch_size * self.world_size))
+        return -(-self.pairs() // (self.batch_size * self.world_size))
 
     def __iter__(self) -> Iterator[Step]:
-        """Every rank walks the same shuffled example stream. Each step takes world_size x B examples,
-        cuts them into updates of world_size x update_size, and rank r keeps the r-th share of every
-        update: together the ranks see every example of the epoch once, in equal step counts, and
-        W ranks with batch B make exactly the updates of one process with batch W x B."""
+        """Every rank walks the same shuffled example stream. Steps and updates are measured in
+        (centre, context) pairs, for both families (a CBOW window counts its words): a step takes the
+        examples of the next world_size x B pairs, cuts them into updates of world_size x
+        update_size pairs, and rank r keeps the r-th share of every update. Together the ranks see
+        every example of the epoch once, in equal step counts, and W ranks with batch B make exactly
+        the updates of one process with batch W x B."""
         carry: tuple[torch.Tensor, ...] | None = None
-        index, step = 0, self.batch_size * self.world_size
+        index, start, step = 0, 0, self.batch_size * self.world_size  # start: the pairs of the examples before the buffer
         for chunk in self._chunk_order():
             parts = self._chunk_examples(chunk, generator(self.seed, self.epoch, chunk, device=self.device))
             if carry is not None:
                 parts = tuple(torch.cat([c, p]) for c, p in zip(carry, parts))
-            full = len(parts[0]) // step * step
-            for i in range(0, full, step):
+            ends = _pair_ends(parts)
+            cuts = _cuts(ends, len(parts[0]), (index + 1) * step - start, step)  # marks at every step x pairs of the epoch
+            for a, b in zip(cuts, cuts[1:]):
                 if index >= self.skip:
-                    yield self._step(tuple(p[i : i + step] for p in parts), index)
+                    yield self._step(tuple(p[a:b] for p in parts), index)
                 index += 1
-            carry = tuple(p[full:] for p in parts)
+            start += cuts[-1] if ends is None else int(ends[cuts[-1] - 1]) if cuts[-1] else 0
+            carry = tuple(p[cuts[-1] :] for p in parts)
         if carry is not None and len(carry[0]) and index >= self.skip:
             yield self._step(carry, index)
 
     def _step(self, parts: tuple[torch.Tensor, ...], index: int) -> Step:
         """This rank's share of each update of one step (near-equal slices: a short update may leave
         a rank none); shared negatives are the update's, the same on every rank."""
-        n, size = len(parts[0]), self.update_size * self.world_size
-        cuts = list(range(0, n, size)) + [n]
+        n = len(parts[0])
+        size = self.update_size * self.world_size  # (a step of windows may hold a window's worth more: the last update takes it)
+        cuts = _cuts(_pair_ends(parts), n, size, size)[: -(-self.batch_size // self.update_size)]
+        cuts += [n] if cuts[-1] < n else []
         gen = generator(self.seed, self.epoch, 1 << 40, index, device=self.device)
         shape = (len(cuts) - 1, self.shared_negatives) if self.shared_negatives else (n, self.negatives)
         drawn = self.noise.sample(shape, gen)
@@ -186,3 +187,21 @@ class Epochs(IterableDataset):
             centre, context, *mask = (p[lo:hi] for p in parts)
             updates.append(Batch(centre.long(), context.long(), negatives, self.neg_weight, mask[0] if mask else None))
         return updates
+
+
+def _pair_ends(parts: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    """Each example's end in pairs, counted from the first: None for pairs (example i ends at i + 1),
+    the running sum of the window sizes for CBOW's (centres, windows, masks)."""
+    return None if len(parts) == 2 else parts[2].sum(dim=1).cumsum(0)
+
+
+def _cuts(ends: torch.Tensor | None, n: int, first: int, size: int) -> list[int]:
+    """Where to cut a buffer of ``n`` examples at the marks ``first``, ``first + size``, ... (in pairs
+    from the buffer's start): piece k holds the examples that end after mark k - 1 and by mark k (a
+    window is never split); examples past the last mark are left over. ``ends``: each example's
+    end in pairs from the buffer's start (None: pairs, example i ends at i + 1)."""
+    total = n if ends is None else int(ends[-1]) if n else 0
+    if ends is None or first > total:
+        return [0, *range(first, total + 1, size)]
+    marks = torch.arange(first, total + 1, size, device=ends.device)
+    return [0, *torch.searchsorted(ends, marks, right=True).tolist()]

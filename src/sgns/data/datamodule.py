@@ -164,8 +164,13 @@ class Word2VecDataModule(L.LightningDataModule):
         self.train_set.set_device("cpu" if device == "auto" else device)
         if self.trainer is not None:  # before anyone asks len(): each rank's share of the steps
             self.train_set.set_rank(self.trainer.global_rank, self.trainer.world_size)
-        check(self.train_set.examples() > 0, f"{self.source.describe()} gives no examples to train on: no line keeps two "
-                                             "in-vocabulary words (lower data.min_count or data.sample?)")  # fmt: skip
+        h = self.hparams
+        if self.example == "windows":  # a step and an update must hold a whole window
+            for name in ("batch_size", "update_size"):
+                check(h[name] is None or h[name] >= 2 * h.window, f"data.{name}={h[name]} pairs cannot hold a window of "
+                                                                  f"2 x data.window={2 * h.window} words")  # fmt: skip
+        check(self.train_set.pairs() > 0, f"{self.source.describe()} gives no (centre, context) pairs to train on: no "
+                                          "line keeps two in-vocabulary words (lower data.min_count or data.sample?)")  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         if self.trainer is not None:

@@ -18,6 +18,24 @@ import pyarrow as pa
 from sgns.errors import Word2VecError
 
 
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters
+
+
+def reuse_freed_memory() -> None:
+    """Keep the memory of freed tensors in the process for the next ones, instead of handing every
+    block of 128 kB or more back to the system (glibc's default: the next tensor of that size then
+    page-faults its memory in afresh, zeroed by the kernel). A training step makes the same
+    temporaries (megabytes each) again and again: reusing them saved about a quarter of a
+    skip-gram update's time. A no-op off glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # blocks up to 32 MB (glibc's most) come from the reusable heap
+    mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # and what is freed stays for reuse
+    mallopt(_M_TOP_PAD, 64 << 20)
+
+
 def run_apart(work: Callable[[], None], leftover: Callable[[int], None] = lambda pid: None) -> None:
     """Run ``work`` in a forked child process (on Linux; elsewhere here), re-raising its error.
 

@@ -139,17 +139,6 @@ def skipgram_pairs(
     return torch.cat(centres), torch.cat(contexts)
 
 
-def window_example_count(sentence: torch.Tensor) -> int:
-    """len() of what ``cbow_windows`` returns: the tokens of sentences of two or more (a window is
-    never empty then: every reach is at least 1), without drawing anything."""
-    if len(sentence) < 2:
-        return 0
-    first = torch.ones(len(sentence), dtype=torch.bool, device=sentence.device)
-    first[1:] = sentence[1:] != sentence[:-1]
-    lengths = torch.diff(torch.nonzero(first).squeeze(1), append=torch.tensor([len(sentence)], device=sentence.device))
-    return int(lengths[lengths >= 2].sum())
-
-
 def cbow_windows(
     tokens: torch.Tensor, sentence: torch.Tensor, window: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ straight-through term, so both paths make that same update.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from sgns.errors import check
 from sgns.models.base import Batch, Update, WordModel, negative_sampling, negative_scores, sgns_loss
@@ -41,19 +42,20 @@ class CBOW(WordModel):
 
     @torch.no_grad()
     def row_gradients(self, batch: Batch, scale: float = 1.0, with_loss: bool = True) -> tuple[torch.Tensor | None, list[Update]]:
-        """Mean loss and the rows' updates of ``scale`` × the summed loss, in closed form."""
+        """Mean loss and the rows' updates of ``scale`` × the summed loss, in closed form.
+
+        h is one ``embedding_bag`` over the window words (a gather and a sum in one pass, no [E, d]
+        temporary); every window word's row then receives its centre's dL/dh."""
         V, U = self.center_embed.weight, self.outside_embed.weight
-        mask = batch.mask
-        slot = mask.nonzero()  # [E, 2]: (centre, slot) of every window word (E words in all)
-        owner, words = slot[:, 0], batch.context[slot[:, 0], slot[:, 1]]
-        count = torch.bincount(owner, minlength=len(batch)).clamp_min(1).to(V.dtype).unsqueeze(1)  # [B, 1]
-        h = torch.zeros(len(batch), V.shape[1], dtype=V.dtype, device=V.device).index_add_(0, owner, V.index_select(0, words))
-        if self.cbow_mean:
-            h /= count
+        count = batch.mask.sum(dim=1)  # [B] words per window (at least one)
+        words = batch.context[batch.mask]  # [E] the window words, centre by centre
+        offsets = torch.cumsum(count, 0) - count
+        h = F.embedding_bag(words, V, offsets, mode="mean" if self.cbow_mean else "sum")  # [B, d]
         G, K = batch.negatives.shape
         u_neg = U.index_select(0, batch.negatives.reshape(-1)).view(G, K, U.shape[1])
         loss, grad_h, grad_c, grad_neg = negative_sampling(h, U.index_select(0, batch.center), u_neg, batch.neg_weight,
                                                            scale, with_loss)  # fmt: skip
         if not self.cbow_mean:
-            grad_h /= count
+            grad_h /= count.clamp_min(1).unsqueeze(1).to(grad_h.dtype)
+        owner = torch.repeat_interleave(torch.arange(len(batch), device=words.device), count, output_size=len(words))
         return loss, [(V, words, grad_h.index_select(0, owner)), (U, batch.center, grad_c), (U, batch.negatives.reshape(-1), grad_neg)]

@@ -67,10 +67,15 @@ def test_multirun_jobs_and_summary(planted, tmp_path):
 
 
 def test_optuna_search_runs_trials(planted, tmp_path):
+    """A trial whose settings diverge is the worst trial, with one line; the search goes on."""
     path, _ = planted
-    _, sweep = _sweep("hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
-                      f"data.path={path}", "data.min_count=1", tmp_path=tmp_path)  # fmt: skip
+    result, sweep = _sweep("hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=3",
+                           "model.alpha=choice(0.035,60)", "trainer.max_epochs=1",
+                           f"data.path={path}", "data.min_count=1", tmp_path=tmp_path)  # fmt: skip
     rows = _summary(sweep)
-    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"ok", "failed"}
+    assert all(("model.alpha=60" in r["overrides"]) == (r["status"] == "failed") for r in rows)
+    assert "error: sweep job" in result.stderr and "training diverged" in result.stderr
+    assert "Traceback" not in result.stderr
     assert all("model.net.embedding_dim=" in r["overrides"] for r in rows)
     assert (sweep / "optimization_results.yaml").exists()

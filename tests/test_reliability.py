@@ -210,6 +210,8 @@ def test_the_thread_tuner_keeps_the_faster_count(monkeypatch, one_thread_faster)
         tuner.on_train_batch_end(None, module, None, batch, step + 1)
     assert tuner.threads == (1 if one_thread_faster else 4) == torch.get_num_threads()
     assert chosen.count(2) >= 1  # every candidate was timed
+    tuner.teardown(None, module, "fit")  # the next job of a sweep (same process) starts with every thread again
+    assert torch.get_num_threads() == 4
 
 
 class StopAt(L.Callback):

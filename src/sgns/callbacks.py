@@ -139,7 +139,7 @@ class ThreadTuner(L.Callback):
         self.threads = torch.get_num_threads()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        most = torch.get_num_threads()
+        most = self._initial = torch.get_num_threads()
         self.candidates = sorted({1, most, *(2**i for i in range(most.bit_length()) if 2**i < most)})
         self.threads = most
         self._next_round = time.perf_counter() + min(1.0, self.every_s)  # a first look soon after the start
@@ -165,6 +165,11 @@ class ThreadTuner(L.Callback):
             self._queue, self._timing = list(self.candidates), {}
             self._set(self._queue[0])
             self._last = time.perf_counter()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Give the process its threads back (the next job of a sweep runs in the same process)."""
+        if self.candidates:
+            self._set(self._initial)
 
     def _choose(self, pl_module: L.LightningModule, now: float) -> None:
         best = min(self._timing, key=lambda n: self._timing[n][0] / self._timing[n][1])  # seconds per pair

@@ -10,6 +10,11 @@ class Word2VecError(Exception):
     """A problem with the user's input or configuration, reported as one line."""
 
 
+class Diverged(Word2VecError):
+    """Training diverged (a loss or a weight not finite, or far above the untrained loss). In a sweep
+    this is an outcome of the trial's settings, not bad input: the trial fails and the sweep goes on."""
+
+
 class UnknownWordError(Word2VecError, KeyError):
     """A query word that is not in the vocabulary."""
 

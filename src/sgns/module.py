@@ -13,7 +13,7 @@ from typing import Any, Callable
 import lightning as L
 import torch
 
-from sgns.errors import Word2VecError, check, check_number
+from sgns.errors import Diverged, Word2VecError, check, check_number
 from sgns.models.base import Batch, Update, WordModel
 from sgns.optim import FUSED_UPDATES, gradient_scale
 
@@ -182,7 +182,7 @@ class Word2VecModule(L.LightningModule):
         value = float(loss)
         untrained = (1 + update.neg_weight * update.negatives.shape[1]) * math.log(2)
         if not math.isfinite(value) or value > self.DIVERGED * untrained:
-            raise Word2VecError(
+            raise Diverged(
                 f"training diverged: loss {value:.4g} at step {self.global_step} (untrained: {untrained:.4f}); "
                 "stopping before the update (the last checkpoint is kept). Lower model.alpha."
             )
@@ -270,7 +270,7 @@ class Word2VecModule(L.LightningModule):
         """Never replace a good checkpoint with non-finite weights; record the resume settings."""
         for name, table in self.net.named_parameters():
             if not torch.isfinite(table).all():
-                raise Word2VecError(f"{name} holds NaN/inf at step {self.global_step}; not saving a checkpoint "
+                raise Diverged(f"{name} holds NaN/inf at step {self.global_step}; not saving a checkpoint "
                                     "(the last one is kept). Lower model.alpha.")  # fmt: skip
         checkpoint["resume_settings"] = self.resume_settings()
 

@@ -1,6 +1,6 @@
 """Train ours and gensim Word2Vec on the same corpus slice, same settings, same run; print a table.
 
-    python scripts/compare_gensim.py                       # first 10M tokens of the shared corpus, 1 epoch
+    python scripts/compare_gensim.py                       # first 10M tokens of $SGNS_ENWIKI (or --corpus), 1 epoch
     python scripts/compare_gensim.py --repeats 2 --scaling  # + our time at 10M/20M/40M tokens and d=300
     python scripts/compare_gensim.py --max-tokens 0 --epochs 3 -- model/optimizer=sparse_adam
     python scripts/compare_gensim.py --repeats 3 --busy 1     # + each repeat again beside 1 busy process
@@ -30,7 +30,7 @@ from pathlib import Path
 from statistics import median
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = os.environ.get("SGNS_ENWIKI", str(ROOT.parent / "shared" / "data" / "enwiki-40M.txt.gz"))
+DEFAULT_CORPUS = os.environ.get("SGNS_ENWIKI")  # the 40M-token Wikipedia text of docs/benchmarks.md, or --corpus
 
 
 def write_slice(source: str, max_tokens: int, target: Path) -> int:
@@ -188,6 +188,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker == "gensim":
         return gensim_worker(args)
+    if args.corpus is None:
+        parser.error("no corpus: give --corpus PATH or set SGNS_ENWIKI")
 
     args.out.mkdir(parents=True, exist_ok=True)
     corpus = args.out / f"corpus-{args.max_tokens or 'all'}.txt"

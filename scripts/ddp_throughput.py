@@ -1,7 +1,7 @@
 """Distributed training on this machine: pairs/s of trainer=ddp_sim (2 CPU processes, gloo) vs 1 process,
 and the bytes each rank exchanges per step.
 
-    python scripts/ddp_throughput.py                       # first 2M tokens of the shared corpus
+    python scripts/ddp_throughput.py                       # first 2M tokens of $SGNS_ENWIKI (or --corpus)
     python scripts/ddp_throughput.py --tokens 5000000 --batch-size 4096
 
 Both runs train one epoch on the same slice with the same settings; the two ranks get batch B
@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2_000_000)
     parser.add_argument("--batch-size", type=int, default=4096, help="per rank")
     args = parser.parse_args()
+    if args.corpus is None:
+        parser.error("no corpus: give --corpus PATH or set SGNS_ENWIKI")
     bench = ROOT / "bench"
     bench.mkdir(exist_ok=True)
     corpus = bench / f"corpus-{args.tokens}.txt"

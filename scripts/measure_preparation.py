@@ -1,6 +1,6 @@
 """Corpus preparation: time and memory of a first run, a cached second run, and gensim's scan.
 
-    python scripts/measure_preparation.py                      # the shared 40M-token corpus
+    python scripts/measure_preparation.py                      # $SGNS_ENWIKI (or --corpus)
     python scripts/measure_preparation.py --synthetic 200000000 # a generated 200M-token corpus
 
 Each preparation runs in a fresh process with empty caches (ours and datasets'), so the first
@@ -30,7 +30,7 @@ import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = os.environ.get("SGNS_ENWIKI", str(ROOT.parent / "shared" / "data" / "enwiki-40M.txt.gz"))
+DEFAULT_CORPUS = os.environ.get("SGNS_ENWIKI")  # the 40M-token Wikipedia text of docs/benchmarks.md, or --corpus
 
 OURS = """
 import json, sys, time
@@ -106,10 +106,12 @@ def main() -> None:
     parser.add_argument("--no-gensim", action="store_true")
     parser.add_argument("--num-proc", type=int, default=0, help="data.num_proc for ours (0 = auto: by size, up to the cores)")
     args = parser.parse_args()
+    if args.corpus is None and not args.synthetic:
+        parser.error("no corpus: give --corpus PATH or set SGNS_ENWIKI")
 
     work = Path(tempfile.mkdtemp(prefix="sgns-prep-"))
     try:
-        corpus = Path(args.corpus)
+        corpus = Path(args.corpus) if args.corpus else None
         if args.synthetic:
             corpus = work / "synthetic.txt"
             started = time.perf_counter()

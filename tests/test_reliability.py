@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _args(corpus, run_dir, *extra):
-    return [f"data.path={corpus}", "data.min_count=1", "data.sample=0", "data.batch_size=64", "trainer.max_epochs=2",
+    return [f"data.path={corpus}", "data.min_count=1", "data.sample=0", "data.batch_size=128", "trainer.max_epochs=2",
             "model.net.embedding_dim=16", "callbacks.model_checkpoint.every_n_train_steps=40", "logger=none",
             "callbacks.progress_bar.refresh_rate=0", "callbacks.word_vectors.every_n_epochs=100",
             f"hydra.run.dir={run_dir}", *extra]  # fmt: skip

@@ -165,7 +165,8 @@ def evaluate(vectors: Path) -> dict[str, float]:
     return {"analogy": analogy, "questions": len(total["correct"]) + len(total["incorrect"]), **pairs}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options; their defaults are the benchmark's settings (d=100, window 5, k=5, ...)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default=DEFAULT_CORPUS, help="text or .gz corpus, one sentence per line")
     parser.add_argument("--max-tokens", type=int, default=10_000_000, help="first N tokens; 0 = all")
@@ -185,6 +186,11 @@ def main() -> None:
     parser.add_argument("--sg", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["gensim"], help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for our trainer (after --)")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.worker == "gensim":
         return gensim_worker(args)

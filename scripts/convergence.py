@@ -21,7 +21,7 @@ from pathlib import Path
 from statistics import mean
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_gensim import DEFAULT_CORPUS, ROOT, evaluate, ours_command, run_dir, run_measured, write_slice  # noqa: E402
+from compare_gensim import DEFAULT_CORPUS, ROOT, build_parser, evaluate, ours_command, run_dir, run_measured, write_slice  # noqa: E402
 
 SCORES = ("analogy", "ws353", "simlex")
 
@@ -91,9 +91,8 @@ def main() -> None:
 
 
 def ours_alone(args: argparse.Namespace, corpus: Path, out: Path, model: str, epochs: int, seed: int) -> dict:
-    """Our trainer with compare_gensim.py's settings (d=100, window 5, k=5, sample 1e-4, min_count 5)."""
-    settings = argparse.Namespace(window=5, negatives=5, sample=1e-4, min_count=5, dim=100, epochs=epochs, seed=seed,
-                                  overrides=args.overrides)  # fmt: skip
+    """Our trainer with compare_gensim.py's settings (its defaults: d=100, window 5, k=5, sample 1e-4, min_count 5)."""
+    settings = build_parser().parse_args(["--epochs", str(epochs), "--seed", str(seed), "--", *args.overrides])
     target = run_dir(out / f"ours-{model}")
     code, _, _ = run_measured(ours_command(settings, corpus, target, model=model), target / "log.txt")
     if code != 0:

@@ -21,7 +21,8 @@ from pathlib import Path
 from statistics import mean
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_gensim import DEFAULT_CORPUS, ROOT, build_parser, evaluate, ours_command, run_dir, run_measured, write_slice  # noqa: E402
+from compare_gensim import (  # noqa: E402
+    DEFAULT_CORPUS, ROOT, build_parser, evaluate, ours_command, run_dir, run_measured, write_slice)
 
 SCORES = ("analogy", "ws353", "simlex")
 

@@ -1,0 +1,107 @@
+"""Subword skip-gram (fastText; Bojanowski et al. 2017): a word's input vector is the mean of its own
+row and the rows of its hashed character n-grams, so rare words share what their n-grams learned
+and any string, seen or not, has a vector.
+
+    S(w) = {w's row in center_embed} ∪ {its n-gram rows in ngram_embed}   (sgns.subwords)
+    h = mean of the rows of S(c)               (c: the pair's centre)        [B, d]
+    pos = h · u_o,  neg = h · u_neg,  loss = -log σ(pos) - (k/K) Σ_j log σ(-neg_j)   as skip-gram
+
+As in fastText's and gensim's skip-gram, every row of S(c) receives the hidden layer's gradient
+dL/dh undivided (not the exact gradient of the mean, which would divide it by |S(c)|); ``loss``
+says so to autograd with a straight-through term, so both paths make that same update. The
+trained vector of a vocabulary word is its mean h; of any other string, the mean of its n-gram
+rows (fastText's and gensim's rules, so exported models give the same vectors there).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sgns.errors import check, check_int
+from sgns.models.base import Batch, Update, WordModel, negative_sampling, negative_scores, sgns_loss
+from sgns.subwords import ngram_rows
+
+
+class FastText(WordModel):
+    example = "pairs"
+    needs_words = True  # the n-gram rows come from the vocabulary's spellings
+
+    def __init__(self, vocab_size: int, embedding_dim: int = 100, words: Sequence[str] | None = None, min_n: int = 3,
+                 max_n: int = 6, buckets: int = 2_000_000, sparse: bool = False):  # fmt: skip
+        super().__init__(vocab_size, embedding_dim, sparse)
+        check_int("model.net.min_n", min_n)
+        check_int("model.net.max_n", max_n)
+        check_int("model.net.buckets", buckets)
+        check(min_n <= max_n, f"model.net.min_n ({min_n}) must not exceed model.net.max_n ({max_n})")
+        check(words is not None and len(words) == vocab_size, "the subword model needs the vocabulary's words")
+        self.min_n, self.max_n, self.buckets = min_n, max_n, buckets
+        self.ngram_embed = nn.Embedding(buckets, embedding_dim, sparse=sparse)  # buckets x d x 4 bytes
+        for table in (self.center_embed, self.ngram_embed):  # fastText's and gensim's initialisation
+            nn.init.uniform_(table.weight, -1.0 / embedding_dim, 1.0 / embedding_dim)
+        offsets, rows = ngram_rows(words, min_n, max_n, buckets)  # once per run: about 2 s for 170k words
+        # derived from the words: not saved in checkpoints, rebuilt with the model
+        self.register_buffer("ngram_offsets", torch.from_numpy(offsets), persistent=False)  # [V + 1]
+        self.register_buffer("ngram_rows", torch.from_numpy(rows), persistent=False)  # [total]
+
+    def _ngrams(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The n-gram rows of ``words`` [N], flat [E], and each word's count [N]."""
+        start, count = self.ngram_offsets[words], self.ngram_offsets[words + 1] - self.ngram_offsets[words]
+        first = torch.cumsum(count, 0) - count  # where each word's rows begin in the flat list
+        total = int(count.sum())
+        flat = torch.arange(total, device=words.device) + torch.repeat_interleave(start - first, count, output_size=total)
+        return self.ngram_rows[flat], count
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Per-pair loss [B], differentiable (the reference path)."""
+        rows, count = self._ngrams(batch.center)
+        owner = torch.repeat_interleave(torch.arange(len(batch), device=rows.device), count)
+        total = self.center_embed(batch.center).index_add(0, owner, self.ngram_embed(rows))  # [B, d]
+        size = (count + 1).unsqueeze(1).to(total.dtype)
+        h = total + (total / size - total).detach()  # value: the mean; gradient reaching each row: dL/dh
+        pos = (h * self.outside_embed(batch.context)).sum(dim=-1)
+        return sgns_loss(pos, negative_scores(h, self.negatives(batch)), batch.neg_weight)
+
+    def _inputs(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h [N, d] of ``words`` [N] (one ``embedding_bag`` over their n-grams), their n-gram rows and counts."""
+        rows, count = self._ngrams(words)
+        offsets = torch.cumsum(count, 0) - count
+        total = F.embedding_bag(rows, self.ngram_embed.weight, offsets, mode="sum") + self.center_embed.weight[words]
+        return total / (count + 1).unsqueeze(1).to(total.dtype), rows, count
+
+    @torch.no_grad()
+    def row_gradients(self, batch: Batch, scale: float = 1.0, with_loss: bool = True) -> tuple[torch.Tensor | None, list[Update]]:
+        """Mean loss and the rows' updates of ``scale`` × the summed loss, in closed form.
+
+        h is made once per distinct centre of the update (R of them; a word's n-grams are its
+        costliest part) and its gradient, summed over the centre's pairs, reaches the centre's
+        rows once."""
+        V, N, U = self.center_embed.weight, self.ngram_embed.weight, self.outside_embed.weight
+        centres, owner = torch.unique(batch.center, return_inverse=True)  # [R], [B]
+        h, rows, count = self._inputs(centres)
+        G, K = batch.negatives.shape
+        u_neg = U.index_select(0, batch.negatives.reshape(-1)).view(G, K, U.shape[1])
+        u_o = U.index_select(0, batch.context)
+        if G == 1:  # shared negatives: each centre's negative term once, times its pairs
+            pairs = torch.bincount(owner, minlength=len(centres))
+            loss, grad_h, grad_o, grad_neg = negative_sampling(h, u_o, u_neg, batch.neg_weight, scale, with_loss, owner, pairs)
+        else:  # k negatives per pair: every pair its own h
+            loss, grad_pair, grad_o, grad_neg = negative_sampling(h[owner], u_o, u_neg, batch.neg_weight, scale, with_loss)
+            grad_h = torch.zeros_like(h).index_add_(0, owner, grad_pair)
+        word = torch.repeat_interleave(torch.arange(len(centres), device=h.device), count, output_size=len(rows))
+        return loss, [(V, centres, grad_h), (N, rows, grad_h.index_select(0, word)), (U, batch.context, grad_o),
+                      (U, batch.negatives.reshape(-1), grad_neg)]  # fmt: skip
+
+    @torch.no_grad()
+    def word_vectors(self) -> torch.Tensor:
+        """The vocabulary's vectors [V, d]: each word's mean of its row and its n-gram rows."""
+        words = torch.arange(self.center_embed.num_embeddings, device=self.center_embed.weight.device)
+        return torch.cat([self._inputs(part)[0] for part in words.split(65536)])
+
+    @torch.no_grad()
+    def ngram_vectors(self) -> torch.Tensor:
+        """The bucket table [buckets, d] (what makes vectors of words outside the vocabulary)."""
+        return self.ngram_embed.weight.detach()

@@ -1,0 +1,98 @@
+"""The subword family end to end: it learns, an unseen inflection lands among its stem's words,
+its fastText ``.bin`` round-trips through gensim with the same vectors for every word (in and out
+of the vocabulary), the CLI answers for unseen words, and evaluation scores their pairs apart."""
+
+import random
+
+import numpy as np
+import pytest
+from gensim.models.fasttext import load_facebook_model
+from scipy.stats import spearmanr
+
+from conftest import compose_train
+from sgns.cli import load_vectors, main
+from sgns.evaluation import evaluate_word_pairs
+from sgns.train import train
+from sgns.vectors import SubwordVectors
+
+GROUPS = 8
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Eight families of forms (stem, stem+ing, stem+ed, stem+er) with four topic words each, every
+    sentence drawn from one family; stem+s is never seen."""
+    out = tmp_path_factory.mktemp("fasttext")
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    stems = ["".join(rng.choice(letters) for _ in range(6)) for _ in range(GROUPS)]
+    topics = [["".join(rng.choice(letters) for _ in range(5)) for _ in range(4)] for _ in range(GROUPS)]
+    families = [[stem, stem + "ing", stem + "ed", stem + "er", *topic] for stem, topic in zip(stems, topics)]
+    with open(out / "corpus.txt", "w") as text:
+        for _ in range(2000):
+            family = families[rng.randrange(GROUPS)]
+            text.write(" ".join(rng.choice(family) for _ in range(10)) + "\n")
+    train(compose_train(out / "run", [
+        f"data.path={out / 'corpus.txt'}", "data.min_count=1", "data.sample=0", "data.batch_size=256", "data.update_size=64",
+        "model=fasttext", "model.net.buckets=20000", "model.net.embedding_dim=16", "trainer.max_epochs=3", "logger=none",
+        "probe_words=[]",
+    ]))  # fmt: skip
+    return out / "run", stems, topics, families
+
+
+def test_an_unseen_inflection_lands_among_its_stems_words(run):
+    out, stems, topics, families = run
+    vectors = load_vectors(out / "fasttext.bin")
+    assert isinstance(vectors, SubwordVectors) and stems[0] + "s" not in vectors
+    all_topics = {t for topic in topics for t in topic}
+    for stem, topic, family in zip(stems, topics, families):
+        ranked = [w for w, _ in vectors.most_similar(stem + "s", topn=len(vectors))]
+        assert set(ranked[:3]) <= set(family), (stem, ranked[:5])
+        # learned, not spelled: the nearest topic word (no n-gram in common with the stem) is its family's
+        assert next(w for w in ranked if w in all_topics) in topic, (stem, ranked[:8])
+
+
+def test_the_planted_families_are_learned(run):
+    out, _, _, families = run
+    vectors = load_vectors(out / "vectors.bin")
+    for family in families:
+        for word in family[4:]:
+            assert {w for w, _ in vectors.most_similar(word, topn=3)} <= set(family), word
+
+
+def test_the_fasttext_bin_gives_gensim_and_us_the_same_vectors(run):
+    out, stems, _, _ = run
+    ours, exported, from_checkpoint = load_vectors(out / "fasttext.bin"), load_vectors(out / "vectors.bin"), load_vectors(out / "last.ckpt")
+    gensim = load_facebook_model(str(out / "fasttext.bin")).wv
+    assert gensim.index_to_key == ours.words == exported.words and (gensim.min_n, gensim.max_n, gensim.bucket) == (3, 6, 20000)
+    assert np.allclose(gensim.vectors, exported.vectors, atol=1e-6) and np.allclose(ours.vectors, exported.vectors, atol=1e-6)
+    assert np.allclose(from_checkpoint.vectors, exported.vectors, atol=1e-6)
+    for word in [stems[0] + "s", "unseen", "naïveté", "日本"]:
+        assert np.allclose(ours[word], gensim[word], atol=1e-6), word
+        assert np.allclose(from_checkpoint[word], ours[word], atol=1e-6), word
+    assert [int(ours.counts[i]) for i in range(3)] == [gensim.get_vecattr(w, "count") for w in gensim.index_to_key[:3]]
+
+
+def test_the_cli_answers_for_unseen_words(run, capsys):
+    out, stems, _, families = run
+    assert main(["most-similar", str(out / "fasttext.bin"), stems[1] + "s", "--topn", "2"]) == 0
+    assert capsys.readouterr().out.split()[0] in families[1]
+    assert main(["similarity", str(out / "last.ckpt"), stems[1] + "s", stems[1]]) == 0
+    assert float(capsys.readouterr().out) > 0.5
+    assert main(["most-similar", str(out / "vectors.bin"), stems[1] + "s"]) == 2  # word2vec vectors have no n-grams
+    assert "not in the vocabulary" in capsys.readouterr().err
+
+
+def test_word_pairs_with_unknown_words_are_scored_apart(run, tmp_path):
+    out, stems, topics, _ = run
+    vectors = load_vectors(out / "fasttext.bin")
+    pairs = tmp_path / "pairs.tsv"
+    rows = [(stems[0] + "s", stems[0], 9.0), (stems[0] + "s", topics[0][0], 7.0), (stems[0] + "s", topics[3][0], 1.0),
+            (topics[0][1], topics[0][2], 8.0), (topics[1][1], topics[2][2], 2.0), (stems[2], topics[5][1], 1.5)]  # fmt: skip
+    pairs.write_text("".join(f"{a}\t{b}\t{s}\n" for a, b, s in rows))
+    plain = evaluate_word_pairs(vectors.words, vectors.vectors, pairs)
+    scored = evaluate_word_pairs(vectors.words, vectors.vectors, pairs, oov_vector=vectors.get_vector)
+    assert (plain.pairs, plain.oov, plain.spearman_with_oov) == (3, 3, None)
+    cosine = [vectors.similarity(a, b) for a, b, _ in rows]  # every pair, unknown words from their n-grams
+    assert scored.spearman == plain.spearman
+    assert scored.spearman_with_oov == pytest.approx(spearmanr(cosine, [s for _, _, s in rows]).statistic, abs=1e-6)

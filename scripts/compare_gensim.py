@@ -1,10 +1,11 @@
-"""Train ours and gensim Word2Vec on the same corpus slice, same settings, same run; print a table.
+"""Train ours and gensim (Word2Vec, FastText) on the same corpus slice, same settings, same run; print a table.
 
     python scripts/compare_gensim.py                       # first 10M tokens of $SGNS_ENWIKI (or --corpus), 1 epoch
     python scripts/compare_gensim.py --repeats 2 --scaling  # + our time at 10M/20M/40M tokens and d=300
     python scripts/compare_gensim.py --max-tokens 0 --epochs 3 -- model/optimizer=sparse_adam
     python scripts/compare_gensim.py --repeats 3 --busy 1     # + each repeat again beside 1 busy process
     python scripts/compare_gensim.py --models skipgram,cbow   # skip-gram against sg=1, CBOW against sg=0
+    python scripts/compare_gensim.py --models fasttext        # subwords against gensim FastText, + rare words
 
 Each trainer runs in its own process (peak RSS from wait4), the order alternates between
 repeats, and both vector files are scored by the same code (gensim's evaluate_word_analogies
@@ -22,12 +23,15 @@ import argparse
 import gzip
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from statistics import median
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = os.environ.get("SGNS_ENWIKI")  # the 40M-token Wikipedia text of docs/benchmarks.md, or --corpus
@@ -65,7 +69,7 @@ def run_measured(cmd: list[str], log: Path) -> tuple[int, float, int]:
 FLOORS = {"ours": "import torch, lightning, hydra, torchmetrics, datasets", "gensim": "import gensim"}
 
 
-FAMILIES = {"skipgram": 1, "cbow": 0}  # our model=... and gensim's sg=...
+FAMILIES = {"skipgram": "Word2Vec sg=1", "cbow": "Word2Vec sg=0", "fasttext": "FastText sg=1"}  # our model=... and gensim's side
 
 
 def ours_command(args: argparse.Namespace, corpus: Path, out: Path, dim: int | None = None, model: str = "skipgram") -> list[str]:
@@ -111,10 +115,10 @@ def summary(rows: list[dict]) -> str:
     for model, busy in sorted({(r["model"], r["busy"]) for r in rows}, key=lambda mb: (list(FAMILIES).index(mb[0]), mb[1])):
         side = {name: [r for r in rows if r["name"] == name and r["busy"] == busy and r["model"] == model] for name in ("ours", "gensim")}
         paired = [o["raw_wps"] / g["raw_wps"] for o, g in zip(side["ours"], side["gensim"])]
-        lines += [f"\n{model} (gensim sg={FAMILIES[model]}), {'idle' if not busy else f'beside {busy} busy process(es)'}: median train s: "
+        lines += [f"\n{model} (gensim {FAMILIES[model]}), {'idle' if not busy else f'beside {busy} busy process(es)'}: median train s: "
                   f"ours {median([r['train_s'] for r in side['ours']]):.1f}, gensim {median([r['train_s'] for r in side['gensim']]):.1f}; "
                   f"ours/gensim raw words/s within each repeat: {', '.join(f'{x:.2f}' for x in paired)} (median {median(paired):.2f})"]  # fmt: skip
-        for key in ("analogy", "ws353", "simlex"):
+        for key in ("analogy", "ws353", "simlex") + (("rare@10",) if model == "fasttext" else ()):
             ours, gensim = median([r[key] for r in side["ours"]]), median([r[key] for r in side["gensim"]])
             lines.append(f"median {key}: ours {ours:.3f}, gensim {gensim:.3f} (ours - gensim {ours - gensim:+.3f})")
     return "\n".join(lines)
@@ -138,16 +142,22 @@ class Busy:
 
 def gensim_worker(args: argparse.Namespace) -> None:
     """Child process: gensim's fast corpus_file mode, vocabulary scan timed apart from training."""
-    from gensim.models import Word2Vec
+    from gensim.models import FastText, Word2Vec
 
     t0 = time.perf_counter()
-    model = Word2Vec(vector_size=args.dim, window=args.window, negative=args.negatives, sample=args.sample,
-                     min_count=args.min_count, sg=args.sg, hs=0, workers=args.workers, seed=args.seed)  # fmt: skip
+    name, sg = FAMILIES[args.family].split(" sg=")
+    model = (Word2Vec if name == "Word2Vec" else FastText)(
+        vector_size=args.dim, window=args.window, negative=args.negatives, sample=args.sample, min_count=args.min_count,
+        sg=int(sg), hs=0, workers=args.workers, seed=args.seed)  # fmt: skip
     model.build_vocab(corpus_file=args.corpus)
     t1 = time.perf_counter()
     model.train(corpus_file=args.corpus, total_words=model.corpus_total_words, epochs=args.epochs)
     t2 = time.perf_counter()
     model.wv.save_word2vec_format(str(args.out / "vectors.bin"), binary=True)
+    if name == "FastText":  # the whole model: vectors for words outside the vocabulary
+        from gensim.models.fasttext import save_facebook_model
+
+        save_facebook_model(model, str(args.out / "fasttext.bin"))
     json.dump({"prepare_s": t1 - t0, "train_s": t2 - t1, "raw_tokens": model.corpus_total_words},
               open(args.out / "metrics.json", "w"))  # fmt: skip
 
@@ -163,6 +173,44 @@ def evaluate(vectors: Path) -> dict[str, float]:
     pairs = {name: kv.evaluate_word_pairs(str(data / f), restrict_vocab=300000)[1][0]
              for name, f in [("ws353", "wordsim353.tsv"), ("simlex", "simlex999.txt")]}  # fmt: skip
     return {"analogy": analogy, "questions": len(total["correct"]) + len(total["incorrect"]), **pairs}
+
+
+SUFFIXES = ("s", "es", "ed", "ing", "er", "ers", "ly", "ness", "ment", "ism", "ist", "ists", "ation", "ations")
+
+
+def rare_word_pairs(corpus: Path, min_count: int, limit: int = 2000) -> list[tuple[str, str]]:
+    """A rare-word test set from the corpus itself: (rare, frequent) pairs where the rare word is
+    seen fewer than ``min_count`` times (outside both vocabularies) and is the frequent word (seen
+    at least 100 times) with a suffix added; the first ``limit`` in a seeded shuffle."""
+    from collections import Counter
+
+    counts: Counter = Counter()
+    with open(corpus, encoding="utf-8") as lines:
+        for line in lines:
+            counts.update(line.split())
+    pairs = sorted({(word, word[: -len(suffix)]) for word, n in counts.items() if n < min_count and word.isalpha()
+                    for suffix in SUFFIXES if word.endswith(suffix) and len(word) - len(suffix) >= 4
+                    and counts.get(word[: -len(suffix)], 0) >= 100})  # fmt: skip
+    random.Random(0).shuffle(pairs)
+    return pairs[:limit]
+
+
+def rare_word_score(model: Path, pairs: list[tuple[str, str]]) -> float:
+    """Share of rare words whose frequent form is among the 10 nearest vocabulary words of their
+    n-gram vector (both sides' models read by the same code)."""
+    import torch
+
+    from sgns.vectors import SubwordVectors, unit_rows
+
+    vectors = SubwordVectors.load_facebook_format(model)
+    unit = unit_rows(torch.from_numpy(vectors.vectors))
+    queries = unit_rows(torch.from_numpy(np.stack([vectors.get_vector(rare) for rare, _ in pairs])))
+    target = torch.tensor([vectors.key_to_index[frequent] for _, frequent in pairs])
+    hits = 0
+    for start in range(0, len(pairs), 256):
+        top = (queries[start : start + 256] @ unit.T).topk(10, dim=1).indices
+        hits += int((top == target[start : start + 256, None]).any(dim=1).sum())
+    return hits / max(1, len(pairs))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=ROOT / "bench")
     parser.add_argument("--scaling", action="store_true", help="also time ours at 10M/20M/40M tokens and at d=300")
     parser.add_argument("--busy", type=int, default=0, help="also run every repeat beside N busy-loop processes")
-    parser.add_argument("--models", default="skipgram", help="comma-separated: skipgram (gensim sg=1), cbow (gensim sg=0)")
-    parser.add_argument("--sg", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--models", default="skipgram", help="comma-separated: skipgram (gensim Word2Vec sg=1), cbow (sg=0), "
+                        "fasttext (gensim FastText sg=1, n-grams 3..6, 2M buckets)")  # fmt: skip
+    parser.add_argument("--family", default="skipgram", choices=list(FAMILIES), help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["gensim"], help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for our trainer (after --)")
     return parser
@@ -210,13 +259,14 @@ def main() -> None:
         code, _, rss = run_measured([sys.executable, "-c", imports], args.out / f"floor-{name}.log")
         floors[name] = rss / 2**20 if code == 0 else float("nan")
     rows, models = [], args.models.split(",")
+    rare = rare_word_pairs(corpus, args.min_count) if "fasttext" in models else []
     for repeat in range(args.repeats):
         for model, busy in [(m, b) for m in models for b in ([0, args.busy] if args.busy else [0])]:
             order = ["ours", "gensim"] if (repeat + bool(busy)) % 2 == 0 else ["gensim", "ours"]
             for name in order:
                 out = run_dir(args.out / f"{name}-{model}-{repeat}{f'-busy{busy}' if busy else ''}")
                 if name == "gensim":
-                    cmd = [sys.executable, __file__, "--worker", "gensim", "--out", str(out), "--sg", str(FAMILIES[model]), *common]
+                    cmd = [sys.executable, __file__, "--worker", "gensim", "--out", str(out), "--family", model, *common]
                 else:
                     cmd = ours_command(args, corpus, out, model=model)
                 with Busy(busy):
@@ -226,6 +276,8 @@ def main() -> None:
                 metrics = json.loads((out / "metrics.json").read_text())
                 row = {"name": name, "model": model, "repeat": repeat, "busy": busy, "wall_s": wall, "rss_mb": rss / 2**20, **metrics,
                        **evaluate(out / "vectors.bin")}  # fmt: skip
+                if model == "fasttext":
+                    row |= {"rare@10": rare_word_score(out / "fasttext.bin", rare), "rare_pairs": len(rare)}
                 row["raw_wps"] = tokens * args.epochs / row["train_s"]
                 rows.append(row)
                 print(f"  {name} {model} (repeat {repeat}, busy {busy}): train {row['train_s']:.1f} s, analogy {row['analogy']:.4f}", flush=True)

@@ -8,21 +8,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sgns.models import CBOW, Batch, SkipGram
+from sgns.models import CBOW, Batch, FastText, SkipGram
 from sgns.models.base import sgns_loss
 from sgns.optim import apply_sgd, apply_sparse_adam, gradient_scale
 
 V, D = 30, 8
-FAMILIES = ["skipgram", "cbow", "cbow_sum"]
+FAMILIES = ["skipgram", "cbow", "cbow_sum", "fasttext"]
+WORDS = [f"w{i}{'ing' if i % 3 else 'é'}" for i in range(V)]  # spellings for the subword family: shared n-grams
 NEGATIVES = ["per_example", "shared", "runs"]  # k per example, K shared by the update, pairs side by side
 
 
 def _net(family: str, sparse: bool = False, seed: int = 0):
     torch.manual_seed(seed)
-    net = (SkipGram(V, D, sparse=sparse) if family == "skipgram" else CBOW(V, D, cbow_mean=family == "cbow", sparse=sparse)).double()
+    if family == "fasttext":  # 13 buckets: n-gram rows collide, as they do in 2,000,000
+        net = FastText(V, D, words=WORDS, min_n=2, max_n=4, buckets=13, sparse=sparse).double()
+    else:
+        net = (SkipGram(V, D, sparse=sparse) if family == "skipgram" else CBOW(V, D, cbow_mean=family == "cbow", sparse=sparse)).double()
     with torch.no_grad():  # random outputs (word2vec starts them at zero): every gradient term is exercised
-        net.center_embed.weight.normal_(0, 0.3)
-        net.outside_embed.weight.normal_(0, 0.3)
+        for table in net.parameters():
+            table.normal_(0, 0.3)
     return net
 
 
@@ -39,7 +43,7 @@ def _batch(family: str, negatives: str = "shared", B: int = 64, k: int = 5, K: i
         center = center.repeat_interleave(torch.randint(1, 7, (B,), generator=g))[:B]
     drawn = torch.randint(0, V, (B, k) if negatives == "per_example" else (1, K), generator=g)
     weight = 1.0 if negatives == "per_example" else k / K
-    if family == "skipgram":
+    if family in ("skipgram", "fasttext"):
         return Batch(center, torch.randint(0, V, (B,), generator=g), drawn, weight)
     window = 3  # CBOW windows of 6 slots, a random reach on each side (some windows have one word)
     mask = torch.rand(B, 2 * window, generator=g) < 0.6
@@ -138,8 +142,7 @@ def test_row_gradients_equal_autograd(family, negatives, scale):
     assert torch.allclose(fused_loss, loss.mean())
     if family == "skipgram":
         assert (len(updates[0][1]) < len(batch)) == (negatives == "runs")  # centre rows: one per run
-    for table, ref_table in ((fused.center_embed.weight, reference.center_embed.weight),
-                             (fused.outside_embed.weight, reference.outside_embed.weight)):  # fmt: skip
+    for table, ref_table in zip(fused.parameters(), reference.parameters()):
         assert torch.allclose(_dense(table, updates), scale * ref_table.grad.to_dense(), atol=1e-12)
     assert fused.row_gradients(batch, with_loss=False)[0] is None
 
@@ -199,7 +202,7 @@ def test_an_empty_update_sends_empty_rows(family, negatives):
     empty = Batch(batch.center[:0], batch.context[:0], batch.negatives[:0] if per_example else batch.negatives,
                   batch.neg_weight, None if batch.mask is None else batch.mask[:0])  # fmt: skip
     _, updates = fused.row_gradients(empty, scale=-0.5, with_loss=False)
-    assert [len(rows) for _, rows, _ in updates] == [0, 0, 0 if per_example else batch.negatives.numel()]
+    assert [len(rows) for _, rows, _ in updates] == [0] * (len(updates) - 1) + [0 if per_example else batch.negatives.numel()]
     assert all(not grads.any() for _, _, grads in updates)
 
 
@@ -211,3 +214,34 @@ def test_word2vec_initialisation(family):
     assert weights.abs().max() <= 0.5 / d and weights.std() > 0.25 / d  # U(±0.5/d): std 0.29/d
     assert (net.outside_embed.weight == 0).all()
     assert torch.equal(net.word_vectors(), weights.detach())
+
+
+def test_the_fasttext_input_is_the_mean_of_the_word_and_its_ngram_rows():
+    """h = (v_w + Σ_g z_g) / (1 + n), the n-gram rows g being gensim's hashes of <w>'s 2..4-grams;
+    its loss is skip-gram's on h, and every row of the word receives dL/dh undivided (fastText's update)."""
+    from gensim.models.fasttext import ft_ngram_hashes
+
+    net = _net("fasttext")
+    batch = _batch("fasttext", "shared", B=4, K=5)
+    Vw, Nw, Uw = net.center_embed.weight, net.ngram_embed.weight, net.outside_embed.weight
+    for p, (c, o) in enumerate(zip(batch.center.tolist(), batch.context.tolist())):
+        rows = ft_ngram_hashes(WORDS[c], 2, 4, 13)
+        h = (Vw[c] + Nw[rows].sum(0)) / (1 + len(rows))
+        expected = -math.log(torch.sigmoid(h @ Uw[o]).item())
+        expected -= (5 / 5) * sum(math.log(torch.sigmoid(-(h @ Uw[j])).item()) for j in batch.negatives[0].tolist())
+        assert net.loss(batch)[p].item() == pytest.approx(expected, rel=1e-10)
+        assert torch.allclose(net.word_vectors()[c], h.detach())
+    one = Batch(batch.center[:1], batch.context[:1], batch.negatives, 1.0)
+    h = net.word_vectors()[one.center[0]].clone().requires_grad_()
+    sgns_loss((h @ Uw[one.context[0]].detach()).reshape(1), (Uw[one.negatives[0]].detach() @ h).reshape(1, -1)).sum().backward()
+    _, updates = net.row_gradients(one)
+    assert torch.allclose(updates[0][2][0], h.grad) and all(torch.allclose(g, h.grad) for g in updates[1][2])
+    assert len(updates[1][1]) == len(ft_ngram_hashes(WORDS[int(one.center[0])], 2, 4, 13))
+
+
+def test_fasttext_initialisation_is_fasttexts():
+    d = 50
+    net = FastText(1000, d, words=[f"w{i}" for i in range(1000)], buckets=5000)
+    for table in (net.center_embed.weight, net.ngram_embed.weight):
+        assert table.abs().max() <= 1.0 / d and table.std() > 0.5 / d  # U(±1/d): std 0.58/d
+    assert (net.outside_embed.weight == 0).all()

@@ -225,12 +225,13 @@ class StopAt(L.Callback):
             request_stop_as_on_sigterm(trainer)
 
 
-@pytest.mark.parametrize("model", ["skipgram", "cbow"])
+@pytest.mark.parametrize("model", ["skipgram", "cbow", "fasttext"])
 def test_a_run_stopped_mid_epoch_resumes_to_the_same_bits(tmp_path, model):
     corpus = tmp_path / "planted.txt"
     planted_corpus(corpus, sentences=400)
     common = [f"data.path={corpus}", "data.min_count=1", "data.batch_size=128", "data.update_size=32", "trainer.max_epochs=2",
               f"model={model}", "model.net.embedding_dim=16", "logger=none", "probe_words=[]"]  # fmt: skip
+    common += ["model.net.buckets=5000"] if model == "fasttext" else []
     train(compose_train(tmp_path / "whole", common))
     with pytest.raises(Stopped):
         train(compose_train(tmp_path / "parts", [*common, "+callbacks.stop._target_=test_reliability.StopAt", "+callbacks.stop.step=3"]))
@@ -238,3 +239,5 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_bits(tmp_path, model):
     assert state["global_step"] == 3 and state["epoch"] == 0  # mid-epoch
     train(compose_train(tmp_path / "parts", [*common, f"ckpt_path={tmp_path / 'parts' / 'last.ckpt'}"]))
     assert (tmp_path / "parts" / "vectors.bin").read_bytes() == (tmp_path / "whole" / "vectors.bin").read_bytes()
+    if model == "fasttext":  # the bucket table too
+        assert (tmp_path / "parts" / "fasttext.bin").read_bytes() == (tmp_path / "whole" / "fasttext.bin").read_bytes()

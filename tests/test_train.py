@@ -60,7 +60,8 @@ def test_the_search_space_holds_every_default(tmp_path):
 @pytest.mark.parametrize(
     "model, optimizer, fused",
     [("skipgram", "sparse_adam", True), ("skipgram", "sgd", True), ("skipgram", "sparse_adam", False), ("skipgram", "sgd", False),
-     ("skipgram", "adamw", False), ("cbow", "sgd", True), ("cbow", "sparse_adam", True), ("cbow", "sgd", False)],
+     ("skipgram", "adamw", False), ("cbow", "sgd", True), ("cbow", "sparse_adam", True), ("cbow", "sgd", False),
+     ("fasttext", "sgd", True)],
 )  # fmt: skip
 def test_planted_groups_become_nearest_neighbours(planted, tmp_path, model, optimizer, fused):
     path, groups = planted
@@ -68,7 +69,7 @@ def test_planted_groups_become_nearest_neighbours(planted, tmp_path, model, opti
     cfg = compose_train(out, [
         "data=text_file", f"data.path={path}", "data.min_count=1", "data.sample=0", "data.batch_size=256", "data.update_size=64",
         "data.val_fraction=0.05", f"model={model}", "model.net.embedding_dim=16", f"model/optimizer={optimizer}",
-        f"model.fused={fused}", "trainer.max_epochs=3",
+        f"model.fused={fused}", "trainer.max_epochs=3", *(["model.net.buckets=5000"] if model == "fasttext" else []),
     ])  # fmt: skip
     metrics = train(cfg)
     assert metrics["val/loss"] < 0.8 * 6 * 0.6931  # well below the untrained loss (k+1) log 2

@@ -21,19 +21,26 @@ import torch
 from sgns.bundled import BENCHMARKS
 from sgns.errors import Word2VecError, check
 from sgns.evaluation import evaluate_word_analogies, evaluate_word_pairs
-from sgns.outputs import DATA_KEY, VECTORS_KEY, read_checkpoint, write_atomically
-from sgns.vectors import WordVectors
+from sgns.outputs import DATA_KEY, NGRAMS_KEY, VECTORS_KEY, read_checkpoint, write_atomically
+from sgns.vectors import SubwordVectors, WordVectors, is_facebook_format
 
 
 def load_vectors(path: str | Path) -> WordVectors:
-    """Word vectors from a Lightning checkpoint (``.ckpt``, loaded with weights_only) or a word2vec file."""
+    """Word vectors from a Lightning checkpoint (``.ckpt``, loaded with weights_only), a fastText
+    model (``fasttext.bin``: vectors for any word) or a word2vec file."""
     path = Path(path)
     check(path.is_file(), f"file not found: {path}")
+    if is_facebook_format(path):
+        return SubwordVectors.load_facebook_format(path)
     if path.suffix != ".ckpt":
         return WordVectors.load_word2vec_format(path)
     checkpoint = read_checkpoint(path)
     vocab, weights = checkpoint[DATA_KEY], checkpoint["state_dict"][VECTORS_KEY]
     check(len(vocab["words"]) == len(weights), f"{path}: vocabulary and weights disagree")
+    if NGRAMS_KEY in checkpoint["state_dict"]:  # a subword model: its vectors are means with the n-gram rows
+        settings = checkpoint.get("resume_settings", {})
+        return SubwordVectors.from_rows(vocab["words"], weights, checkpoint["state_dict"][NGRAMS_KEY], settings.get("model.net.min_n", 3),
+                                        settings.get("model.net.max_n", 6), vocab["counts"], str(path))  # fmt: skip
     return WordVectors(vocab["words"], weights, vocab["counts"], source=str(path))
 
 
@@ -51,8 +58,10 @@ def _evaluate(args: argparse.Namespace) -> dict:
             "sections": {k: {"correct": c, "evaluated": n} for k, (c, n) in r.sections.items()},
         }  # fmt: skip
     for name, path in _word_pair_files(args.pairs).items():
-        r = evaluate_word_pairs(vectors.words, unit, path)
+        r = evaluate_word_pairs(vectors.words, unit, path, oov_vector=getattr(vectors, "get_vector", None))
         results[f"pairs:{name}"] = {"spearman": r.spearman, "pairs": r.pairs, "oov": r.oov, "oov_ratio": r.oov_ratio}
+        if r.spearman_with_oov is not None:  # subword vectors: the unknown words' pairs scored too
+            results[f"pairs:{name}"]["spearman_with_oov"] = r.spearman_with_oov
     results["seconds"] = time.perf_counter() - started
     return results
 
@@ -100,6 +109,8 @@ def _print_evaluation(results: dict) -> None:
     for key, r in results.items():
         if key.startswith("pairs:"):
             print(f"  {key[6:]:<28} {r['spearman']:>9.4f} {r['pairs']:>8,} {100 * r['oov_ratio']:>9.1f}%")
+            if "spearman_with_oov" in r:
+                print(f"  {'  with oov (n-grams)':<28} {r['spearman_with_oov']:>9.4f} {r['pairs'] + r['oov']:>8,}")
     print(f"\nevaluated in {results['seconds']:.2f} s")
 
 

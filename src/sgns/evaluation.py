@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 from torchmetrics.functional import spearman_corrcoef
 
@@ -142,6 +144,7 @@ class SimilarityResult:
     spearman: float
     pairs: int  # pairs evaluated
     oov: int  # pairs skipped for unknown words
+    spearman_with_oov: float | None = None  # subword vectors: every pair, unknown words from their n-grams
 
     @property
     def oov_ratio(self) -> float:
@@ -173,8 +176,11 @@ def evaluate_word_pairs(
     path: str | Path,
     restrict_vocab: int = 300000,
     case_insensitive: bool = True,
+    oov_vector: Callable[[str], np.ndarray] | None = None,
 ) -> SimilarityResult:
-    """Spearman ρ between cosine similarity and human scores; equals gensim's ``evaluate_word_pairs``."""
+    """Spearman ρ between cosine similarity and human scores; equals gensim's ``evaluate_word_pairs``.
+    With ``oov_vector`` (a subword model's vector of any word) the pairs with unknown words are also
+    scored, apart: ``spearman_with_oov`` covers every pair."""
     check_finite(vectors, words)
     pairs = read_word_pairs(path, case_insensitive)
     vocab = _folded_vocab(words, restrict_vocab, case_insensitive)
@@ -185,7 +191,16 @@ def evaluate_word_pairs(
     unit = unit_rows(torch.as_tensor(vectors).float())
     a, b, gold = (torch.tensor(col) for col in zip(*known))
     cosine = (unit[a.to(unit.device)] * unit[b.to(unit.device)]).sum(dim=1).double().cpu()
-    return SimilarityResult(float(spearman_corrcoef(cosine, gold.double())), len(known), oov)
+    with_oov = None
+    if oov_vector is not None and oov:
+        def vector(word: str) -> torch.Tensor:  # case folding upper-cases the pairs' words: n-grams of the lower case
+            if word in vocab:
+                return unit[vocab[word]].cpu()
+            return unit_rows(torch.as_tensor(oov_vector(word.lower() if case_insensitive else word)).float().unsqueeze(0))[0]
+
+        all_cosines = torch.stack([vector(x) @ vector(y) for x, y, _ in pairs]).double()
+        with_oov = float(spearman_corrcoef(all_cosines, torch.tensor([s for _, _, s in pairs]).double()))
+    return SimilarityResult(float(spearman_corrcoef(cosine, gold.double())), len(known), oov, with_oov)
 
 
 def evaluate_all(

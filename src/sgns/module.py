@@ -8,7 +8,7 @@ import functools
 import hashlib
 import inspect
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import torch
@@ -31,6 +31,11 @@ def _unpack(factory: Callable) -> tuple[Any, dict]:
 def _plain(value: Any) -> Any:
     """A config value as a plain Python value (checkpoints are read with weights_only=True)."""
     return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig" else value
+
+
+def _on_meta(make: Callable) -> Any:
+    with torch.device("meta"):
+        return make()
 
 
 def wants_sparse_gradients(optimizer: OptimizerFactory) -> bool:
@@ -63,14 +68,16 @@ class Word2VecModule(L.LightningModule):
     DIVERGED = 2.0  # × (1 + k) ln 2: a model that scores worse than knowing nothing has diverged
 
     def __init__(self, net: NetFactory, optimizer: OptimizerFactory, alpha: float = 0.035, min_alpha: float = 0.0001,
-                 fused: bool = True, vocab_size: int | None = None):  # fmt: skip
+                 fused: bool = True, vocab_size: int | None = None, words: Sequence[str] | None = None):  # fmt: skip
         super().__init__()
         check_number("model.alpha", alpha, 0, low_open=True)
         check_number("model.min_alpha", min_alpha, 0, alpha)
         check(isinstance(fused, bool), f"model.fused must be true or false, got {fused!r}")
         # the settings are checked now, not after the corpus is prepared: a net of one word is made
-        # (its own checks run) and the optimiser's keys are bound to its signature
-        for name, factory, make in (("model.net", net, lambda: net(1)),
+        # (its own checks run; on the meta device, so a large table costs nothing) and the
+        # optimiser's keys are bound to its signature
+        probe = {"words": [""]} if getattr(_unpack(net)[0], "needs_words", False) else {}
+        for name, factory, make in (("model.net", net, lambda: _on_meta(lambda: net(1, **probe))),
                                     ("model.optimizer", optimizer, lambda: inspect.signature(_unpack(optimizer)[0]).bind([], **_unpack(optimizer)[1]))):  # fmt: skip
             try:
                 make()
@@ -87,18 +94,19 @@ class Word2VecModule(L.LightningModule):
         self.automatic_optimization = False  # a step is several updates, each its own optimiser step
         self._epoch_loss = [0.0, 0]
         if vocab_size is not None:
-            self.build(vocab_size)
+            self.build(vocab_size, words)
 
     @property
     def example(self) -> str:
         """What the data module must make for this family: "pairs" or "windows"."""
         return _unpack(self.net_factory)[0].example
 
-    def build(self, vocab_size: int) -> None:
+    def build(self, vocab_size: int, words: Sequence[str] | None = None) -> None:
         """Make the tables once the vocabulary is known (the settings were checked at construction,
-        before the corpus was read)."""
+        before the corpus was read); a family that reads spellings (``needs_words``) gets the words."""
         sparse = not self.hparams.fused and wants_sparse_gradients(self.optimizer_factory)
-        self.net = self.net_factory(vocab_size, sparse=sparse)
+        needs_words = getattr(_unpack(self.net_factory)[0], "needs_words", False)
+        self.net = self.net_factory(vocab_size, sparse=sparse, **({"words": words} if needs_words else {}))
 
     def resume_settings(self) -> dict[str, Any]:
         """The settings a resumed run must share with its checkpoint (by config key): they shape the

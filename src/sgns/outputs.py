@@ -13,7 +13,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 
 from sgns.data.corpus import Vocabulary
 from sgns.errors import Word2VecError, check
-from sgns.vectors import WordVectors
+from sgns.vectors import SubwordVectors, WordVectors
 
 
 @contextmanager
@@ -41,9 +41,24 @@ def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
 
 def export_run(module, vocab: Vocabulary, output_dir: str | Path, text: bool = True, binary: bool = True) -> tuple[WordVectors, list[Path]]:
     """Write a run's vocabulary (``word count``) and its model's vectors (``module.word_vectors()``) in
-    the word2vec text and binary formats; returns the vectors and the files written."""
-    vectors = WordVectors(vocab.words, module.word_vectors(), vocab.counts)
-    return vectors, export(vectors, vocab, output_dir, text, binary)
+    the word2vec text and binary formats, and a subword model whole as fastText's ``fasttext.bin``
+    (vectors for any word); returns the vectors and the files written."""
+    net = module.net
+    if not hasattr(net, "ngram_vectors"):
+        vectors = WordVectors(vocab.words, module.word_vectors(), vocab.counts)
+        return vectors, export(vectors, vocab, output_dir, text, binary)
+    vectors = SubwordVectors(vocab.words, module.word_vectors(), net.ngram_vectors().float().cpu(), net.min_n, net.max_n,
+                             vocab.counts, word_rows=net.center_embed.weight.detach().float().cpu())  # fmt: skip
+    try:  # during a run the data settings fill fastText's header
+        trainer = module.trainer
+    except RuntimeError:  # not attached to a trainer
+        trainer = None
+    data = trainer.datamodule.hparams if trainer is not None and trainer.datamodule is not None else {}
+    settings = {"window": data.get("window", 5), "negative": data.get("negatives", 5), "sample": data.get("sample", 1e-4),
+                "min_count": data.get("min_count", 5), "epochs": trainer.max_epochs if trainer is not None else 5}  # fmt: skip
+    outputs = net.outside_embed.weight.detach().float().cpu()
+    model = write_atomically(Path(output_dir) / "fasttext.bin", lambda p: vectors.save_facebook_format(p, outputs, **settings))
+    return vectors, [*export(vectors, vocab, output_dir, text, binary), model]
 
 
 def export(vectors: WordVectors, vocab: Vocabulary, output_dir: str | Path, text: bool = True, binary: bool = True) -> list[Path]:
@@ -58,6 +73,7 @@ def export(vectors: WordVectors, vocab: Vocabulary, output_dir: str | Path, text
 
 
 VECTORS_KEY = "net.center_embed.weight"  # the word vectors, in a checkpoint's state_dict
+NGRAMS_KEY = "net.ngram_embed.weight"  # a subword model's n-gram table
 DATA_KEY = "Word2VecDataModule"  # the data module's state: the vocabulary and the batch settings
 
 

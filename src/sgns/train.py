@@ -95,7 +95,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if checkpoint is not None and (words := checkpoint[DATA_KEY]["words"]) != corpus.vocab.words:
         raise Word2VecError(f"checkpoint {ckpt_path} was trained on a different vocabulary ({len(words):,} words) "
                             f"than this corpus and config give ({len(corpus.vocab):,} words)")  # fmt: skip
-    model.build(len(corpus.vocab))
+    model.build(len(corpus.vocab), corpus.vocab.words)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from sgns.errors import UnknownWordError, Word2VecError, check
+from sgns.subwords import ngram_rows, word_ngram_rows
 
 
 class WordVectors:
@@ -52,9 +54,14 @@ class WordVectors:
     def vector_size(self) -> int:
         return self.vectors.shape[1]
 
+    def _queries(self, words: list[str]) -> tuple[np.ndarray, list[int]]:
+        """Unit vectors of ``words`` [n, d], and their vocabulary rows (left out of answers)."""
+        ids = [self.index(w) for w in words]
+        return self.unit(ids), ids
+
     def similarity(self, a: str, b: str) -> float:
         """Cosine similarity of two words."""
-        a_unit, b_unit = self.unit([self.index(a), self.index(b)])
+        a_unit, b_unit = self._queries([a, b])[0]
         return float(a_unit @ b_unit)
 
     def most_similar(
@@ -64,9 +71,9 @@ class WordVectors:
         positive = [positive] if isinstance(positive, str) else list(positive)
         negative = [negative] if isinstance(negative, str) else list(negative)
         check(bool(positive or negative), "most_similar needs at least one word")
-        ids = [self.index(w) for w in positive + negative]
+        units, ids = self._queries(positive + negative)
         weights = np.array([1.0] * len(positive) + [-1.0] * len(negative), dtype=np.float32)
-        query = weights @ self.unit(ids) / len(ids)
+        query = weights @ units / len(units)
         query /= max(np.linalg.norm(query), 1e-12)
         sims = self.vectors @ query / self.norms  # cosines: unit_rows of every row, without a [V, d] copy
         sims[ids] = -np.inf
@@ -77,7 +84,7 @@ class WordVectors:
         """The word furthest (by cosine) from the mean of the others' unit vectors, as gensim."""
         words = list(words)
         check(len(words) >= 2, "doesnt_match needs at least two words")
-        unit = self.unit([self.index(w) for w in words])
+        unit = self._queries(words)[0]
         return words[int(np.argmin(unit @ unit.mean(axis=0)))]
 
     # -- word2vec formats ----------------------------------------------------------------------
@@ -136,6 +143,99 @@ class WordVectors:
         except (ValueError, UnicodeDecodeError) as exc:
             raise Word2VecError(f"{path}: not a {'binary' if binary else 'text'} word2vec file ({exc})") from None
         return cls(words, vectors, source=str(path))
+
+
+class SubwordVectors(WordVectors):
+    """A subword model's vectors (``model=fasttext``): the vocabulary's rows, and for any other
+    string the mean of its character n-gram rows (fastText's and gensim's rule), so every query
+    method answers for words never seen. Stored in fastText's own ``.bin`` format (through gensim's
+    writer and reader): fastText, gensim's ``load_facebook_model`` and we read the same file."""
+
+    def __init__(self, words: Sequence[str], vectors: np.ndarray | torch.Tensor, ngram_vectors: np.ndarray | torch.Tensor,
+                 min_n: int, max_n: int, counts: Sequence[int] | None = None, source: str = "vectors",
+                 word_rows: np.ndarray | torch.Tensor | None = None):  # fmt: skip
+        super().__init__(words, vectors, counts, source)
+        self._word_rows = None if word_rows is None else np.ascontiguousarray(torch.as_tensor(word_rows).float().numpy())
+        self.ngram_vectors = np.ascontiguousarray(torch.as_tensor(ngram_vectors).float().numpy())
+        check(self.ngram_vectors.ndim == 2 and self.ngram_vectors.shape[1] == self.vector_size and len(self.ngram_vectors),
+              f"{source}: the n-gram table must have rows of the vectors' size")  # fmt: skip
+        self.min_n, self.max_n = min_n, max_n
+
+    @classmethod
+    def from_rows(cls, words: Sequence[str], word_rows: torch.Tensor, ngram_vectors: torch.Tensor, min_n: int, max_n: int,
+                  counts: Sequence[int] | None = None, source: str = "vectors") -> "SubwordVectors":  # fmt: skip
+        """From a model's tables: each vocabulary word's vector is the mean of its row and its n-gram rows."""
+        offsets, rows = (torch.from_numpy(a) for a in ngram_rows(words, min_n, max_n, len(ngram_vectors)))
+        counts_n = offsets.diff()
+        sums = torch.nn.functional.embedding_bag(rows, ngram_vectors.float(), offsets[:-1], mode="sum")
+        vectors = (word_rows.float() + sums) / (counts_n + 1).unsqueeze(1).float()
+        return cls(words, vectors, ngram_vectors, min_n, max_n, counts, source, word_rows)
+
+    @property
+    def buckets(self) -> int:
+        return len(self.ngram_vectors)
+
+    def get_vector(self, word: str) -> np.ndarray:
+        """The word's row if it is in the vocabulary, else the mean of its n-gram rows."""
+        if word in self.key_to_index:
+            return self.vectors[self.key_to_index[word]]
+        rows = word_ngram_rows(word, self.min_n, self.max_n, self.buckets)
+        if not len(rows):
+            raise UnknownWordError(f"word {word!r} is not in the vocabulary and has no {self.min_n}..{self.max_n}-character n-grams")
+        return self.ngram_vectors[rows].mean(axis=0)
+
+    __getitem__ = get_vector
+
+    def _queries(self, words: list[str]) -> tuple[np.ndarray, list[int]]:
+        vectors = torch.from_numpy(np.stack([self.get_vector(w) for w in words]))
+        return unit_rows(vectors).numpy(), [self.key_to_index[w] for w in words if w in self.key_to_index]
+
+    def save_facebook_format(self, path: str | Path, outputs: np.ndarray | torch.Tensor | None = None, **settings) -> None:
+        """fastText's ``.bin``: the vocabulary with counts, the word rows (before the n-grams are
+        averaged in), the n-gram table and ``outputs`` (the output vectors; zeros if not given).
+        ``settings`` (window, negative, sample, min_count, epochs) fill fastText's header."""
+        from gensim.models.fasttext import FastTextKeyedVectors, save_facebook_model
+
+        kv = FastTextKeyedVectors(self.vector_size, self.min_n, self.max_n, self.buckets)
+        kv.index_to_key, kv.key_to_index = list(self.words), dict(self.key_to_index)
+        counts = self.counts if self.counts is not None else np.ones(len(self), dtype=np.int64)
+        kv.allocate_vecattrs(attrs=["count"], types=[np.int64])
+        kv.expandos["count"][:] = counts
+        kv.vectors_vocab, kv.vectors_ngrams = self.word_rows(), self.ngram_vectors
+        model = SimpleNamespace(wv=kv, vector_size=self.vector_size, hs=0, sg=1, syn1neg=np.zeros_like(self.vectors) if outputs is None
+                                else np.ascontiguousarray(torch.as_tensor(outputs).float().numpy()), corpus_total_words=int(counts.sum()),
+                                **{"epochs": 5, "window": 5, "negative": 5, "sample": 1e-4, "min_count": 5} | settings)  # fmt: skip
+        save_facebook_model(model, str(path))
+
+    def word_rows(self) -> np.ndarray:
+        """The vocabulary words' own rows (given, or v_w = (1 + n) h_w - Σ_g z_g, inverting the mean)."""
+        if self._word_rows is not None:
+            return self._word_rows
+        offsets, rows = ngram_rows(self.words, self.min_n, self.max_n, self.buckets)
+        counts = np.diff(offsets)
+        sums = torch.zeros(len(self), self.vector_size).index_add_(
+            0, torch.from_numpy(np.repeat(np.arange(len(self)), counts)), torch.from_numpy(self.ngram_vectors[rows]))
+        return (torch.from_numpy(self.vectors) * torch.from_numpy(counts + 1).unsqueeze(1).float() - sums).numpy()
+
+    @classmethod
+    def load_facebook_format(cls, path: str | Path) -> "SubwordVectors":
+        """A fastText ``.bin`` model (ours, fastText's or gensim's), read by gensim."""
+        from gensim.models.fasttext import load_facebook_vectors
+
+        try:
+            kv = load_facebook_vectors(str(path))
+        except Exception as exc:
+            raise Word2VecError(f"{path}: not a readable fastText model ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        counts = [kv.get_vecattr(w, "count") for w in kv.index_to_key]
+        return cls(kv.index_to_key, kv.vectors, kv.vectors_ngrams, kv.min_n, kv.max_n, counts, str(path), kv.vectors_vocab)
+
+
+FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")  # the first four bytes of a fastText .bin
+
+
+def is_facebook_format(path: str | Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == FASTTEXT_MAGIC
 
 
 def unit_rows(vectors: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Model families: each a file holding its network, its loss and its closed-form row gradients.
 
 - ``skipgram.SkipGram``: skip-gram with negative sampling (gensim ``sg=1``), the default;
-- ``cbow.CBOW``: continuous bag of words with negative sampling (gensim ``sg=0``).
+- ``cbow.CBOW``: continuous bag of words with negative sampling (gensim ``sg=0``);
+- ``fasttext.FastText``: skip-gram over a word and its character n-grams (gensim ``FastText``, sg=1).
 
 A new family is one file here (a ``base.WordModel``: ``example``, ``loss``, ``row_gradients``)
 and one config in ``conf/model/``; ``docs/design.md`` lists what it implements.
@@ -9,6 +10,7 @@ and one config in ``conf/model/``; ``docs/design.md`` lists what it implements.
 
 from sgns.models.base import Batch, WordModel
 from sgns.models.cbow import CBOW
+from sgns.models.fasttext import FastText
 from sgns.models.skipgram import SkipGram
 
-__all__ = ["Batch", "CBOW", "SkipGram", "WordModel"]
+__all__ = ["Batch", "CBOW", "FastText", "SkipGram", "WordModel"]

@@ -103,7 +103,7 @@ CASES = [
     (["model.alpha=nan", "data.path={in}/missing.txt"], "model.alpha must be a finite number > 0"),
     (["model.alpha=0"], "model.alpha must be a finite number > 0"),
     (["model.alpha=fast"], "model.alpha must be a finite number > 0"),
-    (["model.min_alpha=0.5"], "model.min_alpha must be a finite number >= 0 and <= 0.035"),
+    (["model.min_alpha=0.5"], "model.min_alpha must be a finite number >= 0 and <= 0.025"),
     (["model/optimizer=sparse_adam", "model.optimizer.lr=-1"], "model.optimizer.lr must be a finite number > 0"),
     (["model=cbow", "model.net.cbow_mean=maybe"], "model.net.cbow_mean must be true or false"),
     (["model=glove"], "Could not find 'model/glove'; choose one of: cbow, fasttext, skipgram"),
@@ -126,7 +126,7 @@ CASES = [
     (["ckpt_path={in}/run/last.ckpt", "model=cbow"], "trained with model.net='SkipGram' but this run has model.net='CBOW'"),
     (["ckpt_path={in}/run/last.ckpt", "data.batch_size=128"], "trained with data.batch_size=64 but this run has data.batch_size=128"),
     (["ckpt_path={in}/run/last.ckpt", "data.window=3"], "trained with data.window=5 but this run has data.window=3"),
-    (["ckpt_path={in}/run/last.ckpt", "model.alpha=0.05"], "trained with model.alpha=0.035"),
+    (["ckpt_path={in}/run/last.ckpt", "model.alpha=0.05"], "trained with model.alpha=0.025"),
     (["ckpt_path={in}/run/last.ckpt", "model/optimizer=sparse_adam"], "trained with model.optimizer='SGD'"),
     # evaluation and callbacks
     (["callbacks.word_vectors.analogies=[{in}/missing.txt]"], "evaluation file not found"),

@@ -67,7 +67,7 @@ class Word2VecModule(L.LightningModule):
 
     DIVERGED = 2.0  # × (1 + k) ln 2: a model that scores worse than knowing nothing has diverged
 
-    def __init__(self, net: NetFactory, optimizer: OptimizerFactory, alpha: float = 0.035, min_alpha: float = 0.0001,
+    def __init__(self, net: NetFactory, optimizer: OptimizerFactory, alpha: float = 0.025, min_alpha: float = 0.0001,
                  fused: bool = True, vocab_size: int | None = None, words: Sequence[str] | None = None):  # fmt: skip
         super().__init__()
         check_number("model.alpha", alpha, 0, low_open=True)

@@ -192,7 +192,7 @@ class Word2VecModule(L.LightningModule):
         if not math.isfinite(value) or value > self.DIVERGED * untrained:
             raise Diverged(
                 f"training diverged: loss {value:.4g} at step {self.global_step} (untrained: {untrained:.4f}); "
-                "stopping before the update (the last checkpoint is kept). Lower model.alpha."
+                "stopping before the update (the last checkpoint is kept). Lower model.alpha or data.update_size."
             )
         return loss
 
@@ -279,7 +279,7 @@ class Word2VecModule(L.LightningModule):
         for name, table in self.net.named_parameters():
             if not torch.isfinite(table).all():
                 raise Diverged(f"{name} holds NaN/inf at step {self.global_step}; not saving a checkpoint "
-                                    "(the last one is kept). Lower model.alpha.")  # fmt: skip
+                                    "(the last one is kept). Lower model.alpha or data.update_size.")  # fmt: skip
         checkpoint["resume_settings"] = self.resume_settings()
 
     @torch.no_grad()

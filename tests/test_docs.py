@@ -16,7 +16,7 @@ KEY = re.compile(r"(?<![\w.$/])((?:data|model|trainer|callbacks)\.[a-z_]+(?:\.[a
 @pytest.mark.parametrize("page", ["README.md", "docs/configuration.md", "docs/fidelity.md", "docs/reliability.md"])
 def test_every_key_the_docs_name_exists(tmp_path, page):
     configs = [compose_train(tmp_path, ["data=text_file", "data.path=x", *choice])
-               for choice in (["model=skipgram"], ["model=cbow"], ["model/optimizer=sparse_adam"], ["trainer=ddp"])]  # fmt: skip
+               for choice in (["model=skipgram"], ["model=cbow"], ["model=fasttext"], ["model/optimizer=sparse_adam"], ["trainer=ddp"])]  # fmt: skip
     text = (ROOT / page).read_text()
     keys = set(KEY.findall(text))
     group = None  # the reference's tables: a section per group, its keys in the first column

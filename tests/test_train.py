@@ -29,14 +29,15 @@ def _defaults(cls) -> dict:
     return {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not inspect.Parameter.empty}
 
 
-@pytest.mark.parametrize("group", ["data", "model", "model.net"])
-def test_python_defaults_equal_the_yaml_defaults(tmp_path, group):
-    """Every default a class declares is the one its config gives (conf/data/lee.yaml, conf/model/skipgram.yaml)."""
-    cfg = OmegaConf.select(compose_train(tmp_path), group)
+@pytest.mark.parametrize("group, overrides", [("data", []), ("model", []), ("model.net", []), ("model.net", ["model=cbow"]),
+                                              ("model.net", ["model=fasttext"])])  # fmt: skip
+def test_python_defaults_equal_the_yaml_defaults(tmp_path, group, overrides):
+    """Every default a class declares is the one its config gives (conf/data/lee.yaml, conf/model/*.yaml)."""
+    cfg = OmegaConf.select(compose_train(tmp_path, overrides), group)
     declared = _defaults(hydra.utils.get_class(cfg._target_))
     shared = {k: v for k, v in declared.items() if k in cfg and not OmegaConf.is_interpolation(cfg, k)}
     assert shared and {k: cfg[k] for k in shared} == shared
-    assert set(declared) - set(cfg) <= {"vocab_size", "sparse"}  # given by the code, not by the config
+    assert set(declared) - set(cfg) <= {"vocab_size", "sparse", "words"}  # given by the code, not by the config
 
 
 def test_the_search_space_holds_every_default(tmp_path):

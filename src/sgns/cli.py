@@ -39,8 +39,8 @@ def load_vectors(path: str | Path) -> WordVectors:
     check(len(vocab["words"]) == len(weights), f"{path}: vocabulary and weights disagree")
     if NGRAMS_KEY in checkpoint["state_dict"]:  # a subword model: its vectors are means with the n-gram rows
         settings = checkpoint.get("resume_settings", {})
-        return SubwordVectors.from_rows(vocab["words"], weights, checkpoint["state_dict"][NGRAMS_KEY], settings.get("model.net.min_n", 3),
-                                        settings.get("model.net.max_n", 6), vocab["counts"], str(path))  # fmt: skip
+        return SubwordVectors(vocab["words"], weights, checkpoint["state_dict"][NGRAMS_KEY], settings.get("model.net.min_n", 3),
+                              settings.get("model.net.max_n", 6), vocab["counts"], str(path))  # fmt: skip
     return WordVectors(vocab["words"], weights, vocab["counts"], source=str(path))
 
 

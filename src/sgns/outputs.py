@@ -47,8 +47,8 @@ def export_run(module, vocab: Vocabulary, output_dir: str | Path, text: bool = T
     if not hasattr(net, "ngram_vectors"):
         vectors = WordVectors(vocab.words, module.word_vectors(), vocab.counts)
         return vectors, export(vectors, vocab, output_dir, text, binary)
-    vectors = SubwordVectors(vocab.words, module.word_vectors(), net.ngram_vectors().float().cpu(), net.min_n, net.max_n,
-                             vocab.counts, word_rows=net.center_embed.weight.detach().float().cpu())  # fmt: skip
+    vectors = SubwordVectors(vocab.words, net.center_embed.weight.detach().float().cpu(), net.ngram_vectors().float().cpu(),
+                             net.min_n, net.max_n, vocab.counts)  # fmt: skip
     try:  # during a run the data settings fill fastText's header
         trainer = module.trainer
     except RuntimeError:  # not attached to a trainer

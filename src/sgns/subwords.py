@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 FNV_OFFSET, FNV_PRIME = np.uint32(2166136261), np.uint32(16777619)
 
@@ -57,3 +59,10 @@ def ngram_rows(words: Sequence[str], min_n: int = 3, max_n: int = 6, buckets: in
 def word_ngram_rows(word: str, min_n: int, max_n: int, buckets: int) -> np.ndarray:
     """One word's n-gram rows (for a word outside the vocabulary)."""
     return ngram_rows([word], min_n, max_n, buckets)[1]
+
+
+def mean_vectors(word_rows: torch.Tensor, ngram_table: torch.Tensor, rows: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Each word's vector [N, d]: the mean of its own row (``word_rows`` [N, d]) and its n-gram rows,
+    ``count`` [N] of them, flat in ``rows`` [E] (one ``embedding_bag``, no [E, d] temporary)."""
+    sums = F.embedding_bag(rows, ngram_table, torch.cumsum(count, 0) - count, mode="sum")
+    return (sums + word_rows) / (count + 1).unsqueeze(1).to(sums.dtype)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from sgns.errors import UnknownWordError, Word2VecError, check
-from sgns.subwords import ngram_rows, word_ngram_rows
+from sgns.subwords import mean_vectors, ngram_rows, word_ngram_rows
 
 
 class WordVectors:
@@ -151,25 +151,18 @@ class SubwordVectors(WordVectors):
     method answers for words never seen. Stored in fastText's own ``.bin`` format (through gensim's
     writer and reader): fastText, gensim's ``load_facebook_model`` and we read the same file."""
 
-    def __init__(self, words: Sequence[str], vectors: np.ndarray | torch.Tensor, ngram_vectors: np.ndarray | torch.Tensor,
-                 min_n: int, max_n: int, counts: Sequence[int] | None = None, source: str = "vectors",
-                 word_rows: np.ndarray | torch.Tensor | None = None):  # fmt: skip
-        super().__init__(words, vectors, counts, source)
-        self._word_rows = None if word_rows is None else np.ascontiguousarray(torch.as_tensor(word_rows).float().numpy())
-        self.ngram_vectors = np.ascontiguousarray(torch.as_tensor(ngram_vectors).float().numpy())
-        check(self.ngram_vectors.ndim == 2 and self.ngram_vectors.shape[1] == self.vector_size and len(self.ngram_vectors),
+    def __init__(self, words: Sequence[str], word_rows: np.ndarray | torch.Tensor, ngram_vectors: np.ndarray | torch.Tensor,
+                 min_n: int, max_n: int, counts: Sequence[int] | None = None, source: str = "vectors"):  # fmt: skip
+        """From a model's tables: the words' own rows [V, d] and the n-gram table [buckets, d]; each
+        vocabulary word's vector is the mean of its row and its n-gram rows."""
+        word_rows, ngram_table = (torch.as_tensor(t).float() for t in (word_rows, ngram_vectors))
+        check(ngram_table.ndim == 2 and ngram_table.shape[1:] == word_rows.shape[1:] and len(ngram_table),
               f"{source}: the n-gram table must have rows of the vectors' size")  # fmt: skip
+        offsets, rows = (torch.from_numpy(a) for a in ngram_rows(words, min_n, max_n, len(ngram_table)))
+        super().__init__(words, mean_vectors(word_rows, ngram_table, rows, offsets.diff()), counts, source)
+        self.word_rows = np.ascontiguousarray(word_rows.numpy())  # what fastText's .bin stores
+        self.ngram_vectors = np.ascontiguousarray(ngram_table.numpy())
         self.min_n, self.max_n = min_n, max_n
-
-    @classmethod
-    def from_rows(cls, words: Sequence[str], word_rows: torch.Tensor, ngram_vectors: torch.Tensor, min_n: int, max_n: int,
-                  counts: Sequence[int] | None = None, source: str = "vectors") -> "SubwordVectors":  # fmt: skip
-        """From a model's tables: each vocabulary word's vector is the mean of its row and its n-gram rows."""
-        offsets, rows = (torch.from_numpy(a) for a in ngram_rows(words, min_n, max_n, len(ngram_vectors)))
-        counts_n = offsets.diff()
-        sums = torch.nn.functional.embedding_bag(rows, ngram_vectors.float(), offsets[:-1], mode="sum")
-        vectors = (word_rows.float() + sums) / (counts_n + 1).unsqueeze(1).float()
-        return cls(words, vectors, ngram_vectors, min_n, max_n, counts, source, word_rows)
 
     @property
     def buckets(self) -> int:
@@ -201,21 +194,11 @@ class SubwordVectors(WordVectors):
         counts = self.counts if self.counts is not None else np.ones(len(self), dtype=np.int64)
         kv.allocate_vecattrs(attrs=["count"], types=[np.int64])
         kv.expandos["count"][:] = counts
-        kv.vectors_vocab, kv.vectors_ngrams = self.word_rows(), self.ngram_vectors
+        kv.vectors_vocab, kv.vectors_ngrams = self.word_rows, self.ngram_vectors
         model = SimpleNamespace(wv=kv, vector_size=self.vector_size, hs=0, sg=1, syn1neg=np.zeros_like(self.vectors) if outputs is None
                                 else np.ascontiguousarray(torch.as_tensor(outputs).float().numpy()), corpus_total_words=int(counts.sum()),
                                 **{"epochs": 5, "window": 5, "negative": 5, "sample": 1e-4, "min_count": 5} | settings)  # fmt: skip
         save_facebook_model(model, str(path))
-
-    def word_rows(self) -> np.ndarray:
-        """The vocabulary words' own rows (given, or v_w = (1 + n) h_w - Σ_g z_g, inverting the mean)."""
-        if self._word_rows is not None:
-            return self._word_rows
-        offsets, rows = ngram_rows(self.words, self.min_n, self.max_n, self.buckets)
-        counts = np.diff(offsets)
-        sums = torch.zeros(len(self), self.vector_size).index_add_(
-            0, torch.from_numpy(np.repeat(np.arange(len(self)), counts)), torch.from_numpy(self.ngram_vectors[rows]))
-        return (torch.from_numpy(self.vectors) * torch.from_numpy(counts + 1).unsqueeze(1).float() - sums).numpy()
 
     @classmethod
     def load_facebook_format(cls, path: str | Path) -> "SubwordVectors":
@@ -227,7 +210,7 @@ class SubwordVectors(WordVectors):
         except Exception as exc:
             raise Word2VecError(f"{path}: not a readable fastText model ({type(exc).__name__}: {exc})".splitlines()[0]) from None
         counts = [kv.get_vecattr(w, "count") for w in kv.index_to_key]
-        return cls(kv.index_to_key, kv.vectors, kv.vectors_ngrams, kv.min_n, kv.max_n, counts, str(path), kv.vectors_vocab)
+        return cls(kv.index_to_key, kv.vectors_vocab, kv.vectors_ngrams, kv.min_n, kv.max_n, counts, str(path))
 
 
 FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")  # the first four bytes of a fastText .bin

@@ -18,12 +18,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sgns.errors import check, check_int
 from sgns.models.base import Batch, Update, WordModel, negative_sampling, negative_scores, sgns_loss
-from sgns.subwords import ngram_rows
+from sgns.subwords import mean_vectors, ngram_rows
 
 
 class FastText(WordModel):
@@ -68,9 +67,7 @@ class FastText(WordModel):
     def _inputs(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """h [N, d] of ``words`` [N] (one ``embedding_bag`` over their n-grams), their n-gram rows and counts."""
         rows, count = self._ngrams(words)
-        offsets = torch.cumsum(count, 0) - count
-        total = F.embedding_bag(rows, self.ngram_embed.weight, offsets, mode="sum") + self.center_embed.weight[words]
-        return total / (count + 1).unsqueeze(1).to(total.dtype), rows, count
+        return mean_vectors(self.center_embed.weight[words], self.ngram_embed.weight, rows, count), rows, count
 
     @torch.no_grad()
     def row_gradients(self, batch: Batch, scale: float = 1.0, with_loss: bool = True) -> tuple[torch.Tensor | None, list[Update]]:

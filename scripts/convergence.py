@@ -2,6 +2,7 @@
 
     python scripts/convergence.py                              # skip-gram, 1 and 3 epochs, seeds 1 and 2
     python scripts/convergence.py --epochs 3 --ours-only -- data.shared_negatives=0   # an ablation of ours
+    python scripts/convergence.py --models fasttext --seeds 1 -- data.update_size=1024  # subwords, + rare words
 
 Each (epochs, seed) is one run of ``compare_gensim.py`` (both sides in their own processes, the
 order alternating, the same evaluation of both vector files: analogy over the 30,000 most
@@ -22,7 +23,7 @@ from statistics import mean
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_gensim import (  # noqa: E402
-    DEFAULT_CORPUS, ROOT, build_parser, evaluate, ours_command, run_dir, run_measured, write_slice)
+    DEFAULT_CORPUS, ROOT, build_parser, evaluate, ours_command, rare_word_pairs, rare_word_score, run_dir, run_measured, write_slice)
 
 SCORES = ("analogy", "ws353", "simlex")
 
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=0, help="first N tokens; 0 = all")
     parser.add_argument("--epochs", default="1,3", help="comma-separated epoch counts")
     parser.add_argument("--seeds", default="1,2", help="comma-separated seeds")
-    parser.add_argument("--models", default="skipgram", help="comma-separated: skipgram, cbow")
+    parser.add_argument("--models", default="skipgram", help="comma-separated: skipgram, cbow, fasttext")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "convergence")
     parser.add_argument("--ours-only", action="store_true", help="train and score ours alone")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for our trainer (after --)")
@@ -67,28 +68,36 @@ def main() -> None:
             for row in json.loads((out / "results.json").read_text())["runs"]:
                 runs.append({**row, "epochs": epochs, "seed": seed})
     print(f"\ncorpus: {corpus} ({tokens:,} tokens); ours: {' '.join(args.overrides) or 'defaults'}\n")
-    print("| model | epochs | seed | side | train s | analogy@30k | WS353 ρ | SimLex ρ |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | epochs | seed | side | train s | analogy@30k | WS353 ρ | SimLex ρ | rare@10 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(f"| {r['model']} | {r['epochs']} | {r['seed']} | {r['name']} | {r['train_s']:.1f} | {100 * r['analogy']:.1f} % | "
-              f"{r['ws353']:.3f} | {r['simlex']:.3f} |")  # fmt: skip
+              f"{r['ws353']:.3f} | {r['simlex']:.3f} | {rare(r)} |")  # fmt: skip
     print("\nmean over seeds:\n")
-    print("| model | epochs | side | train s | analogy@30k | WS353 ρ | SimLex ρ | ours/gensim words/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | epochs | side | train s | analogy@30k | WS353 ρ | SimLex ρ | rare@10 | ours/gensim words/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for model, epochs in dict.fromkeys((r["model"], r["epochs"]) for r in runs):
         sides = {name: [r for r in runs if (r["model"], r["epochs"], r["name"]) == (model, epochs, name)] for name in ("ours", "gensim")}
-        means = {name: {k: mean(r[k] for r in rows) for k in ("train_s", *SCORES)} for name, rows in sides.items() if rows}
+        keys = ("train_s", *SCORES, *(("rare@10",) if model == "fasttext" else ()))
+        means = {name: {k: mean(r[k] for r in rows) for k in keys} for name, rows in sides.items() if rows}
         if not sides["gensim"]:
             m = means["ours"]
-            print(f"| {model} | {epochs} | ours | {m['train_s']:.1f} | {100 * m['analogy']:.2f} % | {m['ws353']:.3f} | {m['simlex']:.3f} | |")
+            print(f"| {model} | {epochs} | ours | {m['train_s']:.1f} | {100 * m['analogy']:.2f} % | {m['ws353']:.3f} | {m['simlex']:.3f} | "
+                  f"{rare(m)} | |")  # fmt: skip
             continue
         speed = mean(g["train_s"] / o["train_s"] for o, g in zip(sides["ours"], sides["gensim"]))  # within each seed's run
         for name, m in means.items():
             print(f"| {model} | {epochs} | {name} | {m['train_s']:.1f} | {100 * m['analogy']:.2f} % | {m['ws353']:.3f} | "
-                  f"{m['simlex']:.3f} | {f'{speed:.2f}' if name == 'ours' else ''} |")  # fmt: skip
-        diff = {k: means["ours"][k] - means["gensim"][k] for k in SCORES}
+                  f"{m['simlex']:.3f} | {rare(m)} | {f'{speed:.2f}' if name == 'ours' else ''} |")  # fmt: skip
+        diff = {k: means["ours"][k] - means["gensim"][k] for k in keys[1:]}
+        rare_diff = f"{100 * diff['rare@10']:+.1f} points" if "rare@10" in diff else ""
         print(f"| {model} | {epochs} | ours - gensim | | {100 * diff['analogy']:+.2f} points | {diff['ws353']:+.3f} | "
-              f"{diff['simlex']:+.3f} | |")  # fmt: skip
+              f"{diff['simlex']:+.3f} | {rare_diff} | |")  # fmt: skip
+
+
+def rare(row: dict) -> str:
+    """The rare-word score (subword family only), or blank."""
+    return f"{100 * row['rare@10']:.1f} %" if "rare@10" in row else ""
 
 
 def ours_alone(args: argparse.Namespace, corpus: Path, out: Path, model: str, epochs: int, seed: int) -> dict:
@@ -100,7 +109,10 @@ def ours_alone(args: argparse.Namespace, corpus: Path, out: Path, model: str, ep
         sys.exit(f"ours failed (exit {code}); see {target / 'log.txt'}")
     metrics = json.loads((target / "metrics.json").read_text())
     print(f"  ours {model}, {epochs} epoch(s), seed {seed}: train {metrics['train_s']:.1f} s", flush=True)
-    return {"name": "ours", "model": model, "train_s": metrics["train_s"], **evaluate(target / "vectors.bin")}
+    scores = evaluate(target / "vectors.bin")
+    if model == "fasttext":
+        scores["rare@10"] = rare_word_score(target / "fasttext.bin", rare_word_pairs(corpus, settings.min_count))
+    return {"name": "ours", "model": model, "train_s": metrics["train_s"], **scores}
 
 
 if __name__ == "__main__":

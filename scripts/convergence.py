@@ -2,7 +2,7 @@
 
     python scripts/convergence.py                              # skip-gram, 1 and 3 epochs, seeds 1 and 2
     python scripts/convergence.py --epochs 3 --ours-only -- data.shared_negatives=0   # an ablation of ours
-    python scripts/convergence.py --models fasttext --seeds 1 -- data.update_size=1024  # subwords, + rare words
+    python scripts/convergence.py --models fasttext --seeds 1  # subwords, + rare words
 
 Each (epochs, seed) is one run of ``compare_gensim.py`` (both sides in their own processes, the
 order alternating, the same evaluation of both vector files: analogy over the 30,000 most

@@ -2,6 +2,7 @@
 its fastText ``.bin`` round-trips through gensim with the same vectors for every word (in and out
 of the vocabulary), the CLI answers for unseen words, and evaluation scores their pairs apart."""
 
+import logging
 import random
 
 import numpy as np
@@ -12,6 +13,7 @@ from scipy.stats import spearmanr
 from conftest import compose_train
 from sgns.cli import load_vectors, main
 from sgns.evaluation import evaluate_word_pairs
+from sgns.models.fasttext import FastText
 from sgns.train import train
 from sgns.vectors import SubwordVectors
 
@@ -96,3 +98,20 @@ def test_word_pairs_with_unknown_words_are_scored_apart(run, tmp_path):
     cosine = [vectors.similarity(a, b) for a, b, _ in rows]  # every pair, unknown words from their n-grams
     assert scored.spearman == plain.spearman
     assert scored.spearman_with_oov == pytest.approx(spearmanr(cosine, [s for _, _, s in rows]).statistic, abs=1e-6)
+
+
+def test_updates_keep_to_the_familys_limit(run, tmp_path, monkeypatch, caplog):
+    """data.update_size above the subword family's 1,024 pairs is lowered, and said so: its
+    n-gram rows would sum too many pairs' gradients (they diverge at 4,096 on real corpora)."""
+    sizes = []
+    step = FastText.row_gradients
+    monkeypatch.setattr(FastText, "row_gradients", lambda self, batch, *a, **k: (sizes.append(len(batch)), step(self, batch, *a, **k))[1])
+    out = run[0].parent
+    with caplog.at_level(logging.INFO, logger="sgns.data.datamodule"):
+        train(compose_train(tmp_path / "run", [
+            f"data.path={out / 'corpus.txt'}", "data.min_count=1", "data.sample=0", "data.batch_size=8192", "data.update_size=4096",
+            "model=fasttext", "model.net.buckets=2000", "model.net.embedding_dim=8", "trainer.max_epochs=1", "+trainer.max_steps=2",
+            "logger=none", "probe_words=[]", "data.val_fraction=0",
+        ]))  # fmt: skip
+    assert sizes and max(sizes) == 1024 and len(sizes) == 2 * 8, sizes
+    assert "data.update_size=4096 lowered to 1024" in caplog.text

@@ -101,6 +101,11 @@ class Word2VecModule(L.LightningModule):
         """What the data module must make for this family: "pairs" or "windows"."""
         return _unpack(self.net_factory)[0].example
 
+    @property
+    def max_update_size(self) -> int | None:
+        """The most pairs this family takes in one update (None: no limit); the data module keeps to it."""
+        return _unpack(self.net_factory)[0].max_update_size
+
     def build(self, vocab_size: int, words: Sequence[str] | None = None) -> None:
         """Make the tables once the vocabulary is known (the settings were checked at construction,
         before the corpus was read); a family that reads spellings (``needs_words``) gets the words."""

@@ -3,6 +3,7 @@ for the model family being trained. Hyperparameter names follow gensim's Word2Ve
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 from typing import Any, Callable
 
@@ -19,6 +20,8 @@ from sgns.data.sources import Source
 from sgns.data.tokenize import check_tokenizer
 from sgns.errors import Word2VecError, check, check_choice, check_int, check_number
 from sgns.lightning_internals import batches_done
+
+log = logging.getLogger(__name__)
 
 
 def _is_device(name: object) -> bool:
@@ -103,6 +106,7 @@ class Word2VecDataModule(L.LightningDataModule):
         self.save_hyperparameters(logger=False)
         self.corpus: PreparedCorpus | None = None
         self.example = "pairs"  # what the model trains on: "pairs" (skip-gram) or "windows" (CBOW)
+        self.update_size = update_size  # pairs per update: data.update_size, unless the family takes fewer
 
     # -- preparation ---------------------------------------------------------------------
     def prepare(self) -> PreparedCorpus:
@@ -125,7 +129,7 @@ class Word2VecDataModule(L.LightningDataModule):
     @property
     def updates_per_step(self) -> int:
         """Optimiser updates per Lightning step: ceil(batch_size / update_size)."""
-        return -(-self.hparams.batch_size // (self.hparams.update_size or self.hparams.batch_size))
+        return -(-self.hparams.batch_size // (self.update_size or self.hparams.batch_size))
 
     @cached_property
     def noise(self) -> AliasSampler:
@@ -138,7 +142,7 @@ class Word2VecDataModule(L.LightningDataModule):
     def _epochs(self, corpus, **overrides: Any) -> Epochs:
         h = self.hparams
         options = dict(window=h.window, negatives=h.negatives, shared_negatives=h.shared_negatives, batch_size=h.batch_size,
-                       update_size=h.update_size, chunk_tokens=h.chunk_tokens, seed=h.seed, pair_order=h.pair_order)  # fmt: skip
+                       update_size=self.update_size, chunk_tokens=h.chunk_tokens, seed=h.seed, pair_order=h.pair_order)  # fmt: skip
         return Epochs(corpus, self.keep_prob, self.noise, self.example, **{**options, **overrides})
 
     @cached_property
@@ -159,6 +163,7 @@ class Word2VecDataModule(L.LightningDataModule):
         device = self.hparams.device
         if self.trainer is not None:
             self.example = getattr(self.trainer.lightning_module, "example", self.example)
+            self.cap_update_size(getattr(self.trainer.lightning_module, "max_update_size", None))
             if device == "auto":  # batches are made where training runs
                 device = self.trainer.strategy.root_device
         self.train_set.set_device("cpu" if device == "auto" else device)
@@ -171,6 +176,14 @@ class Word2VecDataModule(L.LightningDataModule):
                                                                   f"2 x data.window={2 * h.window} words")  # fmt: skip
         check(self.train_set.pairs() > 0, f"{self.source.describe()} gives no (centre, context) pairs to train on: no "
                                           "line keeps two in-vocabulary words (lower data.min_count or data.sample?)")  # fmt: skip
+
+    def cap_update_size(self, most: int | None) -> None:
+        """Take updates of at most ``most`` pairs (a family's limit), saying so when that lowers
+        ``data.update_size``. Before the steps are first made."""
+        h = self.hparams
+        if most is not None and (self.update_size or h.batch_size) > most:
+            log.info("data.update_size=%s lowered to %d: the model takes updates of at most %d pairs", h.update_size, most, most)
+            self.update_size = most
 
     def train_dataloader(self) -> DataLoader:
         if self.trainer is not None:

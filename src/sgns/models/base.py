@@ -106,6 +106,7 @@ class WordModel(nn.Module):
     holds the output vectors. Initialised as word2vec.c and gensim do: inputs U(±0.5/d), outputs zero."""
 
     example = "pairs"  # what the data module makes for this family: "pairs" or "windows"
+    max_update_size: int | None = None  # the most pairs one update may hold (None: data.update_size decides)
 
     def __init__(self, vocab_size: int, embedding_dim: int = 100, sparse: bool = False):
         super().__init__()

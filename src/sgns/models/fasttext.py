@@ -28,6 +28,10 @@ from sgns.subwords import mean_vectors, ngram_rows
 class FastText(WordModel):
     example = "pairs"
     needs_words = True  # the n-gram rows come from the vocabulary's spellings
+    # An n-gram row is shared by every word that holds it, so an update sums the gradients of all
+    # its pairs on it where fastText applies them one at a time: 4,096-pair updates diverged at
+    # alpha 0.025 on the 10M-token benchmark slice, 1,024 beat gensim's analogy (docs/benchmarks.md)
+    max_update_size = 1024
 
     def __init__(self, vocab_size: int, embedding_dim: int = 100, words: Sequence[str] | None = None, min_n: int = 3,
                  max_n: int = 6, buckets: int = 2_000_000, sparse: bool = False):  # fmt: skip

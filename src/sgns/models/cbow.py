@@ -48,7 +48,7 @@ class CBOW(WordModel):
         temporary); every window word's row then receives its centre's dL/dh."""
         V, U = self.center_embed.weight, self.outside_embed.weight
         count = batch.mask.sum(dim=1)  # [B] words per window (at least one)
-        words = batch.context[batch.mask]  # [E] the window words, centre by centre
+        words = batch.context.masked_select(batch.mask)  # [E] the window words, centre by centre (one pass, no nonzero)
         offsets = torch.cumsum(count, 0) - count
         h = F.embedding_bag(words, V, offsets, mode="mean" if self.cbow_mean else "sum")  # [B, d]
         G, K = batch.negatives.shape

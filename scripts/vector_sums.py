@@ -32,7 +32,7 @@ def main() -> None:
         checkpoint = read_checkpoint(path)
         words = checkpoint[DATA_KEY]["words"]
         w, c = (checkpoint["state_dict"][key].float() for key in (VECTORS_KEY, OUTPUTS_KEY))
-        for name, vectors in [("w", w), ("w + c", w + c), ("w/|w| + c/|c|", F.normalize(w, dim=1) + F.normalize(c, dim=1))]:
+        for name, vectors in [("w", w), ("w + c", w + c), ("unit w + unit c", F.normalize(w, dim=1) + F.normalize(c, dim=1))]:
             analogy = evaluate_word_analogies(words, vectors, BENCHMARKS["analogy"], 30000).accuracy
             ws353, simlex = (evaluate_word_pairs(words, vectors, BENCHMARKS[k]).spearman for k in ("ws353", "simlex"))
             print(f"| {path} | {name} | {100 * analogy:.1f} % | {ws353:.3f} | {simlex:.3f} |", flush=True)

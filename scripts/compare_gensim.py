@@ -20,6 +20,7 @@ machine or a laptop doing something else.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import os
@@ -178,6 +179,7 @@ def evaluate(vectors: Path) -> dict[str, float]:
 SUFFIXES = ("s", "es", "ed", "ing", "er", "ers", "ly", "ness", "ment", "ism", "ist", "ists", "ation", "ations")
 
 
+@functools.cache  # convergence.py asks once per run; the corpus is read once
 def rare_word_pairs(corpus: Path, min_count: int, limit: int = 2000) -> list[tuple[str, str]]:
     """A rare-word test set from the corpus itself: (rare, frequent) pairs where the rare word is
     seen fewer than ``min_count`` times (outside both vocabularies) and is the frequent word (seen

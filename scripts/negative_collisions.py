@@ -23,6 +23,7 @@ from omegaconf import open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from sgns.data.sampling import noise_distribution  # noqa: E402
 
 
 def main() -> None:
@@ -42,8 +43,7 @@ def main() -> None:
     counts = np.asarray(data.vocab.counts, dtype=np.float64)
     context = counts * np.asarray(data.keep_prob, dtype=np.float64)
     context /= context.sum()
-    noise = counts ** data.hparams.ns_exponent
-    noise /= noise.sum()
+    noise = noise_distribution(counts, data.hparams.ns_exponent)
     # per positive word: the chance that at least one of k draws equals it, then over positives
     per_draw = float((context * noise).sum())
     per_pair = float((context * (1 - (1 - noise) ** args.negatives)).sum())

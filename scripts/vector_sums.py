@@ -16,9 +16,8 @@ from pathlib import Path
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from sgns.bundled import BENCHMARKS  # noqa: E402
 from sgns.cli import DATA_KEY, VECTORS_KEY, read_checkpoint  # noqa: E402
-from sgns.evaluation import evaluate_word_analogies, evaluate_word_pairs  # noqa: E402
+from sgns.evaluation import evaluate_all  # noqa: E402
 
 OUTPUTS_KEY = VECTORS_KEY.replace("center_embed", "outside_embed")
 
@@ -33,9 +32,8 @@ def main() -> None:
         words = checkpoint[DATA_KEY]["words"]
         w, c = (checkpoint["state_dict"][key].float() for key in (VECTORS_KEY, OUTPUTS_KEY))
         for name, vectors in [("w", w), ("w + c", w + c), ("unit w + unit c", F.normalize(w, dim=1) + F.normalize(c, dim=1))]:
-            analogy = evaluate_word_analogies(words, vectors, BENCHMARKS["analogy"], 30000).accuracy
-            ws353, simlex = (evaluate_word_pairs(words, vectors, BENCHMARKS[k]).spearman for k in ("ws353", "simlex"))
-            print(f"| {path} | {name} | {100 * analogy:.1f} % | {ws353:.3f} | {simlex:.3f} |", flush=True)
+            scores = evaluate_all(words, vectors)  # analogy@30k, WS353, SimLex: what training reports
+            print(f"| {path} | {name} | {100 * scores['analogy']:.1f} % | {scores['ws353']:.3f} | {scores['simlex']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

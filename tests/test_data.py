@@ -107,7 +107,7 @@ def test_steps_have_the_right_shapes_and_dtypes(planted):
     assert all(((t >= 0) & (t < vocab)).all() for step in steps for u in step for t in (u.center, u.context, u.negatives))
 
 
-@pytest.mark.parametrize("pair_order", ["sides", "pairs"])
+@pytest.mark.parametrize("pair_order", ["sides", "windows", "pairs"])
 def test_an_epoch_covers_every_pair_once_in_shuffled_order(planted, pair_order):
     path, _ = planted
     dm = _module(path, window=1, pair_order=pair_order)
@@ -144,13 +144,14 @@ def test_an_epoch_of_windows_holds_every_centre_once_with_its_window(planted):
     assert int(masks.sum()) == dm.train_set.pairs()  # the pairs of the windows, counted without making them
 
 
-@pytest.mark.parametrize("pair_order", ["sides", "pairs"])
-def test_pairs_come_side_by_side_or_one_by_one(planted, pair_order):
-    """sides: a side of a centre's window (reach 1..5: 3 pairs on average) is a run of one centre."""
+@pytest.mark.parametrize("pair_order, runs", [("sides", (2.5, 3.1)), ("windows", (4.5, 6.1)), ("pairs", (1, 1.2))])
+def test_pairs_come_side_by_side_window_by_window_or_one_by_one(planted, pair_order, runs):
+    """sides: a side of a centre's window (reach 1..5: 3 pairs on average) is a run of one centre;
+    windows: its whole window (6 on average, less in these 10-word sentences); pairs: runs of one."""
     path, _ = planted
     centres = _flat(_module(path, window=5, pair_order=pair_order).train_dataloader(), "center")
     mean_run = len(centres) / len(torch.unique_consecutive(centres))
-    assert mean_run > 2.5 if pair_order == "sides" else mean_run < 1.2
+    assert runs[0] < mean_run < runs[1]
 
 
 def test_epochs_are_reproducible_and_differ(planted):

@@ -101,23 +101,27 @@ def test_pair_count_equals_the_pairs_built_from_the_same_draws(n, window):
     assert skipgram_pair_count(sentence, window, torch.Generator().manual_seed(1)) == len(built)
 
 
-def test_pairs_by_side_are_the_same_pairs_side_by_side():
-    """by_side: the very pairs of the same reach draws; each side of a centre's window together,
-    left to right; the sides in a shuffled order."""
+@pytest.mark.parametrize("order", ["sides", "windows"])
+def test_pairs_by_side_or_by_window_are_the_same_pairs_together(order):
+    """sides / windows: the very pairs of the same reach draws; each side of a centre's window
+    (each whole window) together, left to right; the sides (windows) in a shuffled order."""
     n, window = 3000, 5
     tokens = torch.arange(n)  # ids are positions
     sentence = torch.sort(torch.randint(0, 30, (n,), generator=torch.Generator().manual_seed(0))).values
     plain = skipgram_pairs(tokens, sentence, window, torch.Generator().manual_seed(1))
-    centres, contexts = skipgram_pairs(tokens, sentence, window, torch.Generator().manual_seed(1), by_side=True)
+    centres, contexts = skipgram_pairs(tokens, sentence, window, torch.Generator().manual_seed(1), order)
     assert Counter(zip(centres.tolist(), contexts.tolist())) == Counter(zip(plain[0].tolist(), plain[1].tolist()))
-    side = torch.sign(contexts - centres)
+    side = torch.sign(contexts - centres) if order == "sides" else torch.zeros_like(centres)
     starts = torch.ones(len(centres), dtype=torch.bool)
     starts[1:] = (centres[1:] != centres[:-1]) | (side[1:] != side[:-1])
     run = torch.cumsum(starts, 0) - 1
-    assert int(run[-1]) + 1 == len(set(zip(centres.tolist(), side.tolist())))  # one run per side of a centre
+    assert int(run[-1]) + 1 == len(set(zip(centres.tolist(), side.tolist())))  # one run per side (window) of a centre
     count = torch.bincount(run)
-    assert (count <= window).all() and count.float().mean() > 0.9 * (window + 1) / 2  # about (window + 1) / 2 each
+    per_side = (window + 1) / 2  # a side's mean length (a window holds two, less at sentence ends)
+    assert (count <= window * (1 if order == "sides" else 2)).all()
+    assert 0.9 * per_side < count.float().mean() / (1 if order == "sides" else 2) <= per_side
     same_run = ~starts[1:]
-    assert (contexts[1:][same_run] - contexts[:-1][same_run] == 1).all()  # left to right, no gaps
+    step = contexts[1:][same_run] - contexts[:-1][same_run]
+    assert (step == 1).all() if order == "sides" else ((step == 1) | (step == 2)).all()  # left to right (over the centre)
     first = centres[starts]
     assert not torch.equal(first, first.sort().values)  # shuffled

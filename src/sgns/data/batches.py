@@ -4,7 +4,8 @@ Each epoch walks the corpus in chunks of whole sentences (in shuffled chunk orde
 subsampled, turned into examples with dynamic windows (``sampling.py``: (centre, context) pairs
 for skip-gram, a centre with its window for CBOW) and shuffled; skip-gram pairs either side by
 side (``pair_order=sides``: the sides of the chunk's windows in random order, each side's pairs
-together) or one by one (``pairs``). Steps and updates are measured in (centre, context) pairs
+together), window by window (``windows``: each centre's whole window together) or one by one
+(``pairs``). Steps and updates are measured in (centre, context) pairs
 for both families (a CBOW window counts its words): a Lightning step takes ``batch_size`` pairs
 and cuts them into optimiser updates of ``update_size``; each update carries its negatives: K shared by the
 update (``shared_negatives``), or k per example (``shared_negatives=0``), with the weight k/K.
@@ -66,7 +67,7 @@ class Epochs(IterableDataset):
         self.negatives, self.shared_negatives = negatives, shared_negatives
         self.batch_size, self.update_size = batch_size, update_size or batch_size
         self.seed, self.shuffle = seed, shuffle
-        self.by_side = shuffle and example == "pairs" and pair_order == "sides"
+        self.pair_order = pair_order if shuffle and example == "pairs" and pair_order != "pairs" else "plain"
         self.epoch = 0
         self.skip = 0  # steps of this epoch already trained (resume)
         self.rank, self.world_size = 0, 1  # distributed training: this process's share
@@ -113,8 +114,8 @@ class Epochs(IterableDataset):
         """The chunk's examples, shuffled: (centres, contexts) pairs, or (centres, windows, masks)."""
         tokens, sentence = self._chunk_tokens(chunk, gen)
         if self.example == "pairs":
-            parts = skipgram_pairs(tokens, sentence, self.window, gen, self.by_side)
-            if self.by_side or not self.shuffle:
+            parts = skipgram_pairs(tokens, sentence, self.window, gen, self.pair_order)
+            if self.pair_order != "plain" or not self.shuffle:
                 return parts
         else:
             parts = cbow_windows(tokens, sentence, self.window, gen)

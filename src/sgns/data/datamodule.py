@@ -98,7 +98,7 @@ class Word2VecDataModule(L.LightningDataModule):
         check_number("data.sample", sample, 0)
         check_number("data.val_fraction", val_fraction, 0, 1, high_open=True)
         check_number("data.ns_exponent", ns_exponent)
-        check_choice("data.pair_order", pair_order, ("sides", "pairs"))
+        check_choice("data.pair_order", pair_order, ("sides", "windows", "pairs"))
         check(isinstance(respect_lines, bool), f"data.respect_lines must be true or false, got {respect_lines!r}")
         check(device == "auto" or _is_device(device), f"data.device must be 'auto', 'cpu' or a torch device such as 'cuda:0', got {device!r}")
         check_tokenizer(tokenizer)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sgns.errors import check
+
 
 def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
     """P(keep w) = min(1, sqrt(t/f) + t/f), f = count/total (after min_count), t = ``sample``."""
@@ -97,33 +99,40 @@ def skipgram_pair_count(sentence: torch.Tensor, window: int, generator: torch.Ge
 
 
 def skipgram_pairs(
-    tokens: torch.Tensor, sentence: torch.Tensor, window: int, generator: torch.Generator, by_side: bool = False
+    tokens: torch.Tensor, sentence: torch.Tensor, window: int, generator: torch.Generator, order: str = "plain"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All (centre, context) pairs of a token sequence under dynamic windows.
 
     Each centre i draws a reach b_i uniformly from 1..window and pairs with every token at
     distance <= b_i in the same sentence, on both sides (as word2vec.c). One vectorised pass
-    per distance, no per-token loop. ``by_side`` returns the same pairs side by side: each
-    centre's left contexts together and its right contexts together, left to right, the 2n
-    sides in a random order (drawn next from ``generator``).
+    per distance, no per-token loop (``order="plain"``: by distance, not shuffled). ``"sides"``
+    returns the same pairs side by side: each centre's left contexts together and its right
+    contexts together, left to right, the 2n sides in a random order (drawn next from
+    ``generator``). ``"windows"``: each centre's whole window together, left to right, the n
+    windows in a random order.
     """
+    check(order in ("plain", "sides", "windows"), f"unknown pair order {order!r}")
     n = len(tokens)
-    if by_side:
+    if order in ("sides", "windows"):
         if n < 2:
             return tokens[:0], tokens[:0]
         left, right = (side.int() for side in _reaches(sentence, window, generator))  # int32: half the memory
         # side s < n is the left of centre s, side s >= n the right of centre s - n
-        order = torch.randperm(2 * n, generator=generator, dtype=torch.int32, device=tokens.device)
-        counts = torch.cat([left, right]).index_select(0, order)
+        if order == "sides":
+            sides = torch.randperm(2 * n, generator=generator, dtype=torch.int32, device=tokens.device)
+        else:  # each window's left side, then its right side
+            windows = torch.randperm(n, generator=generator, dtype=torch.int32, device=tokens.device)
+            sides = torch.stack([windows, windows + n], dim=1).flatten()
+        counts = torch.cat([left, right]).index_select(0, sides)
         total = int(counts.sum())
 
         def per_pair(per_side: torch.Tensor) -> torch.Tensor:
             return torch.repeat_interleave(per_side, counts, output_size=total)
 
-        centre = per_pair(order % n)  # [pairs] centre positions
+        centre = per_pair(sides % n)  # [pairs] centre positions
         offset = torch.arange(total, dtype=torch.int32, device=tokens.device)  # then each pair's slot on its side,
         offset -= per_pair(torch.cumsum(counts, 0, dtype=torch.int32) - counts)
-        offset += per_pair(torch.where(order >= n, 1, -counts))  # then its offset: -b..-1 (left), 1..b (right)
+        offset += per_pair(torch.where(sides >= n, 1, -counts))  # then its offset: -b..-1 (left), 1..b (right)
         return tokens.index_select(0, centre), tokens.index_select(0, offset.add_(centre))
     reach = torch.randint(1, window + 1, (n,), generator=generator, dtype=_reach_dtype(window), device=tokens.device)
     centres, contexts = [], []

@@ -250,10 +250,9 @@ def test_ctrl_c_during_corpus_preparation_is_a_stop(tmp_path):
     proc = _train_py(f"data.path={corpus}", "data.num_proc=2", f"hydra.run.dir={tmp_path / 'run'}",
                      env={**os.environ, "SGNS_CACHE_DIR": str(cache)})  # fmt: skip
     deadline = time.time() + 60
-    while not list(cache.glob("*.tmp-*")) and time.time() < deadline:  # the preparation has started
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    while not list(cache.glob("*.tmp-*/passes/*")) and time.time() < deadline:  # the workers are counting
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # (a fixed wait could let a fast preparation end first)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert err.splitlines()[-1].startswith("stopped: interrupted") and "Traceback" not in err, err[-2000:]

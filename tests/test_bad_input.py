@@ -217,8 +217,14 @@ def test_sgns_bad_input_is_one_line(inputs, vectors, capsys, argv, message):
 
 
 def _train_py(*args, **kwargs):
+    # SIGINT at its default, as for a command typed in a terminal (a suite started in the background
+    # by a shell without job control inherits it ignored, and Ctrl-C could not be tested)
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kwargs)  # fmt: skip
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("args, message", [

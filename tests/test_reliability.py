@@ -34,7 +34,11 @@ def _args(corpus, run_dir, *extra):
 
 def _start(args):
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)  # fmt: skip
+
+
+def _default_sigint():  # as for a command typed in a terminal, however the suite was started
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _finish(args):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import tempfile
 from pathlib import Path
 
@@ -45,3 +46,9 @@ def compose_train(output_dir: Path, overrides: list[str] = ()) -> DictConfig:
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a train.py child: SIGINT at its default, as for a command typed in a
+    terminal (a suite started in the background by a shell without job control passes it on ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import compose_train, planted_corpus
+from conftest import compose_train, default_sigint, planted_corpus
 from sgns import cli
 from sgns.train import one_line_errors, train
 
@@ -217,14 +217,8 @@ def test_sgns_bad_input_is_one_line(inputs, vectors, capsys, argv, message):
 
 
 def _train_py(*args, **kwargs):
-    # SIGINT at its default, as for a command typed in a terminal (a suite started in the background
-    # by a shell without job control inherits it ignored, and Ctrl-C could not be tested)
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kwargs)  # fmt: skip
-
-
-def _default_sigint():
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint, **kwargs)  # fmt: skip
 
 
 @pytest.mark.parametrize("args, message", [

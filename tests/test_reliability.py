@@ -16,7 +16,7 @@ import pytest
 import torch
 from gensim.models import KeyedVectors
 
-from conftest import compose_train, planted_corpus
+from conftest import compose_train, default_sigint, planted_corpus
 from sgns.errors import Word2VecError
 from sgns.lightning_internals import request_stop_as_on_sigterm
 from sgns.train import Stopped, train
@@ -34,11 +34,7 @@ def _args(corpus, run_dir, *extra):
 
 def _start(args):
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)  # fmt: skip
-
-
-def _default_sigint():  # as for a command typed in a terminal, however the suite was started
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)  # fmt: skip
 
 
 def _finish(args):

@@ -277,8 +277,7 @@ class GracefulStop(L.Callback):
         self.output_dir, self.checkpoint_name = Path(output_dir), checkpoint_name
         self._previous_handler = None
         self.stopped: Path | None = None
-        self.signal = signal.SIGTERM
-        self._requested = False
+        self.signal = signal.SIGTERM  # SIGINT once a Ctrl-C asked for the stop
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -287,7 +286,7 @@ class GracefulStop(L.Callback):
         def handle_sigint(signum, frame):  # Lightning already turns SIGTERM into the same flag
             if trainer.received_sigterm:
                 raise KeyboardInterrupt
-            self.signal, self._requested = signal.SIGINT, True
+            self.signal = signal.SIGINT
             request_stop_as_on_sigterm(trainer)
 
         self._previous_handler = signal.signal(signal.SIGINT, handle_sigint)
@@ -295,7 +294,7 @@ class GracefulStop(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning registers its own signal handlers after on_fit_start and clears the stop flag
         # there: a Ctrl-C that came in between would be lost and the run would go on to the end.
-        if self._requested:
+        if self.signal == signal.SIGINT:
             request_stop_as_on_sigterm(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sgns.models import CBOW, Batch, FastText, SkipGram
-from sgns.models.base import Update, sgns_loss
+from sgns.models.base import sgns_loss
 from sgns.optim import apply_sgd, apply_sparse_adam, gradient_scale
 
 V, D = 30, 8
@@ -54,9 +54,9 @@ def _batch(family: str, negatives: str = "shared", B: int = 64, k: int = 5, K: i
 
 def _dense(table: torch.Tensor, updates) -> torch.Tensor:
     total = torch.zeros_like(table)
-    for update in updates:
-        if update.table is table:
-            total.index_add_(0, update.rows, update.expanded())
+    for param, rows, grads in updates:
+        if param is table:
+            total.index_add_(0, rows, grads)
     return total
 
 
@@ -180,38 +180,6 @@ def test_fused_sgd_equals_torch_sparse_sgd(family, negatives):
         assert torch.allclose(p_ref, p_fused, atol=1e-12)
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_sgd_row_adds_are_sequential_sums_whatever_the_threads(shared):
-    """The CPU row update adds each row's gradients in the order given (the same float32 bits as a
-    plain loop), with one thread or two, from a gradient per row or one shared through ``source``."""
-    g = torch.Generator().manual_seed(0)
-    table = torch.randn(50, 7, generator=g)
-    rows = torch.randint(0, 50, (400,), generator=g)  # every row about 8 times
-    grads = torch.randn(60 if shared else 400, 7, generator=g) * 1e3  # large: a different order gives other bits
-    source = torch.randint(0, 60, (400,), generator=g) if shared else None
-    expected = table.clone()
-    for e, row in enumerate(rows.tolist()):
-        expected[row] += grads[e if source is None else source[e]]
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            moved = table.clone()
-            apply_sgd(None, [Update(moved, rows, grads, source)])
-            assert torch.equal(moved, expected)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def test_sgd_row_adds_refuse_rows_outside_the_table():
-    """The compiled loop does not check its indices: apply_sgd does, before writing anything."""
-    table = torch.zeros(5, 3)
-    for rows in ([0, 5], [-1, 2]):
-        with pytest.raises(IndexError, match="outside a table of 5 rows"):
-            apply_sgd(None, [Update(table, torch.tensor(rows), torch.ones(2, 3))])
-    assert not table.any()
-
-
 def test_shared_negatives_weigh_like_k_per_example_in_expectation():
     """Averaged over many draws of K shared negatives, the negative term equals that of k per example."""
     torch.manual_seed(0)
@@ -234,8 +202,8 @@ def test_an_empty_update_sends_empty_rows(family, negatives):
     empty = Batch(batch.center[:0], batch.context[:0], batch.negatives[:0] if per_example else batch.negatives,
                   batch.neg_weight, None if batch.mask is None else batch.mask[:0])  # fmt: skip
     _, updates = fused.row_gradients(empty, scale=-0.5, with_loss=False)
-    assert [len(u.rows) for u in updates] == [0] * (len(updates) - 1) + [0 if per_example else batch.negatives.numel()]
-    assert all(not u.expanded().any() for u in updates)
+    assert [len(rows) for _, rows, _ in updates] == [0] * (len(updates) - 1) + [0 if per_example else batch.negatives.numel()]
+    assert all(not grads.any() for _, _, grads in updates)
 
 
 @pytest.mark.parametrize("family", ["skipgram", "cbow"])

@@ -222,16 +222,15 @@ class Word2VecModule(L.LightningModule):
         of the loss summed over all N examples: the per-pair step does not depend on the number of
         ranks. Returns the mean loss over all ranks' examples, the updates and N.
         """
-        updates = [Update(u.table, u.rows, u.expanded()) for u in updates]  # a gradient per row, to send
-        device = updates[0].rows.device
-        sizes = torch.tensor([n, *(len(u.rows) for u in updates)], dtype=torch.float64, device=device)
+        device = updates[0][1].device
+        sizes = torch.tensor([n, *(len(rows) for _, rows, _ in updates)], dtype=torch.float64, device=device)
         own = torch.cat([(loss.double() if n and loss is not None else sizes.new_zeros(())).reshape(1), sizes])
         stats = self.all_gather(own)  # [world, 2 + blocks]
         counts = stats[:, 1]
         total = counts.sum().clamp_min(1.0)
         mean_loss = None if loss is None else ((stats[:, 0] * counts).sum() / total).to(loss.dtype)
         gathered = []
-        for block, (table, rows, grads, _) in enumerate(updates):
+        for block, (table, rows, grads) in enumerate(updates):
             lengths = stats[:, 2 + block].long()
             longest = int(lengths.max())
             padded_rows = rows.new_zeros(longest)
@@ -239,7 +238,7 @@ class Word2VecModule(L.LightningModule):
             padded = grads.new_zeros(longest, grads.shape[1])
             padded[: len(rows)] = grads
             valid = torch.arange(longest, device=rows.device)[None, :] < lengths[:, None].to(rows.device)
-            gathered.append(Update(table, self.all_gather(padded_rows)[valid], self.all_gather(padded)[valid]))
+            gathered.append((table, self.all_gather(padded_rows)[valid], self.all_gather(padded)[valid]))
         return mean_loss, gathered, int(counts.sum())
 
     def _count_total_steps(self) -> int:

@@ -14,7 +14,6 @@ Tests check the second against autograd on the first, for every family.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,19 +21,7 @@ from torch import nn
 
 from sgns.errors import check_int
 
-class Update(NamedTuple):
-    """Gradient rows for one table: row ``rows[e]`` receives ``grads[e]``, or ``grads[source[e]]``
-    when ``source`` is given (one gradient shared by many rows, as a CBOW window's words or a
-    fastText word's n-grams share theirs, without a copy per row). Repeated rows add up."""
-
-    table: torch.Tensor
-    rows: torch.Tensor
-    grads: torch.Tensor
-    source: torch.Tensor | None = None
-
-    def expanded(self) -> torch.Tensor:
-        """The gradient of each row [len(rows), d]."""
-        return self.grads if self.source is None else self.grads.index_select(0, self.source)
+Update = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (table, rows, gradient rows); repeated rows add up
 
 
 @dataclass

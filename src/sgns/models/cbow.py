@@ -58,4 +58,4 @@ class CBOW(WordModel):
         if not self.cbow_mean:
             grad_h /= count.clamp_min(1).unsqueeze(1).to(grad_h.dtype)
         owner = torch.repeat_interleave(torch.arange(len(batch), device=words.device), count, output_size=len(words))
-        return loss, [Update(V, words, grad_h, owner), Update(U, batch.center, grad_c), Update(U, batch.negatives.reshape(-1), grad_neg)]
+        return loss, [(V, words, grad_h.index_select(0, owner)), (U, batch.center, grad_c), (U, batch.negatives.reshape(-1), grad_neg)]

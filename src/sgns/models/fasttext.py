@@ -93,8 +93,8 @@ class FastText(WordModel):
             loss, grad_pair, grad_o, grad_neg = negative_sampling(h[owner], u_o, u_neg, batch.neg_weight, scale, with_loss)
             grad_h = torch.zeros_like(h).index_add_(0, owner, grad_pair)
         word = torch.repeat_interleave(torch.arange(len(centres), device=h.device), count, output_size=len(rows))
-        return loss, [Update(V, centres, grad_h), Update(N, rows, grad_h, word), Update(U, batch.context, grad_o),
-                      Update(U, batch.negatives.reshape(-1), grad_neg)]  # fmt: skip
+        return loss, [(V, centres, grad_h), (N, rows, grad_h.index_select(0, word)), (U, batch.context, grad_o),
+                      (U, batch.negatives.reshape(-1), grad_neg)]  # fmt: skip
 
     @torch.no_grad()
     def word_vectors(self) -> torch.Tensor:

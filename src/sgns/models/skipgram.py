@@ -47,4 +47,4 @@ class SkipGram(WordModel):
         loss, grad_h, grad_o, grad_neg = negative_sampling(
             V.index_select(0, centres), U.index_select(0, batch.context), u_neg, batch.neg_weight, scale, with_loss, owner, count
         )
-        return loss, [Update(V, centres, grad_h), Update(U, batch.context, grad_o), Update(U, batch.negatives.reshape(-1), grad_neg)]
+        return loss, [(V, centres, grad_h), (U, batch.context, grad_o), (U, batch.negatives.reshape(-1), grad_neg)]

@@ -114,6 +114,19 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(corpus, reference, tmp_path,
     assert (tmp_path / "vectors.bin").read_bytes() == reference
 
 
+def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(corpus, reference, tmp_path):
+    """A run started with SIGINT ignored (``nohup``, a background job of a shell without job
+    control) is not stopped by a Ctrl-C meant for its terminal: it trains to its end, as the
+    uninterrupted run."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *_args(corpus, tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+    _wait_for(tmp_path / "last.ckpt", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert (tmp_path / "vectors.bin").read_bytes() == reference
+
+
 def _digest(run_dir):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.iterdir()) if p.is_file() and p.suffix in (".ckpt", ".bin", ".txt")}
 

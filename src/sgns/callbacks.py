@@ -282,6 +282,8 @@ class GracefulStop(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started with Ctrl-C ignored (nohup, a
+            return  # background job of a shell without job control): it stays ignored, as Python leaves it
 
         def handle_sigint(signum, frame):  # Lightning already turns SIGTERM into the same flag
             if trainer.received_sigterm:

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from conftest import compose_train, default_sigint, planted_corpus
 from sgns import cli
@@ -180,6 +181,28 @@ def test_a_full_disk_under_the_tensorboard_logger_is_one_line(inputs, tmp_path, 
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "error: No space left on device (the disk is full)" in err, err
     assert "Traceback" not in err and "Exception in thread" not in err
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_is_one_line(inputs, tmp_path, capsys, monkeypatch):
+    """torch's zip writer reports a failed write as a RuntimeError ("unexpected pos"), not an
+    OSError: it is one line too, and the previous checkpoint stays."""
+
+    def full_disk(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"PK partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1052736 vs 1052630")
+
+    run = tmp_path / "run"
+    shutil.copytree(inputs / "run", run)
+    before = _digest(run)
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(SystemExit) as stop:
+        with one_line_errors():
+            train(compose_train(run, _overrides(inputs / "small.txt")))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    assert f"error: cannot write {run / 'last.ckpt'}: torch.save failed" in err and "the previous last.ckpt (if any) is intact" in err, err
+    assert "Traceback" not in err
+    assert _digest(run) == before
 
 
 @pytest.fixture(scope="module")

@@ -96,4 +96,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+            try:
+                torch.save(checkpoint, tmp)
+            except RuntimeError as exc:  # torch's zip writer reports a failed write (a full disk) so
+                raise OSError(f"torch.save failed, as it does on a full disk ({str(exc).splitlines()[0]})") from exc

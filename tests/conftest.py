@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from omegaconf import DictConfig, open_dict
 
 import sgns  # noqa: F401  (registers the config resolvers)
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
 
 
 def planted_corpus(path: Path, groups: int = 6, size: int = 5, sentences: int = 1500, length: int = 10, seed: int = 0) -> list[list[str]]:
@@ -48,7 +51,9 @@ def compose_train(output_dir: Path, overrides: list[str] = ()) -> DictConfig:
     return cfg
 
 
-def default_sigint() -> None:
-    """``preexec_fn`` for a train.py child: SIGINT at its default, as for a command typed in a
-    terminal (a suite started in the background by a shell without job control passes it on ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def start_train_py(*args: str, sigint=signal.SIG_DFL, **kwargs) -> subprocess.Popen:
+    """``python train.py ARGS`` from the repository root, output captured as text. SIGINT starts at
+    its default, as for a command typed in a terminal (a suite started in the background by a shell
+    without job control would pass it on ignored); ``sigint=signal.SIG_IGN`` starts it ignored."""
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, sigint), **kwargs)  # fmt: skip

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,11 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import compose_train, default_sigint, planted_corpus
+from conftest import compose_train, planted_corpus, start_train_py
 from sgns import cli
 from sgns.train import one_line_errors, train
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _overrides(corpus, *extra):
@@ -239,11 +237,6 @@ def test_sgns_bad_input_is_one_line(inputs, vectors, capsys, argv, message):
     assert message.format(**{"in": inputs}) in err, err
 
 
-def _train_py(*args, **kwargs):
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint, **kwargs)  # fmt: skip
-
-
 @pytest.mark.parametrize("args, message", [
     (["data.nonsense=1"], "error: Could not override 'data.nonsense'."),
     (["hydra.run.dir=/sys/sgns-run"], "error: /sys/sgns-run: Operation not permitted (choose a writable place"),
@@ -254,7 +247,7 @@ def test_train_py_bad_input_is_one_line(tmp_path, args, message):
     """Through the real entry: Hydra's own errors (overrides, an unwritable run directory) too."""
     (tmp_path / "file").write_text("a file, not a directory\n")
     args = [a.format(tmp=tmp_path) for a in args]
-    proc = _train_py(*args, *([] if "hydra.run.dir" in args[0] else [f"hydra.run.dir={tmp_path / 'run'}"]))
+    proc = start_train_py(*args, *([] if "hydra.run.dir" in args[0] else [f"hydra.run.dir={tmp_path / 'run'}"]))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and err.strip().splitlines()[-1].startswith(message.format(tmp=tmp_path)), err
     assert "Traceback" not in err
@@ -270,7 +263,7 @@ def test_ctrl_c_during_corpus_preparation_is_a_stop(tmp_path):
         for _ in range(40):
             out.write("\n".join(" ".join(row) for row in words[rng.integers(0, 5000, (5000, 20))]) + "\n")
     cache = tmp_path / "cache"
-    proc = _train_py(f"data.path={corpus}", "data.num_proc=2", f"hydra.run.dir={tmp_path / 'run'}",
+    proc = start_train_py(f"data.path={corpus}", "data.num_proc=2", f"hydra.run.dir={tmp_path / 'run'}",
                      env={**os.environ, "SGNS_CACHE_DIR": str(cache)})  # fmt: skip
     deadline = time.time() + 60
     while not list(cache.glob("*.tmp-*/passes/*")) and time.time() < deadline:  # the workers are counting

@@ -5,8 +5,6 @@ import hashlib
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,13 +14,12 @@ import pytest
 import torch
 from gensim.models import KeyedVectors
 
-from conftest import compose_train, default_sigint, planted_corpus
+from conftest import compose_train, planted_corpus, start_train_py
 from sgns.errors import Word2VecError
 from sgns.lightning_internals import request_stop_as_on_sigterm
 from sgns.train import Stopped, train
 from sgns.vectors import WordVectors
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _args(corpus, run_dir, *extra):
@@ -32,13 +29,8 @@ def _args(corpus, run_dir, *extra):
             f"hydra.run.dir={run_dir}", *extra]  # fmt: skip
 
 
-def _start(args):
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)  # fmt: skip
-
-
 def _finish(args):
-    proc = _start(args)
+    proc = start_train_py(*args)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     return out
@@ -70,7 +62,7 @@ def test_kill_9_at_random_moments_then_resume_gives_identical_vectors(corpus, re
     rng = random.Random(0)
     for kill in range(3):  # killed three times, at random moments, resumed each time
         args = _args(corpus, tmp_path, *([f"ckpt_path={tmp_path / 'last.ckpt'}"] if kill else []))
-        proc = _start(args)
+        proc = start_train_py(*args)
         if kill:
             time.sleep(rng.uniform(2.0, 3.0))  # startup included; may land mid-checkpoint-write
         else:
@@ -87,7 +79,7 @@ def test_kill_9_at_random_moments_then_resume_gives_identical_vectors(corpus, re
 def test_every_epoch_end_leaves_a_checkpoint_to_resume_from(corpus, reference, tmp_path):
     """No step checkpoints: killed with -9 right after the first epoch's end, the run resumes from
     that epoch end and ends with the uninterrupted run's vectors."""
-    proc = _start(_args(corpus, tmp_path, "callbacks.model_checkpoint.every_n_train_steps=null"))
+    proc = start_train_py(*_args(corpus, tmp_path, "callbacks.model_checkpoint.every_n_train_steps=null"))
     _wait_for(tmp_path / "last.ckpt", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -99,7 +91,7 @@ def test_every_epoch_end_leaves_a_checkpoint_to_resume_from(corpus, reference, t
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(corpus, reference, tmp_path, signum, code):
-    proc = _start(_args(corpus, tmp_path))
+    proc = start_train_py(*_args(corpus, tmp_path))
     _wait_for(tmp_path / "last.ckpt", proc)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
@@ -118,8 +110,7 @@ def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(corpus, reference, 
     """A run started with SIGINT ignored (``nohup``, a background job of a shell without job
     control) is not stopped by a Ctrl-C meant for its terminal: it trains to its end, as the
     uninterrupted run."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *_args(corpus, tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+    proc = start_train_py(*_args(corpus, tmp_path), sigint=signal.SIG_IGN)
     _wait_for(tmp_path / "last.ckpt", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=600)
@@ -134,7 +125,7 @@ def _digest(run_dir):
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(corpus, tmp_path):
     _finish(_args(corpus, tmp_path, "trainer.max_epochs=1"))
     before = _digest(tmp_path)
-    proc = _start(_args(corpus, tmp_path, "model/optimizer=sgd", "model.alpha=1e30", "model.fused=true",
+    proc = start_train_py(*_args(corpus, tmp_path, "model/optimizer=sgd", "model.alpha=1e30", "model.fused=true",
                         "callbacks.model_checkpoint.every_n_train_steps=1"))  # fmt: skip
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "Traceback" not in err

@@ -116,6 +116,9 @@ CASES = [
     (["trainer.max_epochs=0"], "trainer.max_epochs must be an integer >= 1"),
     (["trainer.max_epochs=-5"], "trainer.max_epochs must be an integer >= 1"),
     (["trainer=gpu"], "cannot use trainer.accelerator=gpu"),
+    (["trainer.precision=bf16-mixed"], "trainer.precision must be 32-true, 64-true or bf16-true"),
+    (["trainer.precision=16"], "trainer.precision must be 32-true, 64-true or bf16-true"),
+    (["trainer.precision=16-true", "model/optimizer=sparse_adam"], "got '16-true'"),
     # resuming
     (["ckpt_path={in}/missing.ckpt"], "checkpoint not found"),
     (["ckpt_path={in}/truncated.ckpt"], "is not a readable sgns checkpoint"),

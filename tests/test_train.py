@@ -7,6 +7,7 @@ from pathlib import Path
 
 import hydra
 import pytest
+import torch
 from gensim.models import KeyedVectors
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -59,20 +60,24 @@ def test_the_search_space_holds_every_default(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "model, optimizer, fused",
-    [("skipgram", "sparse_adam", True), ("skipgram", "sgd", True), ("skipgram", "sparse_adam", False), ("skipgram", "sgd", False),
-     ("skipgram", "adamw", False), ("cbow", "sgd", True), ("cbow", "sparse_adam", True), ("cbow", "sgd", False),
-     ("fasttext", "sgd", True)],
+    "model, optimizer, fused, precision",
+    [("skipgram", "sparse_adam", True, "32-true"), ("skipgram", "sgd", True, "32-true"), ("skipgram", "sparse_adam", False, "32-true"),
+     ("skipgram", "sgd", False, "32-true"), ("skipgram", "adamw", False, "32-true"), ("cbow", "sgd", True, "32-true"),
+     ("cbow", "sparse_adam", True, "32-true"), ("cbow", "sgd", False, "32-true"), ("fasttext", "sgd", True, "32-true"),
+     ("skipgram", "sgd", True, "bf16-true"), ("cbow", "sparse_adam", True, "bf16-true")],
 )  # fmt: skip
-def test_planted_groups_become_nearest_neighbours(planted, tmp_path, model, optimizer, fused):
+def test_planted_groups_become_nearest_neighbours(planted, tmp_path, model, optimizer, fused, precision):
     path, groups = planted
     out = tmp_path / "run"
     cfg = compose_train(out, [
         "data=text_file", f"data.path={path}", "data.min_count=1", "data.sample=0", "data.batch_size=256", "data.update_size=64",
         "data.val_fraction=0.05", f"model={model}", "model.net.embedding_dim=16", f"model/optimizer={optimizer}",
-        f"model.fused={fused}", "trainer.max_epochs=3", *(["model.net.buckets=5000"] if model == "fasttext" else []),
+        f"model.fused={fused}", "trainer.max_epochs=3", f"trainer.precision={precision}",
+        *(["model.net.buckets=5000"] if model == "fasttext" else []),
     ])  # fmt: skip
     metrics = train(cfg)
+    tables = torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert {t.dtype for t in tables.values()} == {torch.bfloat16 if precision == "bf16-true" else torch.float32}
     assert metrics["val/loss"] < 0.8 * 6 * 0.6931  # well below the untrained loss (k+1) log 2
     kv = KeyedVectors.load_word2vec_format(str(out / "vectors.txt"))
     for group in groups:

@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sgns.callbacks import GracefulStop, raw_words
 from sgns.data.memory import reuse_freed_memory
-from sgns.errors import Diverged, Word2VecError, check_int
+from sgns.errors import Diverged, Word2VecError, check, check_int
 from sgns.outputs import DATA_KEY, VECTORS_KEY, export_run, read_checkpoint
 from sgns.vectors import WordVectors
 
@@ -53,6 +53,17 @@ def quiet() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
+# The tables' type; the closed-form updates run in it. Mixed precision is refused: autocast would
+# turn their products to 16 bits beside 32-bit tables. float16 tables are refused too: Adam's eps
+# (1e-8) is 0 in float16, and its steps become nan. bf16 keeps float32's range (half the memory).
+PRECISIONS = {"32-true": "32-true", "32": "32-true", "64-true": "64-true", "64": "64-true", "bf16-true": "bf16-true"}
+
+
+def check_precision(precision: Any) -> None:
+    check(str(precision) in PRECISIONS, f"trainer.precision must be 32-true, 64-true or bf16-true (the tables' type), "
+          f"got {precision!r}: the updates are computed in closed form, not under mixed precision's autocast")  # fmt: skip
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train as configured; returns the final metrics (floats)."""
     quiet()
@@ -63,6 +74,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     epochs, steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps", -1)
     if not (epochs == -1 and isinstance(steps, int) and steps >= 1):  # -1: as many epochs as trainer.max_steps takes
         check_int("trainer.max_epochs", epochs)
+    check_precision(cfg.trainer.get("precision", "32-true"))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 

@@ -81,6 +81,7 @@ CASES = [
     (["data.window=0"], "data.window must be an integer >= 1"),
     (["data.window=100000"], "data.window=100000 is wider than the longest sentence allowed"),
     (["data.negatives=0"], "data.negatives must be an integer >= 1"),
+    (["data.negatives=100000"], "or raise data.shared_negatives: each of its K=32 negatives weighs k/K = 3125."),
     (["data.batch_size=0"], "data.batch_size must be an integer >= 1"),
     (["data.batch_size=1.5"], "data.batch_size must be an integer >= 1"),
     (["data.sample=-0.1"], "data.sample must be a finite number >= 0"),
@@ -116,6 +117,7 @@ CASES = [
     (["trainer.max_epochs=0"], "trainer.max_epochs must be an integer >= 1"),
     (["trainer.max_epochs=-5"], "trainer.max_epochs must be an integer >= 1"),
     (["trainer=gpu"], "cannot use trainer.accelerator=gpu"),
+    (["trainer.devices=0"], "(devices=0): `Trainer(devices=0)` value is not a valid input using cpu accelerator.\n"),  # (no "try trainer=cpu" when it is cpu)
     (["trainer.precision=bf16-mixed"], "trainer.precision must be 32-true, 64-true or bf16-true"),
     (["trainer.precision=16"], "trainer.precision must be 32-true, 64-true or bf16-true"),
     (["trainer.precision=16-true", "model/optimizer=sparse_adam"], "got '16-true'"),
@@ -202,6 +204,34 @@ def test_a_full_disk_while_a_checkpoint_is_written_is_one_line(inputs, tmp_path,
     err = capsys.readouterr().err
     assert stop.value.code == 2, err
     assert f"error: cannot write {run / 'last.ckpt'}: torch.save failed" in err and "the previous last.ckpt (if any) is intact" in err, err
+    assert "Traceback" not in err
+    assert _digest(run) == before
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 10240000000 bytes. Error code 12 (Cannot allocate memory)"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.54 GiB. GPU 0 has a total capacity of 79.19 GiB"),
+], ids=["cpu", "cuda"])  # fmt: skip
+def test_running_out_of_memory_is_one_line(inputs, tmp_path, capsys, monkeypatch, failure):
+    """data.shared_negatives=0 data.negatives=100000 asks for 10 GB of negatives per step: the
+    allocator's failure was a traceback."""
+    from sgns.data.sampling import AliasSampler
+
+    def allocate(*args, **kwargs):
+        raise failure
+
+    run = tmp_path / "run"
+    shutil.copytree(inputs / "run", run)
+    before = _digest(run)
+    monkeypatch.setattr(AliasSampler, "sample", allocate)
+    with pytest.raises(SystemExit) as stop:
+        with one_line_errors():
+            train(compose_train(run, _overrides(inputs / "small.txt")))
+    err = capsys.readouterr().err
+    size = "9.54 GiB" if isinstance(failure, torch.OutOfMemoryError) else "10240000000 bytes"
+    assert stop.value.code == 2, err
+    assert f"error: out of memory (tried to allocate {size}): lower data.batch_size" in err, err
     assert "Traceback" not in err
     assert _digest(run) == before
 

@@ -197,8 +197,10 @@ class Word2VecModule(L.LightningModule):
         if not math.isfinite(value) or value > self.DIVERGED * untrained:
             raise Diverged(
                 f"training diverged: loss {value:.4g} at step {self.global_step} (untrained: {untrained:.4f}); "
-                "stopping before the update (the last checkpoint is kept). Lower model.alpha or data.update_size."
-            )
+                "stopping before the update (the last checkpoint is kept). Lower model.alpha or data.update_size"
+                + (f", or raise data.shared_negatives: each of its K={update.negatives.shape[1]} negatives weighs "
+                   f"k/K = {update.neg_weight:g}" if update.neg_weight > 1 else "") + "."
+            )  # fmt: skip
         return loss
 
     def _log_loss(self, loss: float, n: int) -> None:

@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import math
+import re
 import sys
 import threading
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.errors import CompactHydraException, InstantiationException, MissingConfigException
@@ -88,8 +90,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except Exception as exc:
         if (message := user_error(exc)) is None:
             raise
+        hint = "" if cfg.trainer.accelerator == "cpu" else "; try trainer=cpu"
         raise Word2VecError(f"cannot use trainer.accelerator={cfg.trainer.accelerator} "
-                            f"(devices={cfg.trainer.devices}): {message}; try trainer=cpu") from None  # fmt: skip
+                            f"(devices={cfg.trainer.devices}): {message}{hint}") from None  # fmt: skip
     checkpoint, first_step = None, 0
     if ckpt_path:  # a wrong checkpoint should also cost a glance
         expected = {**datamodule.resume_settings(trainer.world_size, datamodule.batch_device_type(trainer)),
@@ -210,6 +213,10 @@ def user_error(exc: BaseException) -> str | None:
             continue
         if isinstance(exc, (CompactHydraException, OmegaConfBaseException)):  # overrides, missing values
             return _first_line(exc)
+        if _out_of_memory(exc):
+            tried = re.search(r"tried to allocate (\d+ bytes|[\d.]+ ?[KMGT]?i?B)", str(exc), re.IGNORECASE)
+            return (f"out of memory{f' (tried to allocate {tried.group(1)})' if tried else ''}: lower data.batch_size, "
+                    "data.negatives, model.net.embedding_dim or model.net.buckets; files written before are intact")  # fmt: skip
         if isinstance(exc, OSError) and exc.errno is not None:  # unwritable, read-only or full places
             where = f"{exc.filename}: " if exc.filename else ""
             hint = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "over quota", errno.EROFS: "read-only",
@@ -218,6 +225,13 @@ def user_error(exc: BaseException) -> str | None:
             return f"{where}{exc.strerror or exc}{f' ({hint})' if hint else ''}; files written before are intact"
         return None
     return None
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: torch's on a GPU (OutOfMemoryError) or on the CPU (a RuntimeError from its
+    allocator), or Python's and numpy's MemoryError."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -78,8 +78,19 @@ def test_queries_match_gensim(vectors):
 
 
 def test_unknown_words_get_a_clear_error(vectors):
-    with pytest.raises(UnknownWordError, match="'kingdom' is not in the vocabulary"):
+    with pytest.raises(UnknownWordError, match=r"'kingdom' is not in the vocabulary \(6 words\)$"):
         vectors.most_similar("kingdom")
+    with pytest.raises(UnknownWordError, match="'King' is not in the vocabulary .*; 'king' is"):
+        vectors.most_similar("King")
+    with pytest.raises(UnknownWordError, match="'CAFÉ' is not in the vocabulary .*; 'café' is"):
+        vectors.similarity("CAFÉ", "the")
+
+
+def test_a_query_whose_words_cancel_out_is_refused(vectors):
+    """king - king is the zero vector: every cosine was 0 and the answer an arbitrary list."""
+    with pytest.raises(Word2VecError, match="the query vector is zero"):
+        vectors.most_similar("king", negative="king")
+    assert len(vectors.most_similar("king", negative="queen", topn=3)) == 3
 
 
 @pytest.mark.parametrize("binary", [False, True])

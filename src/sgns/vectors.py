@@ -45,7 +45,9 @@ class WordVectors:
         try:
             return self.key_to_index[word]
         except KeyError:
-            raise UnknownWordError(f"word {word!r} is not in the vocabulary ({len(self)} words)") from None
+            other = next((w for w in (word.lower(), word.capitalize(), word.upper()) if w in self.key_to_index), None)
+            hint = f"; {other!r} is (the vocabulary's words keep the tokenizer's case)" if other else ""
+            raise UnknownWordError(f"word {word!r} is not in the vocabulary ({len(self)} words){hint}") from None
 
     def __getitem__(self, word: str) -> np.ndarray:
         return self.vectors[self.index(word)]
@@ -74,7 +76,9 @@ class WordVectors:
         units, ids = self._queries(positive + negative)
         weights = np.array([1.0] * len(positive) + [-1.0] * len(negative), dtype=np.float32)
         query = weights @ units / len(units)
-        query /= max(np.linalg.norm(query), 1e-12)
+        norm = np.linalg.norm(query)
+        check(norm > 1e-6, "the query vector is zero: the positive and negative words cancel out")
+        query /= norm
         sims = self.vectors @ query / self.norms  # cosines: unit_rows of every row, without a [V, d] copy
         sims[ids] = -np.inf
         top = np.argsort(-sims)[:topn]

@@ -9,8 +9,10 @@ import json
 import os
 import shutil
 import signal
+import struct
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,19 @@ from conftest import compose_train, planted_corpus, start_train_py
 from sgns import cli
 from sgns.train import one_line_errors, train
 
+
+
+def damage_the_largest_tensor(source: Path, target: Path) -> None:
+    """A copy of a checkpoint with 16 bytes zeroed inside its largest tensor (the word vectors), the
+    zip's structure intact: torch.load reads it without a word."""
+    with zipfile.ZipFile(source) as archive:
+        entry = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda info: info.compress_size)
+    data = bytearray(source.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[entry.header_offset + 26 : entry.header_offset + 30])
+    middle = entry.header_offset + 30 + name_length + extra_length + entry.compress_size // 2
+    data[middle : middle + 16] = bytes(16)
+    target.write_bytes(data)
+    assert torch.load(target, weights_only=False)["state_dict"]
 
 
 def _overrides(corpus, *extra):
@@ -43,6 +58,7 @@ def inputs(tmp_path_factory):
     (root / "binary.txt").write_bytes(b"\x00\x01\x02 abc \x00" * 100)
     (root / "empty.txt").write_text("\n\n")
     (root / "truncated.ckpt").write_bytes(b"PK\x03\x04 not a whole zip")
+    damage_the_largest_tensor(root / "run" / "last.ckpt", root / "damaged.ckpt")
     (root / "oneword.txt").write_text("alpha\nbeta\ngamma\n" * 100)
     text = (root / "small.txt").read_bytes()
     (root / "truncated.txt.gz").write_bytes(gzip.compress(text * 20)[:3000])
@@ -124,6 +140,7 @@ CASES = [
     # resuming
     (["ckpt_path={in}/missing.ckpt"], "checkpoint not found"),
     (["ckpt_path={in}/truncated.ckpt"], "is not a readable sgns checkpoint"),
+    (["ckpt_path={in}/damaged.ckpt"], "damaged.ckpt is damaged: its record data/0 does not match the CRC-32"),
     (["ckpt_path={in}/a_dir"], "checkpoint not found"),
     (["ckpt_path={in}/other.ckpt"], "different vocabulary"),
     (["ckpt_path={in}/run/last.ckpt", "model.net.embedding_dim=32"], "trained with model.net.embedding_dim=16 but this run has model.net.embedding_dim=32"),
@@ -257,6 +274,7 @@ def vectors(inputs):
         (["similarity", "{v}", "nosuchword", "g0w0"], "'nosuchword' is not in the vocabulary"),
         (["evaluate", "{in}/missing.bin"], "file not found"),
         (["evaluate", "{in}/truncated.ckpt"], "not a readable sgns checkpoint"),
+        (["evaluate", "{in}/damaged.ckpt"], "damaged.ckpt is damaged: its record data/0 does not match the CRC-32"),
         (["frobnicate", "{v}"], "argument command: invalid choice: 'frobnicate'"),
     ],
 )

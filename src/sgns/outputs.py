@@ -4,6 +4,7 @@ when complete, so a crash or a full disk never leaves a half-written checkpoint 
 from __future__ import annotations
 
 import os
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -82,12 +83,26 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     memory-mapped; anything else (missing, truncated, foreign) is one clear error."""
     path = Path(path)
     check(path.is_file(), f"checkpoint not found: {path}")
+    damaged = _damaged_entry(path)
+    check(damaged is None, f"checkpoint {path} is damaged: its record {str(damaged).split('/', 1)[-1]} does not match "
+          "the CRC-32 written with it")  # fmt: skip
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         state["state_dict"][VECTORS_KEY], state[DATA_KEY]["words"]
     except Exception as exc:
         raise Word2VecError(f"checkpoint {path} is not a readable sgns checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     return state
+
+
+def _damaged_entry(path: Path) -> str | None:
+    """The first entry of a checkpoint (a zip archive) whose bytes no longer match their CRC-32, which
+    torch.load does not check: a flipped or zeroed block of weights would load without a word. None
+    when all match, or when the file is not a zip at all (torch.load says what it is)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError):
+        return None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

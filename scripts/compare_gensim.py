@@ -80,7 +80,7 @@ def ours_command(args: argparse.Namespace, corpus: Path, out: Path, dim: int | N
             f"data.sample={args.sample}", f"data.min_count={args.min_count}", f"model.net.embedding_dim={dim or args.dim}",
             f"trainer.max_epochs={args.epochs}", f"seed={args.seed}", "logger=none", "~callbacks.word_vectors",
             "callbacks.progress_bar.refresh_rate=1000", f"hydra.run.dir={out}", f"data.cache_dir={out / 'cache'}",
-            *args.overrides]  # fmt: skip
+            "overwrite=true", *args.overrides]  # fmt: skip (overwrite: the last time's run in the same directory)
 
 
 def scaling(args: argparse.Namespace) -> None:

@@ -38,7 +38,7 @@ def dense_allreduce_bytes(vocab: int, dim: int) -> int:
 def run(out: Path, corpus: Path, overrides: list[str]) -> dict:
     command = [sys.executable, "train.py", "data=text_file", f"data.path={corpus}", "data.tokenizer=whitespace",
                "trainer.max_epochs=1", "logger=none", "callbacks=none", "data.val_fraction=0", "probe_words=[]",
-               f"hydra.run.dir={out}", *overrides]  # fmt: skip
+               f"hydra.run.dir={out}", "overwrite=true", *overrides]  # fmt: skip
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:

@@ -41,8 +41,12 @@ def damage_the_largest_tensor(source: Path, target: Path) -> None:
 
 
 def _overrides(corpus, *extra):
+    """A small run's settings; ``overwrite=true`` unless ``extra`` says otherwise, because the cases
+    run in a copy of a finished run (whose files a failing run must leave alone)."""
+    overwrite = [] if any(e.startswith("overwrite=") for e in extra) else ["overwrite=true"]
     return [f"data.path={corpus}", "data.min_count=1", "data.sample=0", "data.batch_size=64", "trainer.max_epochs=1",
-            "model.net.embedding_dim=16", "logger=none", "callbacks.progress_bar.refresh_rate=0", "probe_words=[]", *extra]  # fmt: skip
+            "model.net.embedding_dim=16", "logger=none", "callbacks.progress_bar.refresh_rate=0", "probe_words=[]",
+            *overwrite, *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +138,10 @@ CASES = [
     (["trainer.max_epochs=-5"], "trainer.max_epochs must be an integer >= 1"),
     (["trainer=gpu"], "cannot use trainer.accelerator=gpu"),
     (["trainer.devices=0"], "(devices=0): `Trainer(devices=0)` value is not a valid input using cpu accelerator.\n"),  # (no "try trainer=cpu" when it is cpu)
+    (["overwrite=false"], "run holds an earlier run (last.ckpt, vectors.bin, vectors.txt), which this run would replace: "
+                          "resume it with ckpt_path="),
+    (["overwrite=false", "ckpt_path={in}/other.ckpt"], "run holds an earlier run"),
+    (["overwrite=yes"], "overwrite must be true or false, got 'yes'"),
     (["trainer.precision=bf16-mixed"], "trainer.precision must be 32-true, 64-true or bf16-true"),
     (["trainer.precision=16"], "trainer.precision must be 32-true, 64-true or bf16-true"),
     (["trainer.precision=16-true", "model/optimizer=sparse_adam"], "got '16-true'"),

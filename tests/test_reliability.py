@@ -126,7 +126,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(corpus,
     _finish(_args(corpus, tmp_path, "trainer.max_epochs=1"))
     before = _digest(tmp_path)
     proc = start_train_py(*_args(corpus, tmp_path, "model/optimizer=sgd", "model.alpha=1e30", "model.fused=true",
-                        "callbacks.model_checkpoint.every_n_train_steps=1"))  # fmt: skip
+                                 "callbacks.model_checkpoint.every_n_train_steps=1", "overwrite=true"))  # fmt: skip
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "Traceback" not in err
     assert "NaN/inf" in err or "loss became" in err, err[-2000:]

@@ -61,6 +61,20 @@ def quiet() -> None:
 PRECISIONS = {"32-true": "32-true", "32": "32-true", "64-true": "64-true", "64": "64-true", "bf16-true": "bf16-true"}
 
 
+RUN_OUTPUTS = ("last.ckpt", "vectors.bin", "vectors.txt", "fasttext.bin")  # what a run writes that took its time
+
+
+def check_no_earlier_run(output_dir: Path, ckpt_path: str | None, overwrite: Any) -> None:
+    """A run directory that holds an earlier run's checkpoint or vectors is trained into only to
+    resume that run (``ckpt_path`` its ``last.ckpt``) or with ``overwrite=true``: a new run would
+    replace them."""
+    check(isinstance(overwrite, bool), f"overwrite must be true or false, got {overwrite!r}")
+    earlier = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    resuming = ckpt_path is not None and Path(ckpt_path).resolve() == (output_dir / "last.ckpt").resolve()
+    check(not earlier or resuming or overwrite, f"{output_dir} holds an earlier run ({', '.join(earlier)}), which this run "
+          f"would replace: resume it with ckpt_path={output_dir / 'last.ckpt'}, choose another hydra.run.dir, or add overwrite=true")  # fmt: skip
+
+
 def check_precision(precision: Any) -> None:
     check(str(precision) in PRECISIONS, f"trainer.precision must be 32-true, 64-true or bf16-true (the tables' type), "
           f"got {precision!r}: the updates are computed in closed form, not under mixed precision's autocast")  # fmt: skip
@@ -81,6 +95,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     ckpt_path = cfg.get("ckpt_path")
+    check_no_earlier_run(output_dir, ckpt_path, cfg.get("overwrite", False))
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)  # its settings are checked now; the tables are made once the vocabulary is known
     loggers = _instantiate_all(cfg.get("logger"))

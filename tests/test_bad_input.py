@@ -134,6 +134,7 @@ CASES = [
     (["model/optimizer=adamw", "model.fused=true"], "model.fused=true supports SparseAdam and plain SGD, not AdamW"),
     # the run
     (["seed=-1"], "seed must be an integer in [0, 4294967295], got -1"),
+    (["probe_words=[[a,b]]"], "probe_words must be a word or a list of words, got [['a', 'b']]"),
     (["trainer.max_epochs=0"], "trainer.max_epochs must be an integer >= 1"),
     (["trainer.max_epochs=-5"], "trainer.max_epochs must be an integer >= 1"),
     (["trainer=gpu"], "cannot use trainer.accelerator=gpu"),

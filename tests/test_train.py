@@ -106,10 +106,16 @@ def test_the_reported_loss_is_the_last_epochs_whatever_its_length(planted, tmp_p
     assert metrics["train/epoch_loss"] < 0.9 * 6 * math.log(2)
 
 
-def test_outputs_of_a_run(planted, tmp_path):
-    path, _ = planted
-    cfg = compose_train(tmp_path, [f"data.path={path}", "data.min_count=1", "trainer.max_epochs=1"])
+def test_outputs_of_a_run(planted, tmp_path, capsys):
+    path, groups = planted
+    word = groups[0][0]
+    cfg = compose_train(tmp_path, [f"data.path={path}", "data.min_count=1", "trainer.max_epochs=1", f"probe_words={word}"])
     train(cfg)
+    out = capsys.readouterr().out  # one probe word given as a string is that word (it was its letters)
+    assert re.findall(r"^ +(\S+): ", out.split("nearest neighbours:")[1], re.M) == [word], out
+    train(compose_train(tmp_path / "again", [f"data.path={path}", "data.min_count=1", "trainer.max_epochs=1",
+                                            f"probe_words=[nosuchword,{word}]", "logger=none"]))  # fmt: skip
+    assert "  nosuchword: (not in the vocabulary)\n" in capsys.readouterr().out
     for name in ["last.ckpt", "vocab.txt", "vectors.txt", "vectors.bin"]:
         assert (tmp_path / name).stat().st_size > 0, name
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

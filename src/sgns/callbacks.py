@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from sgns.errors import check_choice, check_int, check_number
+from sgns.errors import check_choice, check_int, check_number, word_list
 from sgns.evaluation import evaluate_all, read_analogies, read_word_pairs
 from sgns.lightning_internals import request_stop_as_on_sigterm
 from sgns.outputs import export_run
@@ -196,7 +196,7 @@ class EmbeddingDashboard(L.Callback):
                  projector_every_epoch: bool = False):  # fmt: skip
         check_int("callbacks.embedding_dashboard.neighbours", neighbours)
         check_int("callbacks.embedding_dashboard.top_n", top_n, 0)
-        self.probe_words = list(probe_words or [])
+        self.probe_words = word_list("callbacks.embedding_dashboard.probe_words", probe_words)
         self.neighbours, self.top_n, self.projector_every_epoch = neighbours, top_n, projector_every_epoch
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

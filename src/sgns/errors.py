@@ -51,3 +51,16 @@ def check_number(name: str, value: Any, low: float | None = None, high: float | 
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
     choices = list(choices)
     check(value in choices, f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def word_list(name: str, value: Any) -> list[str]:
+    """A list of words from a config value: null is none, one word is one word (``probe_words=king``
+    on the command line), a list is its items (numbers as the tokens they were written as: Hydra
+    reads ``[1984,king]`` as a number and a string)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, int, float)):
+        value = [value]
+    check(isinstance(value, Iterable) and all(isinstance(w, (str, int, float)) for w in value),
+          f"{name} must be a word or a list of words, got {value!r}")  # fmt: skip
+    return [str(w) for w in value]

@@ -29,7 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sgns.callbacks import GracefulStop, raw_words
 from sgns.data.memory import reuse_freed_memory
-from sgns.errors import Diverged, Word2VecError, check, check_int
+from sgns.errors import Diverged, UnknownWordError, Word2VecError, check, check_int, word_list
 from sgns.outputs import DATA_KEY, VECTORS_KEY, export_run, read_checkpoint
 from sgns.vectors import WordVectors
 
@@ -91,6 +91,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not (epochs == -1 and isinstance(steps, int) and steps >= 1):  # -1: as many epochs as trainer.max_steps takes
         check_int("trainer.max_epochs", epochs)
     check_precision(cfg.trainer.get("precision", "32-true"))
+    probe_words = word_list("probe_words", cfg.get("probe_words"))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -156,7 +157,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True),
                                    metrics={f"hp/{k}": v for k, v in metrics.items() if k.startswith(("val/", "train/"))})  # fmt: skip
             logger.finalize("success")  # flush: the writer was reopened after fit's own finalize
-    report(vectors, written, trainer, seconds, metrics, list(cfg.get("probe_words") or []))
+    report(vectors, written, trainer, seconds, metrics, probe_words)
     return metrics
 
 
@@ -170,11 +171,14 @@ def report(vectors: WordVectors, written: list[Path], trainer: L.Trainer, second
     lines += ["outputs:"] + [f"  {p}" for p in ([checkpoint] if checkpoint else []) + written]
     for logger in trainer.loggers:
         lines.append(f"  TensorBoard: tensorboard --logdir {logger.log_dir}")
-    probes = [w for w in probe_words if w in vectors]
-    if probes:
+    if probe_words:
         lines.append("nearest neighbours:")
-        for word in probes:
-            lines.append(f"  {word:>12}: " + ", ".join(w for w, _ in vectors.most_similar(word, topn=6)))
+        for word in probe_words:  # (fastText's vectors answer for unseen words too)
+            try:
+                near = ", ".join(w for w, _ in vectors.most_similar(word, topn=6))
+            except UnknownWordError:
+                near = "(not in the vocabulary)"
+            lines.append(f"  {word:>12}: {near}")
     print("\n".join(lines), flush=True)
 
 

@@ -97,3 +97,15 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("no tabs here\n")
     with pytest.raises(Word2VecError, match="no 'word1<TAB>word2<TAB>score' lines"):
         evaluate_word_pairs(words, vectors, bad)
+
+
+def test_one_evaluation_file_may_be_given_without_brackets():
+    """callbacks.word_vectors.analogies=questions-words.txt was read as a list of its letters
+    ("evaluation file not found: q"), and word_pairs=FILE was a traceback."""
+    from sgns.callbacks import WordVectorEvaluation
+
+    callback = WordVectorEvaluation(analogies="questions-words.txt", word_pairs="wordsim353.tsv", monitor="wordsim353")
+    assert callback.analogies == ["questions-words.txt"]
+    assert callback.word_pairs == {"wordsim353": "wordsim353.tsv"}
+    with pytest.raises(Word2VecError, match="word_pairs must map names to files, got 3"):
+        WordVectorEvaluation(word_pairs=3)

@@ -14,8 +14,9 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, ListConfig
 
-from sgns.errors import check_choice, check_int, check_number, word_list
+from sgns.errors import check, check_choice, check_int, check_number, word_list
 from sgns.evaluation import evaluate_all, read_analogies, read_word_pairs
 from sgns.lightning_internals import request_stop_as_on_sigterm
 from sgns.outputs import export_run
@@ -45,10 +46,15 @@ class WordVectorEvaluation(L.Callback):
         check_int("callbacks.word_vectors.restrict_vocab", restrict_vocab)
         check_choice("callbacks.word_vectors.method", method, ("add", "mul"))
         check_int("callbacks.word_vectors.every_n_epochs", every_n_epochs)
-        check_choice("callbacks.word_vectors.monitor", monitor,
-                     ["analogy", "analogy_semantic", "analogy_syntactic", *(word_pairs or {})])
-        self.analogies = list(analogies) if analogies is not None else None
+        # one file may be given without brackets; pair files without names are named by their stems
+        self.analogies = None if analogies is None else [analogies] if isinstance(analogies, str) else list(analogies)
+        if isinstance(word_pairs, (str, list, ListConfig)):
+            word_pairs = {Path(f).stem: f for f in ([word_pairs] if isinstance(word_pairs, str) else word_pairs)}
+        check(word_pairs is None or isinstance(word_pairs, (dict, DictConfig)),
+              f"callbacks.word_vectors.word_pairs must map names to files, got {word_pairs!r}")  # fmt: skip
         self.word_pairs = dict(word_pairs) if word_pairs is not None else None
+        check_choice("callbacks.word_vectors.monitor", monitor,
+                     ["analogy", "analogy_semantic", "analogy_syntactic", *(self.word_pairs or {})])
         for path in (self.analogies or []):  # a bad file fails now, not after the first epoch
             read_analogies(path)
         for path in (self.word_pairs or {}).values():

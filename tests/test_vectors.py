@@ -108,3 +108,27 @@ def test_non_finite_vectors_are_refused_with_the_row(tmp_path, binary):
         evaluate_word_pairs(["a", "b", "c", "d"], torch.from_numpy(vectors), gensim_test_file("wordsim353.tsv"))
     with pytest.raises(Word2VecError, match="holds NaN or infinity"):
         evaluate_word_analogies(["a", "b", "c", "d"], torch.from_numpy(vectors))
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_file_with_a_repeated_word_keeps_its_first_row_as_gensim(tmp_path, caplog, binary):
+    """A repeated word pointed at its last row, and queries listed it twice."""
+    rows = [("a", [1.0, 0.0]), ("b", [0.0, 1.0]), ("a", [0.6, 0.8]), ("c", [0.8, 0.6])]
+    path = tmp_path / f"dup.{'bin' if binary else 'txt'}"
+    with open(path, "wb") as out:
+        out.write(b"4 2\n")
+        for word, row in rows:
+            out.write(word.encode() + b" " + (np.array(row, "<f4").tobytes() if binary else " ".join(map(str, row)).encode()) + b"\n")
+    ours = WordVectors.load_word2vec_format(path)
+    theirs = KeyedVectors.load_word2vec_format(str(path), binary=binary)
+    assert ours.words == theirs.index_to_key[:3] == ["a", "b", "c"]  # (gensim 4.4 leaves an empty 4th key)
+    assert np.array_equal(ours.vectors, theirs.vectors[:3])
+    assert [w for w, _ in ours.most_similar("c", topn=5)] == ["a", "b"]
+    assert "1 row(s) repeat a word read before (first: 'a', rows 1 and 3)" in caplog.text
+
+
+def test_rows_beyond_the_header_are_not_read_and_said_so(tmp_path, caplog):
+    path = tmp_path / "more.txt"
+    path.write_text("2 2\na 1 0\nb 0 1\nc 1 1\n")
+    assert WordVectors.load_word2vec_format(path).words == KeyedVectors.load_word2vec_format(str(path)).index_to_key == ["a", "b"]
+    assert "more rows follow the 2 its header promises" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +13,8 @@ import torch
 
 from sgns.errors import UnknownWordError, Word2VecError, check
 from sgns.subwords import mean_vectors, ngram_rows, word_ngram_rows
+
+log = logging.getLogger(__name__)
 
 
 class WordVectors:
@@ -77,7 +80,7 @@ class WordVectors:
         weights = np.array([1.0] * len(positive) + [-1.0] * len(negative), dtype=np.float32)
         query = weights @ units / len(units)
         norm = np.linalg.norm(query)
-        check(norm > 1e-6, "the query vector is zero: the positive and negative words cancel out")
+        check(norm > 1e-6, "the query vector is zero: the positive and negative words cancel out, or their vectors are zero")
         query /= norm
         sims = self.vectors @ query / self.norms  # cosines: unit_rows of every row, without a [V, d] copy
         sims[ids] = -np.inf
@@ -144,8 +147,17 @@ class WordVectors:
                         check(len(parts) == d + 1, f"{path}: line {i + 2} has {len(parts) - 1} values, expected {d}")
                         words.append(parts[0])
                         vectors[i] = np.array(parts[1:], dtype=np.float32)
+                if handle.read(4096).strip():
+                    log.warning("%s: more rows follow the %s its header promises; they are not read (as gensim does)", path, f"{n:,}")
         except (ValueError, UnicodeDecodeError) as exc:
             raise Word2VecError(f"{path}: not a {'binary' if binary else 'text'} word2vec file ({exc})") from None
+        first: dict[str, int] = {}
+        keep = np.array([first.setdefault(word, i) == i for i, word in enumerate(words)])
+        if not keep.all():  # one row per word, or the word's index would point at its last row and queries list it twice
+            again = int(np.argmin(keep))
+            log.warning("%s: %s row(s) repeat a word read before (first: %r, rows %d and %d); the first row of each word is kept, "
+                        "as gensim does", path, f"{int((~keep).sum()):,}", words[again], first[words[again]] + 1, again + 1)  # fmt: skip
+            words, vectors = [w for w, k in zip(words, keep) if k], vectors[keep]
         return cls(words, vectors, source=str(path))
 
 

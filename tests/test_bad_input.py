@@ -156,6 +156,7 @@ CASES = [
     (["ckpt_path={in}/run/last.ckpt", "model=cbow"], "trained with model.net='SkipGram' but this run has model.net='CBOW'"),
     (["ckpt_path={in}/run/last.ckpt", "data.batch_size=128"], "trained with data.batch_size=64 but this run has data.batch_size=128"),
     (["ckpt_path={in}/run/last.ckpt", "data.window=3"], "trained with data.window=5 but this run has data.window=3"),
+    (["ckpt_path={in}/run/last.ckpt", "data.pair_order=windows"], "trained with data.pair_order='sides' but this run has data.pair_order='windows'"),
     (["ckpt_path={in}/run/last.ckpt", "model.alpha=0.05"], "trained with model.alpha=0.025"),
     (["ckpt_path={in}/run/last.ckpt", "model/optimizer=sparse_adam"], "trained with model.optimizer='SGD'"),
     # evaluation and callbacks

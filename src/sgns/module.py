@@ -106,6 +106,11 @@ class Word2VecModule(L.LightningModule):
         """The most pairs this family takes in one update (None: no limit); the data module keeps to it."""
         return _unpack(self.net_factory)[0].max_update_size
 
+    @property
+    def pair_order(self) -> str:
+        """The order of pairs this family trains on unless data.pair_order says otherwise."""
+        return _unpack(self.net_factory)[0].pair_order
+
     def build(self, vocab_size: int, words: Sequence[str] | None = None) -> None:
         """Make the tables once the vocabulary is known (the settings were checked at construction,
         before the corpus was read); a family that reads spellings (``needs_words``) gets the words."""

@@ -110,6 +110,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise Word2VecError(f"cannot use trainer.accelerator={cfg.trainer.accelerator} "
                             f"(devices={cfg.trainer.devices}): {message}{hint}") from None  # fmt: skip
     checkpoint, first_step = None, 0
+    datamodule.follow_model(model)
     if ckpt_path:  # a wrong checkpoint should also cost a glance
         expected = {**datamodule.resume_settings(trainer.world_size, datamodule.batch_device_type(trainer)),
                     **model.resume_settings()}  # fmt: skip

@@ -76,7 +76,7 @@ class Word2VecDataModule(L.LightningDataModule):
         batch_size: int = 1024,
         update_size: int | None = 256,
         chunk_tokens: int = 250_000,
-        pair_order: str = "sides",
+        pair_order: str | None = None,
         val_fraction: float = 0.02,
         val_max_tokens: int = 100_000,
         device: str = "auto",
@@ -98,7 +98,7 @@ class Word2VecDataModule(L.LightningDataModule):
         check_number("data.sample", sample, 0)
         check_number("data.val_fraction", val_fraction, 0, 1, high_open=True)
         check_number("data.ns_exponent", ns_exponent)
-        check_choice("data.pair_order", pair_order, ("sides", "windows", "pairs"))
+        check_choice("data.pair_order", pair_order, (None, "sides", "windows", "pairs"))
         check(isinstance(respect_lines, bool), f"data.respect_lines must be true or false, got {respect_lines!r}")
         check(device == "auto" or _is_device(device), f"data.device must be 'auto', 'cpu' or a torch device such as 'cuda:0', got {device!r}")
         check_tokenizer(tokenizer)
@@ -107,6 +107,7 @@ class Word2VecDataModule(L.LightningDataModule):
         self.corpus: PreparedCorpus | None = None
         self.example = "pairs"  # what the model trains on: "pairs" (skip-gram) or "windows" (CBOW)
         self.update_size = update_size  # pairs per update: data.update_size, unless the family takes fewer
+        self.pair_order = pair_order or "sides"  # data.pair_order, or (null) the family's (follow_model)
 
     # -- preparation ---------------------------------------------------------------------
     def prepare(self) -> PreparedCorpus:
@@ -142,7 +143,7 @@ class Word2VecDataModule(L.LightningDataModule):
     def _epochs(self, corpus, **overrides: Any) -> Epochs:
         h = self.hparams
         options = dict(window=h.window, negatives=h.negatives, shared_negatives=h.shared_negatives, batch_size=h.batch_size,
-                       update_size=self.update_size, chunk_tokens=h.chunk_tokens, seed=h.seed, pair_order=h.pair_order)  # fmt: skip
+                       update_size=self.update_size, chunk_tokens=h.chunk_tokens, seed=h.seed, pair_order=self.pair_order)  # fmt: skip
         return Epochs(corpus, self.keep_prob, self.noise, self.example, **{**options, **overrides})
 
     @cached_property
@@ -162,8 +163,7 @@ class Word2VecDataModule(L.LightningDataModule):
         self.prepare()
         device = self.hparams.device
         if self.trainer is not None:
-            self.example = getattr(self.trainer.lightning_module, "example", self.example)
-            self.cap_update_size(getattr(self.trainer.lightning_module, "max_update_size", None))
+            self.follow_model(self.trainer.lightning_module)
             if device == "auto":  # batches are made where training runs
                 device = self.trainer.strategy.root_device
         self.train_set.set_device("cpu" if device == "auto" else device)
@@ -176,6 +176,14 @@ class Word2VecDataModule(L.LightningDataModule):
                                                                   f"2 x data.window={2 * h.window} words")  # fmt: skip
         check(self.train_set.pairs() > 0, f"{self.source.describe()} gives no (centre, context) pairs to train on: no "
                                           "line keeps two in-vocabulary words (lower data.min_count or data.sample?)")  # fmt: skip
+
+    def follow_model(self, model: L.LightningModule) -> None:
+        """Make what the model's family trains on: its kind of example, updates no larger than it
+        takes, and its order of pairs where ``data.pair_order`` is null. Before the steps are first made."""
+        self.example = getattr(model, "example", self.example)
+        self.cap_update_size(getattr(model, "max_update_size", None))
+        if self.hparams.pair_order is None:
+            self.pair_order = getattr(model, "pair_order", self.pair_order)
 
     def cap_update_size(self, most: int | None) -> None:
         """Take updates of at most ``most`` pairs (a family's limit), saying so when that lowers
@@ -195,14 +203,15 @@ class Word2VecDataModule(L.LightningDataModule):
 
     # -- checkpoints -------------------------------------------------------------------------
     BATCH_KEYS = ("window", "negatives", "shared_negatives", "ns_exponent", "sample", "batch_size", "update_size",
-                  "chunk_tokens", "pair_order", "seed")  # fmt: skip
+                  "chunk_tokens", "seed")  # fmt: skip (and the order of pairs, resolved)
 
     def resume_settings(self, world_size: int, device_type: str) -> dict[str, Any]:
         """What decides an epoch's steps besides the corpus (by config key): a resumed run skips the
         steps its checkpoint had done, which are the same steps only if all of these agree.
         Batches made on a GPU come from its own random streams, hence the device type."""
         h = self.hparams
-        return {**{f"data.{k}": h[k] for k in self.BATCH_KEYS}, "data.device": device_type, "trainer.world_size": world_size}
+        return {**{f"data.{k}": h[k] for k in self.BATCH_KEYS}, "data.pair_order": self.pair_order, "data.device": device_type,
+                "trainer.world_size": world_size}  # fmt: skip
 
     def batch_device_type(self, trainer: L.Trainer | None) -> str:
         if self.hparams.device != "auto":

@@ -107,6 +107,7 @@ class WordModel(nn.Module):
 
     example = "pairs"  # what the data module makes for this family: "pairs" or "windows"
     max_update_size: int | None = None  # the most pairs one update may hold (None: data.update_size decides)
+    pair_order = "sides"  # the order of pairs data.pair_order=null gives this family (sides, windows or pairs)
 
     def __init__(self, vocab_size: int, embedding_dim: int = 100, sparse: bool = False):
         super().__init__()

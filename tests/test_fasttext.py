@@ -119,7 +119,7 @@ def test_updates_keep_to_the_familys_limit(run, tmp_path, monkeypatch, caplog):
 
 @pytest.mark.parametrize("model, order, expected", [("skipgram", None, "sides"), ("fasttext", None, "windows"),
                                                     ("fasttext", "sides", "sides"), ("skipgram", "windows", "windows")])  # fmt: skip
-def test_pairs_come_in_the_familys_order_unless_data_pair_order_says(run, tmp_path, model, order, expected):
+def test_pairs_come_in_the_familys_order_unless_data_pair_order_says(run, tmp_path, caplog, model, order, expected):
     """data.pair_order=null (the default) takes the family's order: whole windows for the subword
     family (half the distinct centres whose n-grams an update gathers and scatters), sides for
     skip-gram; a value given is kept. The order reaches the steps and the resume check."""
@@ -128,7 +128,9 @@ def test_pairs_come_in_the_familys_order_unless_data_pair_order_says(run, tmp_pa
     overrides = [f"data.path={run[0].parent / 'corpus.txt'}", "data.min_count=1", f"model={model}", "model.net.buckets=2000"][: 4 if model == "fasttext" else 3]
     cfg = compose_train(tmp_path, overrides + ([f"data.pair_order={order}"] if order else []))
     datamodule, module = instantiate(cfg.data), instantiate(cfg.model)
-    datamodule.follow_model(module)
+    with caplog.at_level(logging.INFO, logger="sgns.data.datamodule"):
+        datamodule.follow_model(module)
+    assert ("the model's order: windows" in caplog.text) == (model == "fasttext" and order is None)  # said when it is not sides
     datamodule.prepare()
     assert datamodule.train_set.pair_order == expected
     assert datamodule.resume_settings(1, "cpu")["data.pair_order"] == expected

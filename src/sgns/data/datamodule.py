@@ -182,8 +182,9 @@ class Word2VecDataModule(L.LightningDataModule):
         takes, and its order of pairs where ``data.pair_order`` is null. Before the steps are first made."""
         self.example = getattr(model, "example", self.example)
         self.cap_update_size(getattr(model, "max_update_size", None))
-        if self.hparams.pair_order is None:
-            self.pair_order = getattr(model, "pair_order", self.pair_order)
+        if self.hparams.pair_order is None and (order := getattr(model, "pair_order", self.pair_order)) != self.pair_order:
+            log.info("data.pair_order=null gives the model's order: %s (set data.pair_order to choose another)", order)
+            self.pair_order = order
 
     def cap_update_size(self, most: int | None) -> None:
         """Take updates of at most ``most`` pairs (a family's limit), saying so when that lowers

@@ -60,6 +60,7 @@ def inputs(tmp_path_factory):
     train(compose_train(other, _overrides(root / "abc.txt")))
     (other / "last.ckpt").rename(root / "other.ckpt")
     (root / "binary.txt").write_bytes(b"\x00\x01\x02 abc \x00" * 100)
+    (root / "utf16.txt").write_text("the cat sat on the mat\n" * 50, encoding="utf-16")  # as Windows' "Unicode"
     (root / "empty.txt").write_text("\n\n")
     (root / "truncated.ckpt").write_bytes(b"PK\x03\x04 not a whole zip")
     damage_the_largest_tensor(root / "run" / "last.ckpt", root / "damaged.ckpt")
@@ -84,6 +85,7 @@ CASES = [
     (["data.path={in}/empty.txt"], "corpus is empty"),
     (["data.path={in}/a_dir"], "corpus path is a directory"),
     (["data.path={in}/binary.txt"], "looks like a binary file"),
+    (["data.path={in}/utf16.txt"], "is UTF-16 text (it begins with a UTF-16 byte-order mark); save it as UTF-8"),
     (["data.path={in}/fifo"], "is not a regular file"),
     (["data.path={in}/truncated.txt.gz"], "truncated.txt.gz to its end"),
     (["data.path={in}/plain.txt.gz"], "cannot read corpus"),

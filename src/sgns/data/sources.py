@@ -9,6 +9,8 @@ changes whenever the source's content does.
 
 from __future__ import annotations
 
+import codecs
+
 import glob
 import hashlib
 import json
@@ -120,12 +122,16 @@ _READ_ERRORS = (OSError, EOFError, ValueError)  # (lzma.LZMAError is an OSError;
 
 
 def check_not_binary(path: Path) -> None:
-    """Refuse a file whose first 64 KiB hold NUL bytes: it is not text (or is a wrong archive)."""
+    """Refuse UTF-16 and UTF-32 text (by its byte-order mark: Windows' "Unicode") and a file whose
+    first 64 KiB hold NUL bytes: it is not text (or is a wrong archive)."""
     try:
         with _open_binary(path) as raw:
             head = raw.read(1 << 16)
     except Exception as exc:
         raise Word2VecError(f"cannot read corpus {path}: {_first_line(exc)}") from None
+    for encoding, marks in (("UTF-32", (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)), ("UTF-16", (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))):
+        check(not head.startswith(marks), f"corpus {path} is {encoding} text (it begins with a {encoding} byte-order mark); "
+                                          f"save it as UTF-8 (for example: iconv -f {encoding} -t UTF-8)")  # fmt: skip
     check(b"\0" not in head, f"corpus {path} looks like a binary file (NUL bytes), not text")
 
 

@@ -28,6 +28,17 @@ def test_vocabulary_order_min_count_and_counts(tmp_path):
     assert np.diff(corpus.train.starts).tolist() == [4, 3, 5]
 
 
+@pytest.mark.parametrize("name, opener", [("bom.txt", open), ("bom.txt.gz", gzip.open)])
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_word(tmp_path, name, opener):
+    """Windows editors begin UTF-8 files with U+FEFF; the whitespace tokenizer keeps every other
+    character, so the mark must go before it (it made '\\ufeffthe' a word of its own)."""
+    with opener(tmp_path / name, "wt", encoding="utf-8-sig") as out:
+        out.write("the cat sat\nthe dog sat\n")
+    corpus = prepare_corpus(tmp_path / name, tokenizer="whitespace", min_count=1)
+    assert sorted(corpus.vocab.words) == ["cat", "dog", "sat", "the"]
+    assert corpus.vocab.counts[corpus.vocab.words.index("the")] == 2
+
+
 def test_max_vocab_size_max_tokens_and_gzip(tmp_path):
     path = tmp_path / "c.txt.gz"
     with gzip.open(path, "wt") as out:

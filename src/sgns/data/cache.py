@@ -13,7 +13,7 @@ import numpy as np
 
 from sgns.data.corpus import EncodedCorpus, PreparedCorpus, Vocabulary
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4  # raised whenever the same settings would prepare a corpus differently (4: the whitespace tokenizer drops a line-leading U+FEFF)
 
 
 @dataclass(frozen=True)

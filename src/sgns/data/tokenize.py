@@ -35,7 +35,8 @@ def tokenize_batch(texts: pa.Array | pa.ChunkedArray, tokenizer: str) -> tuple[p
     if tokenizer == "jieba":
         lists = _jieba_lists(texts.to_pylist())
     elif tokenizer == "whitespace":
-        lists = pc.utf8_split_whitespace(texts)
+        # a line may begin with U+FEFF, the byte-order mark Windows editors put first: not part of a word
+        lists = pc.utf8_split_whitespace(pc.utf8_ltrim(texts, characters="\ufeff"))
     else:
         lists = pc.split_pattern_regex(pc.utf8_lower(texts), _SPLIT[tokenizer])
     flat = pc.list_flatten(lists)

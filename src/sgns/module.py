@@ -97,19 +97,10 @@ class Word2VecModule(L.LightningModule):
             self.build(vocab_size, words)
 
     @property
-    def example(self) -> str:
-        """What the data module must make for this family: "pairs" or "windows"."""
-        return _unpack(self.net_factory)[0].example
-
-    @property
-    def max_update_size(self) -> int | None:
-        """The most pairs this family takes in one update (None: no limit); the data module keeps to it."""
-        return _unpack(self.net_factory)[0].max_update_size
-
-    @property
-    def pair_order(self) -> str:
-        """The order of pairs this family trains on unless data.pair_order says otherwise."""
-        return _unpack(self.net_factory)[0].pair_order
+    def family(self) -> type[WordModel]:
+        """The network's class: what it asks of the data module (``example``, ``max_update_size``,
+        ``pair_order``), known before its tables are made."""
+        return _unpack(self.net_factory)[0]
 
     def build(self, vocab_size: int, words: Sequence[str] | None = None) -> None:
         """Make the tables once the vocabulary is known (the settings were checked at construction,

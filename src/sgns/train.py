@@ -58,7 +58,7 @@ def quiet() -> None:
 # The tables' type; the closed-form updates run in it. Mixed precision is refused: autocast would
 # turn their products to 16 bits beside 32-bit tables. float16 tables are refused too: Adam's eps
 # (1e-8) is 0 in float16, and its steps become nan. bf16 keeps float32's range (half the memory).
-PRECISIONS = {"32-true": "32-true", "32": "32-true", "64-true": "64-true", "64": "64-true", "bf16-true": "bf16-true"}
+PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-true")
 
 
 RUN_OUTPUTS = ("last.ckpt", "vectors.bin", "vectors.txt", "fasttext.bin")  # what a run writes that took its time

@@ -180,11 +180,12 @@ class Word2VecDataModule(L.LightningDataModule):
     def follow_model(self, model: L.LightningModule) -> None:
         """Make what the model's family trains on: its kind of example, updates no larger than it
         takes, and its order of pairs where ``data.pair_order`` is null. Before the steps are first made."""
-        self.example = getattr(model, "example", self.example)
-        self.cap_update_size(getattr(model, "max_update_size", None))
-        if self.hparams.pair_order is None and (order := getattr(model, "pair_order", self.pair_order)) != self.pair_order:
-            log.info("data.pair_order=null gives the model's order: %s (set data.pair_order to choose another)", order)
-            self.pair_order = order
+        family = model.family  # the network's class (models/base.py)
+        self.example = family.example
+        self.cap_update_size(family.max_update_size)
+        if self.hparams.pair_order is None and family.pair_order != self.pair_order:
+            log.info("data.pair_order=null gives the model's order: %s (set data.pair_order to choose another)", family.pair_order)
+            self.pair_order = family.pair_order
 
     def cap_update_size(self, most: int | None) -> None:
         """Take updates of at most ``most`` pairs (a family's limit), saying so when that lowers

@@ -10,7 +10,6 @@ changes whenever the source's content does.
 from __future__ import annotations
 
 import codecs
-
 import glob
 import hashlib
 import json

@@ -149,7 +149,7 @@ def gensim_worker(args: argparse.Namespace) -> None:
     name, sg = FAMILIES[args.family].split(" sg=")
     model = (Word2Vec if name == "Word2Vec" else FastText)(
         vector_size=args.dim, window=args.window, negative=args.negatives, sample=args.sample, min_count=args.min_count,
-        sg=int(sg), hs=0, workers=args.workers, seed=args.seed)  # fmt: skip
+        sg=int(sg), hs=0, workers=args.workers, seed=args.seed, **({"alpha": args.gensim_alpha} if args.gensim_alpha else {}))  # fmt: skip
     model.build_vocab(corpus_file=args.corpus)
     t1 = time.perf_counter()
     model.train(corpus_file=args.corpus, total_words=model.corpus_total_words, epochs=args.epochs)
@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=1, help="runs of each, alternating which goes first")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--gensim-alpha", type=float, help="gensim's alpha (default: gensim's own, 0.025; word2vec.c "
+                                                            "uses 0.05 for CBOW)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "bench")
     parser.add_argument("--scaling", action="store_true", help="also time ours at 10M/20M/40M tokens and at d=300")
     parser.add_argument("--busy", type=int, default=0, help="also run every repeat beside N busy-loop processes")
@@ -252,10 +254,12 @@ def main() -> None:
     corpus = args.out / f"corpus-{args.max_tokens or 'all'}.txt"
     tokens = write_slice(args.corpus, args.max_tokens, corpus)
     print(f"corpus: {corpus} ({tokens:,} tokens); d={args.dim} window={args.window} k={args.negatives} "
-          f"sample={args.sample} min_count={args.min_count} epochs={args.epochs}", flush=True)  # fmt: skip
+          f"sample={args.sample} min_count={args.min_count} epochs={args.epochs}"
+          + (f" gensim alpha={args.gensim_alpha}" if args.gensim_alpha else ""), flush=True)  # fmt: skip
     common = ["--corpus", str(corpus), "--epochs", str(args.epochs), "--dim", str(args.dim), "--window", str(args.window),
               "--negatives", str(args.negatives), "--sample", str(args.sample), "--min-count", str(args.min_count),
               "--workers", str(args.workers), "--seed", str(args.seed)]  # fmt: skip
+    common += ["--gensim-alpha", str(args.gensim_alpha)] if args.gensim_alpha else []
     floors = {}
     for name, imports in FLOORS.items():  # peak RSS of a bare import of each side's libraries
         code, _, rss = run_measured([sys.executable, "-c", imports], args.out / f"floor-{name}.log")

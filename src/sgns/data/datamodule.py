@@ -20,6 +20,7 @@ from sgns.data.sources import Source
 from sgns.data.tokenize import check_tokenizer
 from sgns.errors import Word2VecError, check, check_choice, check_int, check_number
 from sgns.lightning_internals import batches_done
+from sgns.models.base import WordModel
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,10 @@ class Word2VecDataModule(L.LightningDataModule):
         self.source = Source(path, format, text_column, dataset, dataset_config, split)
         self.save_hyperparameters(logger=False)
         self.corpus: PreparedCorpus | None = None
-        self.example = "pairs"  # what the model trains on: "pairs" (skip-gram) or "windows" (CBOW)
+        # until follow_model: the base family's example and order (skip-gram's)
+        self.example = WordModel.example  # what the model trains on: "pairs" (skip-gram) or "windows" (CBOW)
         self.update_size = update_size  # pairs per update: data.update_size, unless the family takes fewer
-        self.pair_order = pair_order or "sides"  # data.pair_order, or (null) the family's (follow_model)
+        self.pair_order = pair_order or WordModel.pair_order  # data.pair_order, or (null) the family's
 
     # -- preparation ---------------------------------------------------------------------
     def prepare(self) -> PreparedCorpus:

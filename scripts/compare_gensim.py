@@ -6,12 +6,14 @@
     python scripts/compare_gensim.py --repeats 3 --busy 1     # + each repeat again beside 1 busy process
     python scripts/compare_gensim.py --models skipgram,cbow   # skip-gram against sg=1, CBOW against sg=0
     python scripts/compare_gensim.py --models fasttext        # subwords against gensim FastText, + rare words
+    python scripts/compare_gensim.py --worker-scaling --models skipgram,cbow,fasttext --workers 8  # ours at 1..8 workers
 
 Each trainer runs in its own process (peak RSS from wait4), the order alternates between
 repeats, and both vector files are scored by the same code (gensim's evaluate_word_analogies
 with restrict_vocab=30000 and evaluate_word_pairs); our own end-of-epoch evaluation is switched
 off so that both training times cover training only. Raw words/s = corpus tokens before
-min_count and subsampling x epochs / training seconds, for both. Each side's memory floor is
+min_count and subsampling x epochs / training seconds, for both. Both sides train with
+``--workers`` workers (ours: ``trainer.devices``). Each side's memory floor is
 the peak RSS of a bare import of its libraries, measured in the same run. ``--busy N`` runs every
 repeat a second time with N CPU-bound processes (busy loops) beside the trainer, as on a shared
 machine or a laptop doing something else.
@@ -60,11 +62,37 @@ def write_slice(source: str, max_tokens: int, target: Path) -> int:
 
 def run_measured(cmd: list[str], log: Path) -> tuple[int, float, int]:
     """Run a command; return (exit code, wall seconds, peak RSS in bytes) of that process alone."""
-    started = time.perf_counter()
+    code, wall, rss, _ = run_measured_tree(cmd, log, sample_s=None)
+    return code, wall, rss
+
+
+def _tree_pss(pid: int) -> int:
+    """Proportional set size (bytes) of a process and its descendants: shared pages counted once in
+    all, divided among the processes that map them (RSS would count the shared tables per worker)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as smaps:
+                total += next(int(line.split()[1]) for line in smaps if line.startswith("Pss:")) * 1024
+            with open(f"/proc/{p}/task/{p}/children") as children:
+                todo += [int(c) for c in children.read().split()]
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def run_measured_tree(cmd: list[str], log: Path, sample_s: float | None = 0.2) -> tuple[int, float, int, int]:
+    """Run a command; return (exit code, wall seconds, peak RSS of its largest process, peak PSS of
+    its whole process tree sampled every ``sample_s`` seconds (0 when not sampled)) in bytes."""
+    started, peak = time.perf_counter(), 0
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        while sample_s is not None and proc.poll() is None:
+            peak = max(peak, _tree_pss(proc.pid))
+            time.sleep(sample_s)
         _, status, usage = os.wait4(proc.pid, 0)
-    return os.waitstatus_to_exitcode(status), time.perf_counter() - started, usage.ru_maxrss * 1024
+    return os.waitstatus_to_exitcode(status), time.perf_counter() - started, usage.ru_maxrss * 1024, peak
 
 
 FLOORS = {"ours": "import torch, lightning, hydra, torchmetrics, datasets", "gensim": "import gensim"}
@@ -73,9 +101,14 @@ FLOORS = {"ours": "import torch, lightning, hydra, torchmetrics, datasets", "gen
 FAMILIES = {"skipgram": "Word2Vec sg=1", "cbow": "Word2Vec sg=0", "fasttext": "FastText sg=1"}  # our model=... and gensim's side
 
 
-def ours_command(args: argparse.Namespace, corpus: Path, out: Path, dim: int | None = None, model: str = "skipgram") -> list[str]:
-    """Our trainer on ``corpus``, its preparation cache in ``out/cache`` (emptied by ``run_dir``)."""
+def ours_command(args: argparse.Namespace, corpus: Path, out: Path, dim: int | None = None, model: str = "skipgram",
+                 workers: int | None = None) -> list[str]:  # fmt: skip
+    """Our trainer on ``corpus`` with ``workers`` (default ``--workers``) lock-free workers unless the
+    overrides choose (``trainer.deterministic=true``: one), its preparation cache in ``out/cache``
+    (emptied by ``run_dir``)."""
+    chosen = any(o.startswith(("trainer.devices=", "trainer.deterministic=")) for o in args.overrides)
     return [sys.executable, "train.py", f"model={model}", "data=text_file", f"data.path={corpus}", "data.tokenizer=whitespace",
+            *([] if chosen else [f"trainer.devices={workers or args.workers}"]),
             "data.val_fraction=0", f"data.window={args.window}", f"data.negatives={args.negatives}",
             f"data.sample={args.sample}", f"data.min_count={args.min_count}", f"model.net.embedding_dim={dim or args.dim}",
             f"trainer.max_epochs={args.epochs}", f"seed={args.seed}", "logger=none", "~callbacks.word_vectors",
@@ -99,6 +132,28 @@ def scaling(args: argparse.Namespace) -> None:
         analogy = evaluate(out / "vectors.bin")["analogy"]
         print(f"| {tokens:,} | {dim} | {train_s:.1f} | {train_s / tokens * 1e6 / args.epochs:.2f} | "
               f"{tokens * args.epochs / train_s:,.0f} | {rss / 2**20:.0f} | {100 * analogy:.1f} % |", flush=True)  # fmt: skip
+
+
+def worker_scaling(args: argparse.Namespace, corpus: Path, tokens: int) -> None:
+    """Ours alone with 1, 2, 4, ... ``--workers`` lock-free workers, each family of ``--models``:
+    speed, the speed-up over one worker, memory of all processes together, scores."""
+    counts = sorted({1, args.workers, *(2**i for i in range(args.workers.bit_length()) if 2**i < args.workers)})
+    print("\n| ours: model | workers | train s | end-to-end s | raw words/s | speed-up | peak PSS, all processes MB | "
+          "peak RSS, largest process MB | analogy@30k | WS353 ρ | SimLex ρ |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for model in args.models.split(","):
+        one = None
+        for workers in counts:
+            out = run_dir(args.out / f"workers-{model}-{workers}")
+            code, wall, rss, pss = run_measured_tree(ours_command(args, corpus, out, model=model, workers=workers), out / "log.txt")
+            if code != 0:
+                sys.exit(f"ours failed (exit {code}); see {out / 'log.txt'}")
+            train_s = json.loads((out / "metrics.json").read_text())["train_s"]
+            one = one or train_s
+            scores = evaluate(out / "vectors.bin")
+            print(f"| {model} | {workers} | {train_s:.1f} | {wall:.1f} | {tokens * args.epochs / train_s:,.0f} | {one / train_s:.2f} | "
+                  f"{pss / 2**20:.0f} | {rss / 2**20:.0f} | {100 * scores['analogy']:.1f} % | {scores['ws353']:.3f} | "
+                  f"{scores['simlex']:.3f} |", flush=True)  # fmt: skip
 
 
 def run_dir(out: Path) -> Path:
@@ -226,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--negatives", type=int, default=5)
     parser.add_argument("--sample", type=float, default=1e-4)
     parser.add_argument("--min-count", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="gensim's workers and ours "
+                        "(trainer.devices); default: the cores this process may use")  # fmt: skip
+    parser.add_argument("--worker-scaling", action="store_true", help="only ours, with 1, 2, 4, ... --workers workers")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each, alternating which goes first")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--gensim-alpha", type=float, help="gensim's alpha (default: gensim's own, 0.025; word2vec.c "
@@ -260,6 +317,8 @@ def main() -> None:
               "--negatives", str(args.negatives), "--sample", str(args.sample), "--min-count", str(args.min_count),
               "--workers", str(args.workers), "--seed", str(args.seed)]  # fmt: skip
     common += ["--gensim-alpha", str(args.gensim_alpha)] if args.gensim_alpha else []
+    if args.worker_scaling:
+        return worker_scaling(args, corpus, tokens)
     floors = {}
     for name, imports in FLOORS.items():  # peak RSS of a bare import of each side's libraries
         code, _, rss = run_measured([sys.executable, "-c", imports], args.out / f"floor-{name}.log")

@@ -70,7 +70,7 @@ def test_optuna_search_runs_trials(planted, tmp_path):
     """A trial whose settings diverge is the worst trial, with one line; the search goes on."""
     path, _ = planted
     result, sweep = _sweep("hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=3",
-                           "model.alpha=choice(0.035,60)", "trainer.max_epochs=1",
+                           "model.alpha=choice(0.035,60)", "trainer.max_epochs=1", "trainer.deterministic=true",
                            f"data.path={path}", "data.min_count=1", tmp_path=tmp_path)  # fmt: skip
     rows = _summary(sweep)
     assert len(rows) == 3 and {r["status"] for r in rows} == {"ok", "failed"}

@@ -26,7 +26,7 @@ def _args(corpus, run_dir, *extra):
     return [f"data.path={corpus}", "data.min_count=1", "data.sample=0", "data.batch_size=128", "trainer.max_epochs=2",
             "model.net.embedding_dim=16", "callbacks.model_checkpoint.every_n_train_steps=40", "logger=none",
             "callbacks.progress_bar.refresh_rate=0", "callbacks.word_vectors.every_n_epochs=100",
-            f"hydra.run.dir={run_dir}", *extra]  # fmt: skip
+            "trainer.deterministic=true", f"hydra.run.dir={run_dir}", *extra]  # fmt: skip
 
 
 def _finish(args):
@@ -169,7 +169,7 @@ def test_same_seed_same_bits_other_seed_other_vectors(tmp_path):
     runs = {}
     for name, seed in [("a", 3), ("b", 3), ("c", 4)]:
         cfg = compose_train(tmp_path / name, [f"data.path={corpus}", "data.min_count=1", "trainer.max_epochs=2",
-                                              f"seed={seed}", "logger=none"])  # fmt: skip
+                                              f"seed={seed}", "logger=none", "trainer.deterministic=true"])  # fmt: skip
         train(cfg)
         runs[name] = (tmp_path / name / "vectors.bin").read_bytes()
     assert runs["a"] == runs["b"]
@@ -185,7 +185,8 @@ def test_the_thread_count_does_not_change_the_bits(tmp_path):
         for threads in sorted({1, most}):
             torch.set_num_threads(threads)
             cfg = compose_train(tmp_path / str(threads), [f"data.path={corpus}", "data.min_count=1", "trainer.max_epochs=2",
-                                                          "logger=none", "callbacks.threads.enabled=false"])  # fmt: skip
+                                                          "logger=none", "callbacks.threads.enabled=false",
+                                                          "trainer.deterministic=true"])  # fmt: skip
             train(cfg)
             runs[threads] = (tmp_path / str(threads) / "vectors.bin").read_bytes()
     finally:
@@ -234,7 +235,7 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_bits(tmp_path, model):
     corpus = tmp_path / "planted.txt"
     planted_corpus(corpus, sentences=400)
     common = [f"data.path={corpus}", "data.min_count=1", "data.batch_size=128", "data.update_size=32", "trainer.max_epochs=2",
-              f"model={model}", "model.net.embedding_dim=16", "logger=none", "probe_words=[]"]  # fmt: skip
+              f"model={model}", "model.net.embedding_dim=16", "logger=none", "probe_words=[]", "trainer.deterministic=true"]  # fmt: skip
     common += ["model.net.buckets=5000"] if model == "fasttext" else []
     train(compose_train(tmp_path / "whole", common))
     with pytest.raises(Stopped):

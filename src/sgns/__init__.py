@@ -1,3 +1,15 @@
 """Word2vec (skip-gram and CBOW with negative sampling) in PyTorch Lightning."""
 
+from omegaconf import OmegaConf
+
 __version__ = "0.1.0"
+
+
+def _cpu_workers(deterministic: object) -> int:
+    from sgns.hogwild import default_workers  # (lightning is imported when a config is resolved, not before)
+
+    return default_workers(deterministic)
+
+
+# conf/trainer/default.yaml: trainer.devices=${cpu_workers:${.deterministic}}
+OmegaConf.register_new_resolver("cpu_workers", _cpu_workers, replace=True)

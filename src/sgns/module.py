@@ -8,7 +8,7 @@ import functools
 import hashlib
 import inspect
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import lightning as L
 import torch
@@ -44,6 +44,14 @@ def wants_sparse_gradients(optimizer: OptimizerFactory) -> bool:
     if cls is torch.optim.SparseAdam:
         return True
     return cls is torch.optim.SGD and not kwargs.get("momentum") and not kwargs.get("weight_decay")
+
+
+def check_finite(tables: Iterable[tuple[str, torch.Tensor]], step: int) -> None:
+    """Raise Diverged before a checkpoint is written from tables that hold NaN or inf."""
+    for name, table in tables:
+        if not torch.isfinite(table).all():
+            raise Diverged(f"{name} holds NaN/inf at step {step}; not saving a checkpoint "
+                           "(the last one is kept). Lower model.alpha or data.update_size.")  # fmt: skip
 
 
 class Word2VecModule(L.LightningModule):
@@ -93,6 +101,7 @@ class Word2VecModule(L.LightningModule):
         self.net: WordModel | None = None
         self.automatic_optimization = False  # a step is several updates, each its own optimiser step
         self._epoch_loss = [0.0, 0]
+        self.shared_progress: Callable[[float], float] | None = None  # (hogwild.py)
         if vocab_size is not None:
             self.build(vocab_size, words)
 
@@ -143,20 +152,35 @@ class Word2VecModule(L.LightningModule):
         # the loss costs as much as a tenth of an update: computed where it is read, on the steps the
         # logger writes and on the epoch's last step (so the loss reported at the end is the last epoch's)
         wanted = (self.global_step + 1) % max(1, trainer.log_every_n_steps) == 0 or batch_idx == trainer.num_training_batches - 1
-        result = [0.0, 0]
+        result = (0.0, 0)
 
         def closure() -> None:  # every update of the step; Lightning counts one optimiser step
-            for u, update in enumerate(step):
-                self._decay(optimizer.optimizer, (self.global_step + u / len(step)) / self._total)
-                loss, n = self._update(optimizer.optimizer, update, wanted)
-                if loss is not None:
-                    result[0], result[1] = result[0] + float(loss) * n, result[1] + n
+            nonlocal result
+            result = self.train_updates(step, optimizer.optimizer, wanted)
             optimizer.optimizer.zero_grad(set_to_none=True)  # (the step that follows finds nothing left to apply)
 
         optimizer.step(closure=closure)
         if result[1]:
             self._log_loss(result[0] / result[1], result[1])
             self.log("train/alpha", optimizer.optimizer.param_groups[0]["lr"])
+
+    def train_updates(self, step: list[Batch], optimizer: torch.optim.Optimizer, with_loss: bool) -> tuple[float, int]:
+        """Every update of one step, each with alpha decayed to the progress of training; returns the
+        summed loss of the measured updates and their examples. (Lock-free workers run this alone.)"""
+        total, examples = 0.0, 0
+        for u, update in enumerate(step):
+            self._decay(optimizer, self._progress(u / len(step)))
+            loss, n = self._update(optimizer, update, with_loss)
+            if loss is not None:
+                total, examples = total + float(loss) * n, examples + n
+        return total, examples
+
+    def _progress(self, fraction: float) -> float:
+        """Share of the run trained, ``fraction`` of a step into the current one: this process's
+        steps, or all lock-free workers' together (``shared_progress``, set by their strategy)."""
+        if self.shared_progress is not None:
+            return self.shared_progress(fraction)
+        return (self.global_step + fraction) / self._total
 
     def _update(self, optimizer: torch.optim.Optimizer, update: Batch, with_loss: bool) -> tuple[float | None, int]:
         """One optimiser update; its mean loss over all ranks' examples (None unless ``with_loss``) and their number."""
@@ -195,7 +219,9 @@ class Word2VecModule(L.LightningModule):
                 f"training diverged: loss {value:.4g} at step {self.global_step} (untrained: {untrained:.4f}); "
                 "stopping before the update (the last checkpoint is kept). Lower model.alpha or data.update_size"
                 + (f", or raise data.shared_negatives: each of its K={update.negatives.shape[1]} negatives weighs "
-                   f"k/K = {update.neg_weight:g}" if update.neg_weight > 1 else "") + "."
+                   f"k/K = {update.neg_weight:g}" if update.neg_weight > 1 else "")
+                + (", or train fewer workers (trainer.devices): on a small vocabulary they update the same rows at once, "
+                   "and their steps add up" if self.shared_progress is not None else "") + "."
             )  # fmt: skip
         return loss
 
@@ -279,10 +305,7 @@ class Word2VecModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Never replace a good checkpoint with non-finite weights; record the resume settings."""
-        for name, table in self.net.named_parameters():
-            if not torch.isfinite(table).all():
-                raise Diverged(f"{name} holds NaN/inf at step {self.global_step}; not saving a checkpoint "
-                                    "(the last one is kept). Lower model.alpha or data.update_size.")  # fmt: skip
+        check_finite(self.net.named_parameters(), self.global_step)
         checkpoint["resume_settings"] = self.resume_settings()
 
     @torch.no_grad()

@@ -30,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sgns.callbacks import GracefulStop, raw_words
 from sgns.data.memory import reuse_freed_memory
 from sgns.errors import Diverged, UnknownWordError, Word2VecError, check, check_int, word_list
+from sgns.hogwild import HogwildStrategy, workers
 from sgns.outputs import DATA_KEY, VECTORS_KEY, export_run, read_checkpoint
 from sgns.vectors import WordVectors
 
@@ -109,10 +110,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         hint = "" if cfg.trainer.accelerator == "cpu" else "; try trainer=cpu"
         raise Word2VecError(f"cannot use trainer.accelerator={cfg.trainer.accelerator} "
                             f"(devices={cfg.trainer.devices}): {message}{hint}") from None  # fmt: skip
+    if isinstance(trainer.strategy, HogwildStrategy):
+        trainer.strategy.check_model(model, cfg.trainer.get("deterministic"))
     checkpoint, first_step = None, 0
     datamodule.follow_model(model)
     if ckpt_path:  # a wrong checkpoint should also cost a glance
-        expected = {**datamodule.resume_settings(trainer.world_size, datamodule.batch_device_type(trainer)),
+        expected = {**datamodule.resume_settings(trainer.world_size, datamodule.batch_device_type(trainer), workers(trainer)),
                     **model.resume_settings()}  # fmt: skip
         checkpoint = check_checkpoint(ckpt_path, expected)
         first_step = int(checkpoint["global_step"])

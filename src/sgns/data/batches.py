@@ -70,13 +70,17 @@ class Epochs(IterableDataset):
         self.pair_order = pair_order if shuffle and example == "pairs" and pair_order != "pairs" else "plain"
         self.epoch = 0
         self.skip = 0  # steps of this epoch already trained (resume)
-        self.rank, self.world_size = 0, 1  # distributed training: this process's share
+        self.rank, self.world_size = 0, 1  # distributed training: this process's slice of every update
+        self.worker, self.workers = 0, 1  # lock-free workers: this process's share of the chunks
         self.device = torch.device("cpu")  # where batches are made
-        self._pairs: dict[int, int] = {}
-        # chunk boundaries on sentence starts, so no window is cut
-        starts = corpus.starts
+        self._chunk_pairs: dict[int, list[int]] = {}
+        self.chunk_sentences = self._chunk_bounds(chunk_tokens)
+
+    def _chunk_bounds(self, chunk_tokens: int) -> np.ndarray:
+        """Chunk boundaries (sentence indices) on sentence starts, so no window is cut."""
+        starts = self.starts
         cuts = np.searchsorted(starts, np.arange(0, starts[-1], max(1, chunk_tokens)))
-        self.chunk_sentences = np.unique(np.append(cuts, len(starts) - 1))  # sentence indices
+        return np.unique(np.append(cuts, len(starts) - 1))
 
     @property
     def n_chunks(self) -> int:
@@ -99,6 +103,18 @@ class Epochs(IterableDataset):
         """Under distributed training, take slice ``rank`` of every update of world_size x batch_size examples."""
         check(0 <= rank < world_size, f"rank {rank} outside world size {world_size}")
         self.rank, self.world_size = rank, world_size
+
+    CHUNKS_PER_WORKER = 4  # at least, so that shares of a small corpus are near-equal
+
+    def set_share(self, worker: int, workers: int) -> None:
+        """Lock-free training: walk every ``workers``-th chunk of each epoch's shuffled order, from
+        ``worker`` on. A corpus of fewer than ``CHUNKS_PER_WORKER`` chunks per worker is cut into that
+        many (one worker keeps the chunks it has)."""
+        check(0 <= worker < workers, f"worker {worker} outside {workers} workers")
+        if workers > 1 and self.n_chunks < self.CHUNKS_PER_WORKER * workers:
+            self.chunk_sentences = self._chunk_bounds(-(-int(self.starts[-1]) // (self.CHUNKS_PER_WORKER * workers)))
+            self._chunk_pairs = {}
+        self.worker, self.workers = worker, workers
 
     def _chunk_tokens(self, chunk: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A chunk's tokens after subsampling, and their sentence ids."""
@@ -124,26 +140,44 @@ class Epochs(IterableDataset):
         order = torch.randperm(len(parts[0]), generator=gen, device=self.device)
         return tuple(p.index_select(0, order) for p in parts)
 
-    def _chunk_order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.n_chunks))
-        return torch.randperm(self.n_chunks, generator=generator(self.seed, self.epoch)).tolist()
+    def _chunk_order(self, worker: int | None = None) -> list[int]:
+        """The epoch's chunks in their shuffled order: ``worker``'s share of them (default: this process's)."""
+        order = torch.randperm(self.n_chunks, generator=generator(self.seed, self.epoch)).tolist() if self.shuffle else list(range(self.n_chunks))
+        return order[self.worker if worker is None else worker :: self.workers]
 
     def pairs(self) -> int:
-        """(centre, context) pairs of this epoch, all ranks together: for CBOW the words of all its
-        windows (the same draws give both families the same pairs). Replays the epoch's
-        subsampling and window draws once and counts them without making the examples."""
-        if self.epoch not in self._pairs:
-            self._pairs = {self.epoch: sum(self._chunk_pair_count(c) for c in range(self.n_chunks))}
-        return self._pairs[self.epoch]
+        """(centre, context) pairs of this epoch, all ranks and workers together: for CBOW the words
+        of all its windows (the same draws give both families the same pairs)."""
+        return sum(self._pair_counts())
 
-    def _chunk_pair_count(self, chunk: int) -> int:
-        gen = generator(self.seed, self.epoch, chunk, device=self.device)
+    def _pair_counts(self, epoch: int | None = None) -> list[int]:
+        """Each chunk's pairs in ``epoch`` (default: this one). Replays the epoch's subsampling and
+        window draws once and counts them without making the examples."""
+        epoch = self.epoch if epoch is None else epoch
+        if epoch not in self._chunk_pairs:
+            self._chunk_pairs[epoch] = [self._chunk_pair_count(epoch, c) for c in range(self.n_chunks)]
+            self._chunk_pairs = {e: v for e, v in self._chunk_pairs.items() if e in (0, epoch)}  # (the first one: the decay's)
+        return self._chunk_pairs[epoch]
+
+    def _chunk_pair_count(self, epoch: int, chunk: int) -> int:
+        gen = generator(self.seed, epoch, chunk, device=self.device)
         _, sentence = self._chunk_tokens(chunk, gen)
         return skipgram_pair_count(sentence, self.window, gen)
 
+    def share_lengths(self, epoch: int | None = None) -> list[int]:
+        """Steps of every worker's share of ``epoch`` (default: this one)."""
+        counts, current = self._pair_counts(epoch), self.epoch
+        self.epoch = current if epoch is None else epoch  # (the shuffled order is the epoch's)
+        try:
+            shares = [sum(counts[c] for c in self._chunk_order(w)) for w in range(self.workers)]
+        finally:
+            self.epoch = current
+        return [-(-pairs // (self.batch_size * self.world_size)) for pairs in shares]
+
     def __len__(self) -> int:
-        return -(-self.pairs() // (self.batch_size * self.world_size))
+        if self.workers == 1:
+            return -(-self.pairs() // (self.batch_size * self.world_size))
+        return self.share_lengths()[self.worker]
 
     def __iter__(self) -> Iterator[Step]:
         """Every rank walks the same shuffled example stream. Steps and updates are measured in

@@ -19,6 +19,7 @@ from sgns.data.sampling import AliasSampler, keep_probabilities, noise_distribut
 from sgns.data.sources import Source
 from sgns.data.tokenize import check_tokenizer
 from sgns.errors import Word2VecError, check, check_choice, check_int, check_number
+from sgns.hogwild import workers
 from sgns.lightning_internals import batches_done
 from sgns.models.base import WordModel
 
@@ -169,8 +170,9 @@ class Word2VecDataModule(L.LightningDataModule):
             if device == "auto":  # batches are made where training runs
                 device = self.trainer.strategy.root_device
         self.train_set.set_device("cpu" if device == "auto" else device)
-        if self.trainer is not None:  # before anyone asks len(): each rank's share of the steps
+        if self.trainer is not None:  # before anyone asks len(): each rank's share of the steps, this worker's of the chunks
             self.train_set.set_rank(self.trainer.global_rank, self.trainer.world_size)
+            self.train_set.set_share(0, workers(self.trainer))
         h = self.hparams
         if self.example == "windows":  # a step and an update must hold a whole window
             for name in ("batch_size", "update_size"):
@@ -209,13 +211,14 @@ class Word2VecDataModule(L.LightningDataModule):
     BATCH_KEYS = ("window", "negatives", "shared_negatives", "ns_exponent", "sample", "batch_size", "update_size",
                   "chunk_tokens", "seed")  # fmt: skip (and the order of pairs, resolved)
 
-    def resume_settings(self, world_size: int, device_type: str) -> dict[str, Any]:
+    def resume_settings(self, world_size: int, device_type: str, cpu_workers: int = 1) -> dict[str, Any]:
         """What decides an epoch's steps besides the corpus (by config key): a resumed run skips the
         steps its checkpoint had done, which are the same steps only if all of these agree.
-        Batches made on a GPU come from its own random streams, hence the device type."""
+        Batches made on a GPU come from its own random streams, hence the device type; lock-free
+        workers each walk their own share of the chunks, hence their number."""
         h = self.hparams
         return {**{f"data.{k}": h[k] for k in self.BATCH_KEYS}, "data.pair_order": self.pair_order, "data.device": device_type,
-                "trainer.world_size": world_size}  # fmt: skip
+                "trainer.world_size": world_size, "trainer.devices": cpu_workers}  # fmt: skip
 
     def batch_device_type(self, trainer: L.Trainer | None) -> str:
         if self.hparams.device != "auto":
@@ -227,7 +230,7 @@ class Word2VecDataModule(L.LightningDataModule):
         the settings that decide the steps, so a resumed run can check it replays the same ones."""
         world_size = self.trainer.world_size if self.trainer is not None else 1
         return {"words": self.vocab.words, "counts": self.vocab.counts.tolist(),
-                "settings": self.resume_settings(world_size, self.train_set.device.type)}  # fmt: skip
+                "settings": self.resume_settings(world_size, self.train_set.device.type, workers(self.trainer))}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("words") != self.vocab.words:

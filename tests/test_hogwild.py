@@ -1,0 +1,273 @@
+"""Lock-free workers on the CPU (sgns/hogwild.py): shared tables, shares of the chunks, one
+schedule for all, learning, and failures that end the run with one line."""
+
+import os
+import re
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+from gensim.models import KeyedVectors
+
+from conftest import compose_train, planted_corpus, start_train_py
+from sgns.data.batches import Epochs
+from sgns.data.prepare import prepare_corpus
+from sgns.data.sampling import AliasSampler, keep_probabilities, noise_distribution
+from sgns.errors import Word2VecError
+from sgns.hogwild import WorkerPool, default_workers, share_tables
+from sgns.train import train
+
+
+def _private_dirty_kb() -> int:
+    with open("/proc/self/smaps_rollup") as smaps:
+        return int(re.search(r"^Private_Dirty:\s+(\d+) kB", smaps.read(), re.M).group(1))
+
+
+def test_the_tables_are_shared_not_copied():
+    """A forked worker's writes land in the trainer's own table, and writing all of a 64 MB table
+    leaves the worker no private copy of it (copy-on-write memory would)."""
+    net = torch.nn.Embedding(160_000, 100)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    share_tables(net, optimizer)
+    table = net.weight
+    assert table is optimizer.param_groups[0]["params"][0]  # the same parameter, its storage moved
+    before = table.detach().clone()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # (one thread, as a worker: OpenMP's thread pool does not survive a fork)
+        torch.set_num_threads(1)
+        dirty = _private_dirty_kb()
+        with torch.no_grad():
+            table.add_(1.0)  # every row
+        os.write(write, str(_private_dirty_kb() - dirty).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    grown_kb = int(os.read(read, 100))
+    assert torch.equal(table.detach(), before + 1.0)
+    assert grown_kb < 8_000, grown_kb  # the table is 62,500 kB
+
+
+def test_sparse_adams_moments_are_shared_too():
+    net = torch.nn.Embedding(10, 4)
+    optimizer = torch.optim.SparseAdam(net.parameters(), lr=0.1)
+    share_tables(net, optimizer)
+    state = optimizer.state[net.weight]
+    assert state["step"] == 0 and not state["exp_avg"].any()
+    pid = os.fork()
+    if pid == 0:
+        torch.set_num_threads(1)
+        state["exp_avg"].add_(2.0)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert (state["exp_avg"] == 2.0).all()
+
+
+@pytest.fixture(scope="module")
+def epochs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "planted.txt"
+    planted_corpus(path, sentences=3000)
+    corpus = prepare_corpus(path, min_count=1, val_fraction=0.0)
+
+    def make(example="pairs"):
+        return Epochs(corpus.train, keep_probabilities(corpus.vocab.counts, 1e-3), AliasSampler(noise_distribution(corpus.vocab.counts)),
+                      example, window=3, negatives=5, shared_negatives=8, batch_size=256, update_size=64, chunk_tokens=2000,
+                      seed=1)  # fmt: skip
+
+    return make
+
+
+@pytest.mark.parametrize("example", ["pairs", "windows"])
+def test_workers_share_every_epochs_chunks_and_together_see_each_example_once(epochs, example):
+    """W shares partition the epoch: their examples together are one process's, each share's step
+    count is what it yields, and every epoch deals the chunks anew."""
+    whole = epochs(example)
+    whole.set_epoch(1)
+    expected = sorted(map(tuple, torch.stack([torch.cat([u.center for s in whole for u in s]),
+                                              torch.cat([u.context[:, 0] if u.context.dim() > 1 else u.context
+                                                         for s in whole for u in s])], 1).tolist()))  # fmt: skip
+    seen, orders = [], []
+    for worker in range(3):
+        share = epochs(example)
+        share.set_share(worker, 3)
+        share.set_epoch(1)
+        steps = list(share)
+        assert len(steps) == len(share) == share.share_lengths()[worker] > 0
+        orders.append(share._chunk_order())
+        share.set_epoch(2)
+        assert share._chunk_order() != orders[-1]
+        seen += [(int(c), int(o)) for s in steps for u in s for c, o in zip(u.center, u.context[:, 0] if u.context.dim() > 1 else u.context)]
+    assert sorted(seen) == expected
+    assert sorted(c for order in orders for c in order) == list(range(whole.n_chunks))
+
+
+def test_a_small_corpus_is_cut_into_chunks_for_every_worker(epochs):
+    share = epochs()
+    share.chunk_sentences = share._chunk_bounds(10**9)  # one chunk, as the embedded corpus has
+    share.set_share(1, 2)
+    assert share.n_chunks >= 2 * Epochs.CHUNKS_PER_WORKER - 1 and len(share) > 0
+
+
+def test_alpha_decays_with_all_workers_steps():
+    pool = WorkerPool(3)
+    pool.total = 300
+    pool.trained.copy_(torch.tensor([40, 50, 60]))
+    assert pool.progress(0.5) == pytest.approx(150.5 / 300)
+
+
+def test_the_default_is_one_worker_per_core_and_deterministic_is_one(tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    assert default_workers(False) == cores and default_workers(True) == 1
+    assert compose_train(tmp_path).trainer.devices == cores
+    assert compose_train(tmp_path, ["trainer.deterministic=true"]).trainer.devices == 1
+    assert compose_train(tmp_path, ["trainer=gpu"]).trainer.strategy == "auto"
+
+
+def _small(corpus, *extra):
+    return [f"data.path={corpus}", "data.min_count=1", "data.sample=0", "data.batch_size=256", "data.update_size=64",
+            "model.net.embedding_dim=16", "logger=none", "probe_words=[]", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["skipgram", "cbow", "fasttext"])
+def test_two_workers_learn_planted_groups_and_decay_alpha_to_its_end(planted, tmp_path, model):
+    path, groups = planted
+    metrics = train(compose_train(tmp_path, _small(path, "trainer.devices=2", f"model={model}", "trainer.max_epochs=3",
+                                                   *(["model.net.buckets=5000"] if model == "fasttext" else []))))  # fmt: skip
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)["hogwild"]
+    assert state["workers"] == 2 and min(state["trained"]) > 0.4 * sum(state["trained"])  # both trained their share
+    # the decay counts both workers' steps: alpha ends near min_alpha, not half-way (one worker's count)
+    assert metrics["train/alpha"] < 0.1 * (0.1 if model == "cbow" else 0.025)
+    kv = KeyedVectors.load_word2vec_format(str(tmp_path / "vectors.txt"))
+    for group in groups:
+        for word in group:
+            assert {w for w, _ in kv.most_similar(word, topn=len(group) - 1)} == set(group) - {word}, word
+
+
+def test_sparse_adam_trains_with_two_workers(planted, tmp_path):
+    path, groups = planted
+    train(compose_train(tmp_path, _small(path, "trainer.devices=2", "model/optimizer=sparse_adam", "trainer.max_epochs=2")))
+    kv = KeyedVectors.load_word2vec_format(str(tmp_path / "vectors.txt"))
+    word = groups[0][0]
+    assert {w for w, _ in kv.most_similar(word, topn=4)} == set(groups[0]) - {word}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["model/optimizer=adamw", "trainer.devices=2"], "model.optimizer=AdamW updates every row at every step, so 2 lock-free workers"),
+    (["trainer.deterministic=true", "trainer.devices=2"], "trainer.deterministic=true trains one worker"),
+    (["trainer.accelerator=gpu", "trainer.devices=2"], None),  # (no GPU here: Lightning's own line)
+])  # fmt: skip
+def test_what_workers_cannot_train_is_refused_before_the_corpus_is_read(tmp_path, extra, message):
+    with pytest.raises(Exception) as error:
+        train(compose_train(tmp_path, ["data.path=/nonexistent.txt", *extra]))
+    if message:
+        assert isinstance(error.value, Word2VecError) and message in str(error.value)
+    assert not (tmp_path / "last.ckpt").exists()
+
+
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("long") / "planted.txt"
+    planted_corpus(path, sentences=20000)
+    return path
+
+
+def _long(corpus, run_dir, *extra):
+    return [*_small(corpus, "data.batch_size=128", "data.update_size=32", "trainer.devices=2", "trainer.max_epochs=3",
+                    "callbacks.progress_bar.refresh_rate=0", "callbacks.word_vectors.every_n_epochs=100",
+                    "callbacks.model_checkpoint.every_n_train_steps=20", f"hydra.run.dir={run_dir}"), *extra]  # fmt: skip
+
+
+def _worker_of(proc, timeout=120):
+    """The pid of one of the run's forked workers, once one runs."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        children = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.02)
+    raise AssertionError("no worker started")
+
+
+def _gone(pid, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().split(") ")[1].startswith("Z"):  # a zombie no longer runs
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_worker_killed_with_9_ends_the_run_with_one_line_and_a_resumable_checkpoint(long_corpus, tmp_path):
+    proc = start_train_py(*_long(long_corpus, tmp_path))
+    while not (tmp_path / "last.ckpt").exists():  # a step checkpoint first
+        assert proc.poll() is None
+        time.sleep(0.05)
+    os.kill(_worker_of(proc), signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert re.search(r"worker 1 of 2 \(pid \d+\) was killed by SIGKILL .* resume with ckpt_path=", lines[0]), lines[0]
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert state["hogwild"]["workers"] == 2
+    resumed = start_train_py(*_long(long_corpus, tmp_path, f"ckpt_path={tmp_path / 'last.ckpt'}"))
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    assert KeyedVectors.load_word2vec_format(str(tmp_path / "vectors.bin"), binary=True).vector_size == 16
+
+
+def test_a_kill_9_of_the_trainer_takes_its_workers_with_it(long_corpus, tmp_path):
+    proc = start_train_py(*_long(long_corpus, tmp_path))
+    worker = _worker_of(proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _gone(worker), "a worker outlived its trainer"
+
+
+def test_ctrl_c_stops_the_workers_and_the_resumed_run_trains_each_share_to_its_end(long_corpus, tmp_path):
+    """A Ctrl-C mid-epoch: every worker stops between steps, the checkpoint holds their positions,
+    and the resumed run trains exactly the steps that were left: together every step of the run once."""
+    whole = tmp_path / "whole"
+    done = start_train_py(*_long(long_corpus, whole))
+    _, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err[-2000:]
+    steps = torch.load(whole / "last.ckpt", weights_only=True)["hogwild"]["trained"]
+
+    parts = tmp_path / "parts"
+    proc = start_train_py(*_long(long_corpus, parts))
+    _worker_of(proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    stopped = torch.load(parts / "last.ckpt", weights_only=True)["hogwild"]
+    assert 0 < sum(stopped["trained"]) < sum(steps)
+    command = err.split("Resume with: ")[1].strip().split()
+    resumed = start_train_py(*command[2:])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    assert torch.load(parts / "last.ckpt", weights_only=True)["hogwild"]["trained"] == steps
+    ours = KeyedVectors.load_word2vec_format(str(parts / "vectors.bin"), binary=True)
+    assert np.isfinite(ours.vectors).all()
+    assert {w for w, _ in ours.most_similar("g0w0", topn=4)} == {"g0w1", "g0w2", "g0w3", "g0w4"}
+
+
+def test_a_divergence_stops_the_run_with_one_line_and_never_checkpoints_a_worker_s_nan(long_corpus, tmp_path):
+    """Workers write on while the trainer saves a step checkpoint: it is written from a copy that is
+    checked, so NaN that a worker writes meanwhile never reaches the file."""
+    done = start_train_py(*_long(long_corpus, tmp_path, "trainer.max_epochs=1"))
+    assert done.wait(timeout=300) == 0
+    proc = start_train_py(*_long(long_corpus, tmp_path, "model.alpha=1e30", "callbacks.model_checkpoint.every_n_train_steps=1",
+                                 "overwrite=true"))  # fmt: skip
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in err, err[-2000:]
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    assert "error: training diverged" in err or "NaN/inf" in err, err[-2000:]
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(t).all() for t in state.values())

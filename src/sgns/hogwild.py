@@ -118,8 +118,10 @@ class WorkerPool:
 
     def __init__(self, size: int):
         self.size = size
-        self.counters = torch.frombuffer(mmap.mmap(-1, 8 * (2 * size + 1)), dtype=torch.int64, count=2 * size + 1)
-        self.positions, self.trained, self.stop_flag = self.counters[:size], self.counters[size : 2 * size], self.counters[2 * size :]
+        counters = shared_copy(torch.zeros(2 * size + 1, dtype=torch.int64))
+        self.positions, self.trained, self.stop_flag = counters[:size], counters[size : 2 * size], counters[2 * size :]
+        self.finished = shared_copy(torch.zeros(size, dtype=torch.float64))  # when each finished its share (monotonic s)
+        self.started = 0.0
         self.total = 1  # steps of the whole run, all workers together (the decay's denominator)
         self.running: dict[int, tuple[int, Any]] = {}  # rank -> (pid, read end of its pipe)
         self.epoch: int | None = None  # the epoch whose workers were started
@@ -137,7 +139,8 @@ class WorkerPool:
     def start(self, epoch: int, run: Callable[[int, int, int], None], skips: list[int], limits: list[int]) -> None:
         """Fork workers 1..W-1 for ``epoch``; worker r runs ``run(r, skip, limit)`` and exits."""
         self.stop_flag.zero_()
-        self.epoch = epoch
+        self.epoch, self.started = epoch, time.monotonic()
+        self.finished.zero_()
         parent = os.getpid()
         for rank in range(1, self.size):
             self.positions[rank] = skips[rank]
@@ -154,6 +157,7 @@ class WorkerPool:
                     _die_with_parent(parent)
                     torch.set_num_threads(1)
                     run(rank, skips[rank], limits[rank])
+                    self.finished[rank] = time.monotonic()
                 except BaseException as exc:  # handed to the trainer's process, which raises it
                     code = 1
                     text = traceback.format_exc()[-20_000:]
@@ -194,8 +198,14 @@ class WorkerPool:
             raise Word2VecError(f"{where} {_describe(status)} at step {int(self.positions[rank])} of its share of "
                                 f"epoch {self.epoch}; training stopped, {self.kept()}")  # fmt: skip
 
+    def share_seconds(self) -> list[float]:
+        """How long each worker took for its share of the last epoch (0: none): what worker 0's
+        Lightning loop costs shows as its share taking longer than the others'."""
+        return [round(max(0.0, float(t) - self.started), 3) for t in self.finished]
+
     def join(self) -> None:
         """Wait for every worker to finish its share; raise at once if one fails, dies or hangs."""
+        self.finished[0] = time.monotonic()
         moved, last = time.monotonic(), self.positions.clone()
         while self.running:
             self.check()
@@ -258,6 +268,7 @@ class HogwildStrategy(SingleDeviceStrategy):
         self.parallel_devices: list[torch.device] | None = None  # set by the trainer from trainer.devices
         self.pool: WorkerPool | None = None
         self._resumed: dict[str, Any] | None = None
+        self.share_seconds: list[float] = []  # each worker's seconds for its share of the last epoch
         self._threads = torch.get_num_threads()
 
     @property
@@ -315,6 +326,7 @@ class HogwildStrategy(SingleDeviceStrategy):
         pool.trained[0] += 1
         if batch_idx + 1 >= trainer.num_training_batches:
             pool.join()  # the epoch ends when every share is trained
+            self.share_seconds = pool.share_seconds()
         return output
 
     def _start_epoch(self, trainer: L.Trainer, batch_idx: int) -> None:

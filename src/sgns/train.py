@@ -153,7 +153,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics["train/raw_words_per_s"] = raw_words(trainer, trainer.global_step - first_step) / seconds if seconds > 0 else 0.0
     summary = {"prepare_s": prepare_s, "train_s": seconds, "raw_tokens": corpus.raw_tokens,
                "epochs": trainer.current_epoch, "vocab_size": len(corpus.vocab), "world_size": trainer.world_size,
-               "pairs_last_epoch": datamodule.train_set.pairs(),
+               "pairs_last_epoch": datamodule.train_set.pairs(), "workers": workers(trainer),
+               **({"share_seconds_last_epoch": trainer.strategy.share_seconds} if workers(trainer) > 1 else {}),
                **metrics, **({"weights_sha256_per_rank": digests} if digests else {})}  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     for logger in loggers:  # the HParams tab: this run's hyperparameters next to its final metrics

@@ -88,10 +88,12 @@ def run_measured_tree(cmd: list[str], log: Path, sample_s: float | None = 0.2) -
     started, peak = time.perf_counter(), 0
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        while sample_s is not None and proc.poll() is None:
+        while True:
+            done, status, usage = os.wait4(proc.pid, 0 if sample_s is None else os.WNOHANG)
+            if done:
+                break
             peak = max(peak, _tree_pss(proc.pid))
             time.sleep(sample_s)
-        _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), time.perf_counter() - started, usage.ru_maxrss * 1024, peak
 
 

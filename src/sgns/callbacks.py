@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig
 
 from sgns.errors import check, check_choice, check_int, check_number, word_list
 from sgns.evaluation import evaluate_all, read_analogies, read_word_pairs
+from sgns.hogwild import workers
 from sgns.lightning_internals import request_stop_as_on_sigterm
 from sgns.outputs import export_run
 from sgns.vectors import unit_rows
@@ -120,7 +121,7 @@ class Throughput(L.Callback):
             return
         seconds = time.perf_counter() - self._since
         pl_module.log("train/words_per_s", raw_words(trainer, self._batches) / seconds, prog_bar=True)
-        pl_module.log("train/examples_per_s", self._pairs * trainer.world_size / seconds)  # all ranks
+        pl_module.log("train/examples_per_s", self._pairs * trainer.world_size * workers(trainer) / seconds)  # all ranks and workers
         self._since, self._pairs, self._batches = time.perf_counter(), 0, 0
 
 

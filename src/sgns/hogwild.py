@@ -27,6 +27,7 @@ bit-exact one (the same bits for the same seed and config, exact mid-epoch resum
 from __future__ import annotations
 
 import ctypes
+import math
 import mmap
 import os
 import pickle
@@ -301,13 +302,16 @@ class HogwildStrategy(SingleDeviceStrategy):
         torch.set_num_threads(1)  # one thread per worker: W processes on W cores
         self.pool = WorkerPool(self.workers)
         epochs = trainer.train_dataloader.dataset
-        lengths = [min(n, trainer.num_training_batches) for n in epochs.share_lengths(epoch=0)]
-        total = sum(lengths) * max(1, trainer.max_epochs or 1)
-        self.pool.total = max(1, min(total, trainer.max_steps * self.workers) if trainer.max_steps > 0 else total)
+        # the run's steps, all workers together: the first epoch's shares x the epochs (as one process counts them)
+        per_epoch = sum(min(n, trainer.num_training_batches) for n in epochs.share_lengths(epoch=0))
+        total = per_epoch * trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else math.inf
+        self.pool.total = max(1, min(total, trainer.max_steps * self.workers if trainer.max_steps > 0 else math.inf))
         if self._resumed is not None:
             check(self._resumed["workers"] == self.workers, f"the checkpoint was trained by {self._resumed['workers']} "
                   f"workers, this run has trainer.devices={self.workers}")  # fmt: skip
             self.pool.trained.copy_(torch.tensor(self._resumed["trained"]))
+        else:  # a checkpoint of one process (or none): each worker counts as far as it came
+            self.pool.trained.fill_(trainer.global_step)
         module.shared_progress = self.pool.progress
         path = getattr(trainer.checkpoint_callback, "path", None)  # (LastCheckpoint's)
         self.pool.checkpoint = Path(path) if path else None

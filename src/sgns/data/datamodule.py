@@ -111,6 +111,7 @@ class Word2VecDataModule(L.LightningDataModule):
         self.example = WordModel.example  # what the model trains on: "pairs" (skip-gram) or "windows" (CBOW)
         self.update_size = update_size  # pairs per update: data.update_size, unless the family takes fewer
         self.pair_order = pair_order or WordModel.pair_order  # data.pair_order, or (null) the family's
+        self.shared_by = 1  # lock-free workers sharing each update's pairs (share_updates)
 
     # -- preparation ---------------------------------------------------------------------
     def prepare(self) -> PreparedCorpus:
@@ -167,6 +168,7 @@ class Word2VecDataModule(L.LightningDataModule):
         device = self.hparams.device
         if self.trainer is not None:
             self.follow_model(self.trainer.lightning_module)
+            self.share_updates(workers(self.trainer))
             if device == "auto":  # batches are made where training runs
                 device = self.trainer.strategy.root_device
         self.train_set.set_device("cpu" if device == "auto" else device)
@@ -190,6 +192,19 @@ class Word2VecDataModule(L.LightningDataModule):
         if self.hparams.pair_order is None and family.pair_order != self.pair_order:
             log.info("data.pair_order=null gives the model's order: %s (set data.pair_order to choose another)", family.pair_order)
             self.pair_order = family.pair_order
+
+    def share_updates(self, workers: int) -> None:
+        """Lock-free workers: each takes updates of 1 / ``workers`` of the update size, so that the
+        updates in flight at once hold data.update_size pairs together, as one process's update
+        does. (A worker computes its update from rows the others are changing, so W updates of U
+        pairs at once train like one of W x U: 2 workers of 4,096 pairs lost 0.019 SimLex and 0.017
+        WS353 against one process, 2 of 2,048 lost 0.006 and 0.011 at the same speed;
+        docs/benchmarks.md.) Before the steps are first made."""
+        if workers > 1 and self.shared_by == 1:
+            size = self.update_size or self.hparams.batch_size
+            self.update_size, self.shared_by = -(-size // workers), workers
+            log.info("%d lock-free workers take updates of %s pairs each: %s in flight together (data.update_size)",
+                     workers, f"{self.update_size:,}", f"{size:,}")
 
     def cap_update_size(self, most: int | None) -> None:
         """Take updates of at most ``most`` pairs (a family's limit), saying so when that lowers

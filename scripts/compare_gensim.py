@@ -82,12 +82,12 @@ def _tree_pss(pid: int) -> int:
     return total
 
 
-def run_measured_tree(cmd: list[str], log: Path, sample_s: float | None = 0.2) -> tuple[int, float, int, int]:
+def run_measured_tree(cmd: list[str], log: Path, sample_s: float | None = 0.2, env: dict | None = None) -> tuple[int, float, int, int]:
     """Run a command; return (exit code, wall seconds, peak RSS of its largest process, peak PSS of
     its whole process tree sampled every ``sample_s`` seconds (0 when not sampled)) in bytes."""
     started, peak = time.perf_counter(), 0
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         while True:
             done, status, usage = os.wait4(proc.pid, 0 if sample_s is None else os.WNOHANG)
             if done:
@@ -137,8 +137,9 @@ def scaling(args: argparse.Namespace) -> None:
 
 
 def worker_scaling(args: argparse.Namespace, corpus: Path, tokens: int) -> None:
-    """Ours alone with 1, 2, 4, ... ``--workers`` lock-free workers, each family of ``--models``:
-    speed, the speed-up over one worker, memory of all processes together, scores."""
+    """Ours alone with 1, 2, 4, ... ``--workers`` lock-free workers, each family of ``--models``, one
+    thread each (``OMP_NUM_THREADS=1``; one worker would otherwise tune its threads): speed, the
+    speed-up over one worker, memory of all processes together, scores."""
     counts = sorted({1, args.workers, *(2**i for i in range(args.workers.bit_length()) if 2**i < args.workers)})
     print("\n| ours: model | workers | train s | end-to-end s | raw words/s | speed-up | peak PSS, all processes MB | "
           "peak RSS, largest process MB | analogy@30k | WS353 ρ | SimLex ρ |")  # fmt: skip
@@ -147,7 +148,8 @@ def worker_scaling(args: argparse.Namespace, corpus: Path, tokens: int) -> None:
         one = None
         for workers in counts:
             out = run_dir(args.out / f"workers-{model}-{workers}")
-            code, wall, rss, pss = run_measured_tree(ours_command(args, corpus, out, model=model, workers=workers), out / "log.txt")
+            cmd = ours_command(args, corpus, out, model=model, workers=workers)
+            code, wall, rss, pss = run_measured_tree(cmd, out / "log.txt", env={"OMP_NUM_THREADS": "1"})
             if code != 0:
                 sys.exit(f"ours failed (exit {code}); see {out / 'log.txt'}")
             train_s = json.loads((out / "metrics.json").read_text())["train_s"]

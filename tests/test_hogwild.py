@@ -178,29 +178,33 @@ def _long(corpus, run_dir, *extra):
                     "callbacks.model_checkpoint.every_n_train_steps=20", f"hydra.run.dir={run_dir}"), *extra]  # fmt: skip
 
 
+def _running(pid):
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return not stat.read().split(") ")[1].startswith("Z")
+    except FileNotFoundError:
+        return False
+
+
 def _worker_of(proc, timeout=120):
-    """The pid of one of the run's forked workers, once one runs."""
+    """The pid of one of the run's forked workers that is training, once one is."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-2000:]
-        children = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
-        if children:
-            return int(children[0])
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as children:
+            training = [int(c) for c in children.read().split() if _running(int(c))]
+        if training:
+            return training[0]
         time.sleep(0.02)
     raise AssertionError("no worker started")
 
 
 def _gone(pid, timeout=10):
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().split(") ")[1].startswith("Z"):  # a zombie no longer runs
-                    return True
-        except FileNotFoundError:
-            return True
+    while time.time() < deadline and _running(pid):
         time.sleep(0.05)
-    return False
+    return not _running(pid)
 
 
 def test_a_worker_killed_with_9_ends_the_run_with_one_line_and_a_resumable_checkpoint(long_corpus, tmp_path):
@@ -271,3 +275,18 @@ def test_a_divergence_stops_the_run_with_one_line_and_never_checkpoints_a_worker
     assert "error: training diverged" in err or "NaN/inf" in err, err[-2000:]
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.isfinite(t).all() for t in state.values())
+
+
+@pytest.mark.parametrize("update_size, most, workers, each", [(4096, None, 2, 2048), (4096, 1024, 2, 1024), (4096, 1024, 8, 512),
+                                                              (None, None, 3, 342), (256, None, 1, 256)])  # fmt: skip
+def test_the_updates_in_flight_hold_data_update_size_pairs_together(update_size, most, workers, each):
+    """W workers each take 1/W of data.update_size, within a family's limit: their updates in
+    flight at once hold what one process's update holds. Once: setup may follow the model again."""
+    from sgns.data import Word2VecDataModule
+
+    data = Word2VecDataModule(batch_size=1024, update_size=update_size)
+    data.cap_update_size(most)
+    data.share_updates(workers)
+    data.cap_update_size(most)
+    data.share_updates(workers)
+    assert data.update_size == each

@@ -121,7 +121,8 @@ class Throughput(L.Callback):
             return
         seconds = time.perf_counter() - self._since
         pl_module.log("train/words_per_s", raw_words(trainer, self._batches) / seconds, prog_bar=True)
-        pl_module.log("train/examples_per_s", self._pairs * trainer.world_size * workers(trainer) / seconds)  # all ranks and workers
+        everyone = trainer.world_size * workers(trainer)  # all ranks and lock-free workers
+        pl_module.log("train/examples_per_s", self._pairs * everyone / seconds)
         self._since, self._pairs, self._batches = time.perf_counter(), 0, 0
 
 

@@ -40,9 +40,9 @@ from typing import Any, Callable
 import lightning as L
 import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
-from lightning.pytorch.strategies.launchers.launcher import _Launcher
 
 from sgns.errors import Word2VecError, check
+from sgns.lightning_internals import Launcher
 from sgns.module import check_finite, wants_sparse_gradients
 
 STALL_S = 600.0  # a worker whose position has not moved for this long is taken for hung
@@ -121,7 +121,7 @@ class WorkerPool:
         self.size = size
         counters = shared_copy(torch.zeros(2 * size + 1, dtype=torch.int64))
         self.positions, self.trained, self.stop_flag = counters[:size], counters[size : 2 * size], counters[2 * size :]
-        self.finished = shared_copy(torch.zeros(size, dtype=torch.float64))  # when each finished its share (monotonic s)
+        self.finished = shared_copy(torch.zeros(size, dtype=torch.float64))  # when each ended its share (monotonic s)
         self.started = 0.0
         self.total = 1  # steps of the whole run, all workers together (the decay's denominator)
         self.running: dict[int, tuple[int, Any]] = {}  # rank -> (pid, read end of its pipe)
@@ -216,7 +216,8 @@ class WorkerPool:
             elif time.monotonic() - moved > STALL_S:
                 stalled = sorted(self.running)
                 self.stop()
-                raise Word2VecError(f"workers {stalled} made no step in {STALL_S:.0f} s; training stopped, {self.kept()}")
+                raise Word2VecError(f"workers {stalled} made no step in {STALL_S:.0f} s; "
+                                    f"training stopped, {self.kept()}")
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Ask the workers to stop after their current step; kill those still running after ``grace_s``."""
@@ -233,10 +234,11 @@ class WorkerPool:
             del self.running[rank]
 
     def state(self, epoch: int) -> dict[str, Any]:
-        return {"workers": self.size, "epoch": epoch, "positions": self.positions.tolist(), "trained": self.trained.tolist()}
+        return {"workers": self.size, "epoch": epoch, "positions": self.positions.tolist(),
+                "trained": self.trained.tolist()}
 
 
-class HogwildLauncher(_Launcher):
+class HogwildLauncher(Launcher):
     """Runs ``fit`` in this process (worker 0) and makes sure that no worker outlives it, however
     it ends: its workers are stopped between steps, or killed after a grace period."""
 
@@ -276,7 +278,7 @@ class HogwildStrategy(SingleDeviceStrategy):
     def workers(self) -> int:
         return len(self.parallel_devices or [None])
 
-    def _configure_launcher(self) -> None:
+    def _configure_launcher(self) -> None:  # (Lightning's hook: lightning_internals.py)
         self._launcher = HogwildLauncher(self)
 
     def check_model(self, module: L.LightningModule, deterministic: Any) -> None:
@@ -285,7 +287,7 @@ class HogwildStrategy(SingleDeviceStrategy):
               f"leave trainer.devices out (or set it to 1), got trainer.devices={self.workers}")  # fmt: skip
         if self.workers == 1:
             return
-        check(self.root_device.type == "cpu", "lock-free workers train on the CPU: use trainer=gpu or trainer=ddp for GPUs")
+        check(self.root_device.type == "cpu", "lock-free workers train on the CPU: use trainer=gpu or trainer=ddp")
         optimizer = getattr(module.optimizer_factory, "func", module.optimizer_factory).__name__
         check(wants_sparse_gradients(module.optimizer_factory), f"model.optimizer={optimizer} updates every row at "
               f"every step, so {self.workers} lock-free workers would overwrite each other's work: use "

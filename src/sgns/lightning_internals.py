@@ -1,9 +1,18 @@
-"""The two places where sgns reads or sets Lightning's internals, each with the reason there is no
+"""The places where sgns reads or sets Lightning's internals, each with the reason there is no
 public way. Kept here, in one file, so a Lightning upgrade that moves them breaks in one place."""
 
 from __future__ import annotations
 
 import lightning as L
+
+# The base class of a strategy's launcher (what runs ``fit`` in the processes a strategy needs):
+# Lightning has no public one, and a strategy sets its launcher in its private
+# ``_configure_launcher`` hook (``HogwildStrategy`` overrides it). Lightning's own launchers are
+# of no use for lock-free workers: its spawn launcher copies the parameters out of shared memory,
+# and every one of them runs the whole trainer in every process.
+from lightning.pytorch.strategies.launchers.launcher import _Launcher as Launcher  # noqa: E402
+
+__all__ = ["Launcher", "batches_done", "request_stop_as_on_sigterm"]
 
 
 def batches_done(trainer: L.Trainer) -> int:

@@ -142,7 +142,9 @@ class Epochs(IterableDataset):
 
     def _chunk_order(self, worker: int | None = None) -> list[int]:
         """The epoch's chunks in their shuffled order: ``worker``'s share of them (default: this process's)."""
-        order = torch.randperm(self.n_chunks, generator=generator(self.seed, self.epoch)).tolist() if self.shuffle else list(range(self.n_chunks))
+        order = list(range(self.n_chunks))
+        if self.shuffle:
+            order = torch.randperm(self.n_chunks, generator=generator(self.seed, self.epoch)).tolist()
         return order[self.worker if worker is None else worker :: self.workers]
 
     def pairs(self) -> int:
@@ -156,7 +158,8 @@ class Epochs(IterableDataset):
         epoch = self.epoch if epoch is None else epoch
         if epoch not in self._chunk_pairs:
             self._chunk_pairs[epoch] = [self._chunk_pair_count(epoch, c) for c in range(self.n_chunks)]
-            self._chunk_pairs = {e: v for e, v in self._chunk_pairs.items() if e in (0, epoch)}  # (the first one: the decay's)
+            # kept: this epoch's, and the first one's (the decay counts the run's steps from it)
+            self._chunk_pairs = {e: v for e, v in self._chunk_pairs.items() if e in (0, epoch)}
         return self._chunk_pairs[epoch]
 
     def _chunk_pair_count(self, epoch: int, chunk: int) -> int:

@@ -172,7 +172,7 @@ class Word2VecDataModule(L.LightningDataModule):
             if device == "auto":  # batches are made where training runs
                 device = self.trainer.strategy.root_device
         self.train_set.set_device("cpu" if device == "auto" else device)
-        if self.trainer is not None:  # before anyone asks len(): each rank's share of the steps, this worker's of the chunks
+        if self.trainer is not None:  # before len(): this rank's share of the steps, this worker's of the chunks
             self.train_set.set_rank(self.trainer.global_rank, self.trainer.world_size)
             self.train_set.set_share(0, workers(self.trainer))
         h = self.hparams
@@ -194,17 +194,19 @@ class Word2VecDataModule(L.LightningDataModule):
             self.pair_order = family.pair_order
 
     def share_updates(self, workers: int) -> None:
-        """Lock-free workers: each takes updates of 1 / ``workers`` of the update size, so that the
-        updates in flight at once hold data.update_size pairs together, as one process's update
-        does. (A worker computes its update from rows the others are changing, so W updates of U
-        pairs at once train like one of W x U: 2 workers of 4,096 pairs lost 0.019 SimLex and 0.017
-        WS353 against one process, 2 of 2,048 lost 0.006 and 0.011 at the same speed;
-        docs/benchmarks.md.) Before the steps are first made."""
+        """Lock-free workers: each takes updates of 1 / ``workers`` of data.update_size (within the
+        family's limit), so that the updates in flight at once hold data.update_size pairs together,
+        as one process's update does. (A worker computes its update from rows the others are
+        changing, so W updates of U pairs at once train like one of W x U: 2 skip-gram workers of
+        4,096 pairs lost 0.019 SimLex and 0.017 WS353 against one process, 2 of 2,048 lost 0.006
+        and 0.011 at the same speed; fastText's limit of 1,024, halved, cost a third of its speed
+        and won back less than the seeds' spread: docs/benchmarks.md.) Before the steps are made."""
         if workers > 1 and self.shared_by == 1:
-            size = self.update_size or self.hparams.batch_size
-            self.update_size, self.shared_by = -(-size // workers), workers
-            log.info("%d lock-free workers take updates of %s pairs each: %s in flight together (data.update_size)",
-                     workers, f"{self.update_size:,}", f"{size:,}")
+            configured = self.hparams.update_size or self.hparams.batch_size
+            self.update_size = min(self.update_size or configured, -(-configured // workers))
+            self.shared_by = workers
+            log.info("%d lock-free workers take updates of %s pairs each (data.update_size=%s in flight together)",
+                     workers, f"{self.update_size:,}", f"{configured:,}")
 
     def cap_update_size(self, most: int | None) -> None:
         """Take updates of at most ``most`` pairs (a family's limit), saying so when that lowers

@@ -63,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         B = args.batch_size
         two = run(Path(tmp) / "two", corpus, ["trainer=ddp_sim", f"data.batch_size={B}"])
-        one = run(Path(tmp) / "one", corpus, ["trainer=cpu", f"data.batch_size={2 * B}"])
+        one = run(Path(tmp) / "one", corpus, ["trainer=cpu", "trainer.devices=1", f"data.batch_size={2 * B}"])
     print(f"\n{args.tokens:,} tokens, 1 epoch, d=100, k=5, window 5, sample 1e-4")
     print("| run | batch per rank | train s | raw words/s | pairs/s |")
     print("|---|---|---|---|---|")

@@ -1,5 +1,6 @@
 """Kill a training run with SIGKILL at random moments, resume it each time, and compare the result
-with an uninterrupted run of the same seed.
+with an uninterrupted run of the same seed. Both train with ``trainer.deterministic=true`` (one
+worker), whose resume is bit-exact; lock-free workers resume too, without that promise.
 
     python scripts/kill_resume.py                       # 1 epoch on the first 10M tokens, 3 kills
     python scripts/kill_resume.py --kills 5 -- data.max_tokens=1000000
@@ -59,7 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
-    common = ["experiment=enwiki_10m", "logger=none", "callbacks.progress_bar.refresh_rate=0", *args.overrides]
+    common = ["experiment=enwiki_10m", "logger=none", "callbacks.progress_bar.refresh_rate=0", "trainer.deterministic=true",
+              *args.overrides]  # fmt: skip
 
     code, whole = run([*common, f"hydra.run.dir={args.out / 'uninterrupted'}"], args.out / "uninterrupted.log")
     assert code == 0, f"uninterrupted run failed, see {args.out / 'uninterrupted.log'}"

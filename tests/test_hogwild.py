@@ -168,12 +168,12 @@ def test_what_workers_cannot_train_is_refused_before_the_corpus_is_read(tmp_path
 @pytest.fixture(scope="module")
 def long_corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("long") / "planted.txt"
-    planted_corpus(path, sentences=20000)
+    planted_corpus(path, sentences=12000)
     return path
 
 
 def _long(corpus, run_dir, *extra):
-    return [*_small(corpus, "data.batch_size=128", "data.update_size=32", "trainer.devices=2", "trainer.max_epochs=3",
+    return [*_small(corpus, "data.batch_size=128", "data.update_size=64", "trainer.devices=2", "trainer.max_epochs=2",
                     "callbacks.progress_bar.refresh_rate=0", "callbacks.word_vectors.every_n_epochs=100",
                     "callbacks.model_checkpoint.every_n_train_steps=20", f"hydra.run.dir={run_dir}"), *extra]  # fmt: skip
 
@@ -290,3 +290,28 @@ def test_the_updates_in_flight_hold_data_update_size_pairs_together(update_size,
     data.cap_update_size(most)
     data.share_updates(workers)
     assert data.update_size == each
+
+
+@pytest.mark.parametrize("error", [MemoryError, ZeroDivisionError])
+def test_a_workers_error_reaches_the_trainer(planted, tmp_path, monkeypatch, error):
+    """An error of the user's kind in a worker (memory) is raised in the trainer as itself, so it
+    ends as its one line; a bug keeps the worker's traceback."""
+    from sgns.module import Word2VecModule
+    from sgns.train import user_error
+
+    trainer, original = os.getpid(), Word2VecModule.train_updates
+
+    def fails_in_a_worker(self, *args, **kwargs):
+        if os.getpid() != trainer:
+            raise error("in a worker")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Word2VecModule, "train_updates", fails_in_a_worker)
+    path, _ = planted
+    with pytest.raises((error, RuntimeError)) as raised:
+        train(compose_train(tmp_path, _small(path, "trainer.devices=2", "trainer.max_epochs=1")))
+    if error is MemoryError:
+        assert isinstance(raised.value, MemoryError) and user_error(raised.value).startswith("out of memory")
+    else:
+        assert user_error(raised.value) is None
+        assert re.match(r"worker 1 of 2 \(pid \d+\) failed:\n", str(raised.value)) and "ZeroDivisionError" in str(raised.value)

@@ -178,10 +178,12 @@ class WorkerPool:
     def stop_requested(self) -> bool:
         return bool(self.stop_flag[0])
 
-    def check(self, block: bool = False) -> None:
+    def check(self) -> None:
         """Reap the workers that ended; raise the error of one that failed or died."""
+        from sgns.train import user_error  # (train.py imports this module)
+
         for rank, (pid, read) in list(self.running.items()):
-            done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+            done, status = os.waitpid(pid, os.WNOHANG)
             if not done:
                 continue
             del self.running[rank]
@@ -193,7 +195,7 @@ class WorkerPool:
             where = f"worker {rank} of {self.size} (pid {pid})"
             if report:
                 exc, text = pickle.loads(report)
-                if isinstance(exc, Word2VecError):
+                if exc is not None and user_error(exc) is not None:  # bad input, divergence, memory: its one line
                     raise exc
                 raise RuntimeError(f"{where} failed:\n{text}") from exc
             raise Word2VecError(f"{where} {_describe(status)} at step {int(self.positions[rank])} of its share of "

@@ -218,10 +218,10 @@ class Word2VecModule(L.LightningModule):
             raise Diverged(
                 f"training diverged: loss {value:.4g} at step {self.global_step} (untrained: {untrained:.4f}); "
                 "stopping before the update (the last checkpoint is kept). Lower model.alpha or data.update_size"
+                + (", or train fewer workers (trainer.devices: on a small vocabulary their steps on the same rows "
+                   "add up)" if self.shared_progress is not None else "")
                 + (f", or raise data.shared_negatives: each of its K={update.negatives.shape[1]} negatives weighs "
-                   f"k/K = {update.neg_weight:g}" if update.neg_weight > 1 else "")
-                + (", or train fewer workers (trainer.devices): on a small vocabulary they update the same rows at once, "
-                   "and their steps add up" if self.shared_progress is not None else "") + "."
+                   f"k/K = {update.neg_weight:g}" if update.neg_weight > 1 else "") + "."
             )  # fmt: skip
         return loss
 

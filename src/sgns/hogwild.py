@@ -198,8 +198,8 @@ class WorkerPool:
                 if exc is not None and user_error(exc) is not None:  # bad input, divergence, memory: its one line
                     raise exc
                 raise RuntimeError(f"{where} failed:\n{text}") from exc
-            raise Word2VecError(f"{where} {_describe(status)} at step {int(self.positions[rank])} of its share of "
-                                f"epoch {self.epoch}; training stopped, {self.kept()}")  # fmt: skip
+            at = f"at step {int(self.positions[rank])} of its share of epoch {self.epoch}"
+            raise Word2VecError(f"{where} {_describe(status)} {at}; training stopped, {self.kept()}")
 
     def share_seconds(self) -> list[float]:
         """How long each worker took for its share of the last epoch (0: none): what worker 0's
@@ -285,15 +285,16 @@ class HogwildStrategy(SingleDeviceStrategy):
 
     def check_model(self, module: L.LightningModule, deterministic: Any) -> None:
         """Refuse what lock-free workers cannot train, before the corpus is read."""
-        check(deterministic is not True or self.workers == 1, f"trainer.deterministic=true trains one worker: "
-              f"leave trainer.devices out (or set it to 1), got trainer.devices={self.workers}")  # fmt: skip
+        one = "trainer.deterministic=true trains one worker: leave trainer.devices out (or set it to 1)"
+        check(deterministic is not True or self.workers == 1, f"{one}, got trainer.devices={self.workers}")
         if self.workers == 1:
             return
         check(self.root_device.type == "cpu", "lock-free workers train on the CPU: use trainer=gpu or trainer=ddp")
         optimizer = getattr(module.optimizer_factory, "func", module.optimizer_factory).__name__
-        check(wants_sparse_gradients(module.optimizer_factory), f"model.optimizer={optimizer} updates every row at "
-              f"every step, so {self.workers} lock-free workers would overwrite each other's work: use "
-              "model/optimizer=sgd or sparse_adam, or one worker (trainer.devices=1)")  # fmt: skip
+        dense = (f"model.optimizer={optimizer} updates every row at every step, so {self.workers} lock-free workers "
+                 "would overwrite each other's work")
+        use = "use model/optimizer=sgd or sparse_adam, or one worker (trainer.devices=1)"
+        check(wants_sparse_gradients(module.optimizer_factory), f"{dense}: {use}")
 
     # -- the run ---------------------------------------------------------------------------------
     def on_train_start(self) -> None:
@@ -311,8 +312,9 @@ class HogwildStrategy(SingleDeviceStrategy):
         total = per_epoch * trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else math.inf
         self.pool.total = max(1, min(total, trainer.max_steps * self.workers if trainer.max_steps > 0 else math.inf))
         if self._resumed is not None:
-            check(self._resumed["workers"] == self.workers, f"the checkpoint was trained by {self._resumed['workers']} "
-                  f"workers, this run has trainer.devices={self.workers}")  # fmt: skip
+            saved = self._resumed["workers"]
+            check(saved == self.workers, f"the checkpoint was trained by {saved} workers, "
+                                         f"this run has trainer.devices={self.workers}")
             self.pool.trained.copy_(torch.tensor(self._resumed["trained"]))
         else:  # a checkpoint of one process (or none): each worker counts as far as it came
             self.pool.trained.fill_(trainer.global_step)

@@ -50,8 +50,8 @@ def check_finite(tables: Iterable[tuple[str, torch.Tensor]], step: int) -> None:
     """Raise Diverged before a checkpoint is written from tables that hold NaN or inf."""
     for name, table in tables:
         if not torch.isfinite(table).all():
-            raise Diverged(f"{name} holds NaN/inf at step {step}; not saving a checkpoint "
-                           "(the last one is kept). Lower model.alpha or data.update_size.")  # fmt: skip
+            kept = "not saving a checkpoint (the last one is kept)"
+            raise Diverged(f"{name} holds NaN/inf at step {step}; {kept}. Lower model.alpha or data.update_size.")
 
 
 class Word2VecModule(L.LightningModule):

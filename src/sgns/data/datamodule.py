@@ -233,9 +233,10 @@ class Word2VecDataModule(L.LightningDataModule):
         steps its checkpoint had done, which are the same steps only if all of these agree.
         Batches made on a GPU come from its own random streams, hence the device type; lock-free
         workers each walk their own share of the chunks, hence their number."""
-        h = self.hparams
-        return {**{f"data.{k}": h[k] for k in self.BATCH_KEYS}, "data.pair_order": self.pair_order, "data.device": device_type,
-                "trainer.world_size": world_size, "trainer.devices": cpu_workers}  # fmt: skip
+        settings = {f"data.{k}": self.hparams[k] for k in self.BATCH_KEYS}
+        settings.update({"data.pair_order": self.pair_order, "data.device": device_type})
+        settings.update({"trainer.world_size": world_size, "trainer.devices": cpu_workers})
+        return settings
 
     def batch_device_type(self, trainer: L.Trainer | None) -> str:
         if self.hparams.device != "auto":
@@ -246,8 +247,8 @@ class Word2VecDataModule(L.LightningDataModule):
         """The vocabulary travels with every checkpoint, so vectors can be exported from it, and so do
         the settings that decide the steps, so a resumed run can check it replays the same ones."""
         world_size = self.trainer.world_size if self.trainer is not None else 1
-        return {"words": self.vocab.words, "counts": self.vocab.counts.tolist(),
-                "settings": self.resume_settings(world_size, self.train_set.device.type, workers(self.trainer))}  # fmt: skip
+        settings = self.resume_settings(world_size, self.train_set.device.type, workers(self.trainer))
+        return {"words": self.vocab.words, "counts": self.vocab.counts.tolist(), "settings": settings}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("words") != self.vocab.words:

@@ -222,3 +222,25 @@ def test_pages_are_never_released_past_the_mapping(tmp_path, monkeypatch):
     sgns.data.memory.release_pages(ids, 0, 50_000)  # a chunk whose sentence offsets promise more ids than the file holds
     start, end = ids.ctypes.data, ids.ctypes.data + ids.nbytes
     assert calls and all(start <= a and a + n <= end for a, n in calls)
+
+
+def test_a_corpus_is_a_set_of_files_whatever_the_links(tmp_path, text_file, caplog):
+    """A glob's ** followed `up -> ..` and read one file 41 times; a list naming a file twice, or a
+    link to it, read it twice. Each real file counts once, and the log says what was skipped."""
+    corpus = tmp_path / "dir"
+    (corpus / "sub").mkdir(parents=True)
+    (corpus / "a.txt").write_text("alpha beta\n")
+    (corpus / "sub" / "b.txt").write_text("gamma delta\n")
+    (corpus / "sub" / "up").symlink_to("..")
+    (corpus / "alias.txt").symlink_to(corpus / "a.txt")
+    with caplog.at_level("WARNING", logger="sgns"):
+        files = Source(path=f"{corpus}/**/*.txt").files
+    assert sorted(f.resolve() for f in files) == [corpus / "a.txt", corpus / "sub" / "b.txt"]
+    assert "are skipped" in caplog.text
+    caplog.clear()
+    twice = Source(path=[str(text_file), str(text_file), str(corpus / "alias.txt"), str(corpus / "a.txt")]).files
+    assert twice == [text_file, corpus / "alias.txt"] and "3 path(s) reach a file already read" not in caplog.text
+    assert "2 path(s) reach a file already read" in caplog.text
+    once = prepare_corpus(text_file, min_count=2, cache_dir=tmp_path / "cache")
+    again = prepare_corpus([str(text_file), str(text_file)], min_count=2, cache_dir=tmp_path / "cache")
+    assert again.raw_tokens == once.raw_tokens

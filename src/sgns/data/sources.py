@@ -13,6 +13,7 @@ import codecs
 import glob
 import hashlib
 import json
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from sgns.bundled import DEFAULT_CORPUS, gensim_test_file
 from sgns.errors import Word2VecError, check
 
 COMPRESSED = (".gz", ".bz2", ".xz")
+log = logging.getLogger("sgns")
+
 FORMATS = {".txt": "text", ".text": "text", ".cor": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -67,7 +70,7 @@ class Source:
                 check(path.is_file(), f"corpus path is not a regular file: {path} (a named pipe or a device is read "
                                       "more than once; write the text to a file first)")  # fmt: skip
                 files.append(path)
-        return files
+        return distinct_files(files)
 
     def file_format(self, files: list[Path]) -> str:
         if self.format:
@@ -88,6 +91,25 @@ class Source:
         if self.is_hub:
             return f"Hub dataset {self.dataset}" + (f" ({self.config})" if self.config else "") + f" split {self.split}"
         return ", ".join(map(str, self.files))
+
+
+def distinct_files(files: list[Path]) -> list[Path]:
+    """Each real file once, in the order first met: a corpus is a set of files. A glob's ``**``
+    follows links to directories (``up -> ..`` reaches every file again), and a list may name one
+    file twice or through a link; the repeats are skipped, and the log says how many."""
+    seen: set[tuple[int, int]] = set()
+    kept, repeats = [], []
+    for path in files:
+        stat = path.stat()  # (of the file a link points to)
+        if (stat.st_dev, stat.st_ino) in seen:
+            repeats.append(path)
+        else:
+            seen.add((stat.st_dev, stat.st_ino))
+            kept.append(path)
+    if repeats:
+        log.warning("corpus: %d path(s) reach a file already read (through links or named twice) and are skipped, "
+                    "e.g. %s; each file counts once (to weigh a file more, copy it)", len(repeats), repeats[0])  # fmt: skip
+    return kept
 
 
 def _suffix(path: Path) -> str:

@@ -3,6 +3,10 @@ its fastText ``.bin`` round-trips through gensim with the same vectors for every
 of the vocabulary), the CLI answers for unseen words, and evaluation scores their pairs apart."""
 
 import logging
+import shutil
+import struct
+import subprocess
+import sys
 import random
 
 import numpy as np
@@ -134,3 +138,47 @@ def test_pairs_come_in_the_familys_order_unless_data_pair_order_says(run, tmp_pa
     datamodule.prepare()
     assert datamodule.train_set.pair_order == expected
     assert datamodule.resume_settings(1, "cpu")["data.pair_order"] == expected
+
+
+def _sgns(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sgns.cli", *args], capture_output=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("damage", ["inside the vocabulary", "inside the tables", "a header of 10^9 words", "bytes after the end"])
+def test_a_truncated_or_crafted_model_is_one_line_not_a_hang(run, tmp_path, damage):
+    """gensim's reader spun at 100 % CPU for ever on a file that ends inside a word, and on a header
+    that promises 10^9 words."""
+    data = bytearray((run[0] / "fasttext.bin").read_bytes())
+    if damage == "inside the vocabulary":
+        data = data[:200]
+    elif damage == "inside the tables":
+        data = data[: len(data) // 2]
+    elif damage == "a header of 10^9 words":
+        data[64:72] = struct.pack("<2i", 10**9, 10**9)
+    else:
+        data += b"\0" * 8
+    (tmp_path / "model.bin").write_bytes(bytes(data))
+    result = _sgns("most-similar", str(tmp_path / "model.bin"), "word", timeout=30)
+    assert result.returncode == 2 and result.stderr.decode().startswith(f"error: {tmp_path / 'model.bin'}: not a complete fastText model")
+    assert result.stderr.count(b"\n") == 1, result.stderr
+
+
+def test_a_query_word_that_is_not_utf8_is_answered(run):
+    """`sgns most-similar fasttext.bin $'caf\\xe9\\xff'` was a UnicodeEncodeError traceback from the n-gram hashing."""
+    word = b"caf\xe9\xff"
+    result = subprocess.run([sys.executable.encode(), b"-m", b"sgns.cli", b"most-similar", str(run[0] / "fasttext.bin").encode(), word],
+                            capture_output=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and result.stderr == b"" and len(result.stdout.splitlines()) == 10, result.stderr
+    surrogates = word.decode("utf-8", "surrogateescape")
+    assert load_vectors(run[0] / "fasttext.bin").get_vector(surrogates).shape == (16,)
+
+
+def test_overwriting_a_fasttext_run_with_skipgram_leaves_no_stale_model(run, tmp_path):
+    """overwrite=true with skip-gram left the old fasttext.bin beside the new vectors; and
+    export.text=false left the old vectors.txt."""
+    shutil.copytree(run[0], tmp_path / "run")
+    corpus = run[0].parent / "corpus.txt"
+    train(compose_train(tmp_path / "run", [f"data.path={corpus}", "data.min_count=1", "trainer.max_epochs=1", "logger=none",
+                                           "probe_words=[]", "model.net.embedding_dim=8", "overwrite=true", "export.text=false"]))  # fmt: skip
+    assert not (tmp_path / "run" / "fasttext.bin").exists() and not (tmp_path / "run" / "vectors.txt").exists()
+    assert load_vectors(tmp_path / "run" / "vectors.bin").vector_size == 8

@@ -245,3 +245,18 @@ def test_fasttext_initialisation_is_fasttexts():
     for table in (net.center_embed.weight, net.ngram_embed.weight):
         assert table.abs().max() <= 1.0 / d and table.std() > 0.5 / d  # U(±1/d): std 0.58/d
     assert (net.outside_embed.weight == 0).all()
+
+
+def test_a_fasttext_table_far_larger_than_its_vocabulary_uses_is_announced(caplog):
+    """On the embedded 60k-token corpus, fastText's 2M buckets made an 800 MB last.ckpt (rewritten
+    at every epoch end) and an 800 MB fasttext.bin for 1,788 words, without a word."""
+    words = ["alpha", "beta", "gamma"]
+    with caplog.at_level("WARNING", logger="sgns"):
+        FastText(3, 16, words, buckets=2_000_000)
+    # <alpha> and <gamma> have 5 + 4 + 3 + 2 n-grams of 3..6 characters, <beta> 4 + 3 + 2 + 1: 38, all distinct
+    assert "make a 128 MB n-gram table" in caplog.text and "words use 38 of the rows" in caplog.text
+    assert "model.net.buckets=100000 makes them about 6 MB" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sgns"):
+        FastText(3, 16, words, buckets=200_000)  # 13 MB: not worth a line
+    assert caplog.text == ""

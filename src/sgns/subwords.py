@@ -24,7 +24,7 @@ FNV_OFFSET, FNV_PRIME = np.uint32(2166136261), np.uint32(16777619)
 def ngram_rows(words: Sequence[str], min_n: int = 3, max_n: int = 6, buckets: int = 2_000_000) -> tuple[np.ndarray, np.ndarray]:
     """(offsets [V + 1] int64, rows [total] int64): each word's n-gram rows, in gensim's order
     (by start character, then by length)."""
-    encoded = [f"<{w}>".encode("utf-8") for w in words]
+    encoded = [_utf8(f"<{w}>") for w in words]
     lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
     text = np.frombuffer(b"".join(encoded), dtype=np.uint8)
     # every character's first byte (continuation bytes are 10xxxxxx), then the end of the text
@@ -54,6 +54,15 @@ def ngram_rows(words: Sequence[str], min_n: int = 3, max_n: int = 6, buckets: in
     counts = np.bincount(char_word[start], minlength=len(words))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return offsets, (hashes % np.uint32(buckets)).astype(np.int64)
+
+
+def _utf8(word: str) -> bytes:
+    """A word's bytes: a word typed on the command line that is not valid UTF-8 (``caf\\xe9\\xff``)
+    reaches Python with its bytes as surrogates, and fastText hashes those bytes."""
+    try:
+        return word.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate of another kind (from JSON's \\ud800)
+        return word.encode("utf-8", "surrogatepass")
 
 
 def word_ngram_rows(word: str, min_n: int, max_n: int, buckets: int) -> np.ndarray:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import mmap
+import struct
 from functools import cached_property
 from pathlib import Path
 from types import SimpleNamespace
@@ -221,6 +223,7 @@ class SubwordVectors(WordVectors):
         """A fastText ``.bin`` model (ours, fastText's or gensim's), read by gensim."""
         from gensim.models.fasttext import load_facebook_vectors
 
+        check_facebook_file(path)  # (gensim's reader loops forever on a file that ends inside a word)
         try:
             kv = load_facebook_vectors(str(path))
         except Exception as exc:
@@ -235,6 +238,50 @@ FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")  # the first four bytes of a 
 def is_facebook_format(path: str | Path) -> bool:
     with open(path, "rb") as handle:
         return handle.read(4) == FASTTEXT_MAGIC
+
+
+def check_facebook_file(path: str | Path) -> None:
+    """Walk a fastText ``.bin`` (version 12: header, vocabulary, two matrices) without reading its
+    tables, and refuse one that a reader could not finish: cut short (a partial copy), or whose
+    sizes promise more than the file holds (a damaged or hostile header)."""
+    path = Path(path)
+    size = path.stat().st_size
+
+    def damaged(what: str) -> Word2VecError:
+        return Word2VecError(f"{path}: not a complete fastText model ({what}; the file holds {size:,} bytes): "
+                             "a partly copied or damaged file?")  # fmt: skip
+
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        def unpack(fmt: str, at: int) -> tuple:
+            end = at + struct.calcsize(fmt)
+            if end > size:
+                raise damaged(f"it ends at byte {size:,}, inside its {'header' if at < 92 else 'tables'}")
+            return struct.unpack_from(fmt, data, at)
+
+        _, version, dim = unpack("<3i", 0)
+        bucket, = unpack("<i", 40)
+        vocab_size, nwords, nlabels, _, prune = unpack("<3iqq", 64)
+        check(version == 12, f"{path}: fastText format version {version}, this reader knows version 12")
+        check(nlabels == 0, f"{path}: a supervised fastText model (labels), not word vectors")
+        if not (0 < dim <= 1 << 16 and 0 <= bucket and 0 <= nwords == vocab_size <= (size - 92) // 11):
+            raise damaged(f"its header gives dim={dim}, bucket={bucket}, {vocab_size:,} entries of {nwords:,} words")
+        at = 92
+        for _ in range(vocab_size):  # each entry: the word's bytes, NUL, int64 count, int8 type
+            end = data.find(b"\0", at)
+            if end < 0 or end + 10 > size:
+                raise damaged(f"it ends inside its vocabulary of {vocab_size:,} words")
+            at = end + 10
+        at += 8 * max(prune, 0)  # (pruned n-gram pairs of a quantised model)
+        for name, rows in (("input", vocab_size + bucket), ("output", vocab_size)):
+            quantised, m, n = unpack("<?qq", at)
+            check(not quantised, f"{path}: a quantised fastText model (.ftz); this reader needs the full .bin")
+            if (m, n) != (rows, dim):
+                raise damaged(f"its {name} matrix is {m:,} x {n:,}, where its header gives {rows:,} x {dim}")
+            if at + 17 + 4 * m * n > size:
+                raise damaged(f"its {name} matrix of {m:,} x {n:,} needs {4 * m * n:,} bytes from byte {at + 17:,}")
+            at += 17 + 4 * m * n
+        if at != size:
+            raise damaged(f"{size - at:,} bytes follow its tables")
 
 
 def unit_rows(vectors: torch.Tensor) -> torch.Tensor:

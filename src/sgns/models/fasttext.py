@@ -15,14 +15,34 @@ rows (fastText's and gensim's rules, so exported models give the same vectors th
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from sgns.errors import check, check_int
 from sgns.models.base import Batch, Update, WordModel, negative_sampling, negative_scores, sgns_loss
 from sgns.subwords import mean_vectors, ngram_rows
+
+
+log = logging.getLogger("sgns")
+
+
+def note_table_size(buckets: int, dim: int, used: int, words: int) -> None:
+    """Say so when the n-gram table (and with it last.ckpt and fasttext.bin) is far larger than what
+    this vocabulary uses: fastText's default of 2M buckets is sized for corpora of millions of
+    words, and costs 800 MB per file (at d=100) on a corpus of a few thousand."""
+    megabytes = buckets * dim * 4 / 1e6
+    if megabytes < 100 or used * 20 > buckets:
+        return
+    smaller = min(buckets, max(100_000, math.ceil(10 * used / 100_000) * 100_000))
+    log.warning("fastText: model.net.buckets=%s rows of %d values make a %s MB n-gram table, and last.ckpt and fasttext.bin "
+                "about as large; this vocabulary's %s words use %s of the rows. For a corpus this small, "
+                "model.net.buckets=%d makes them about %s MB", f"{buckets:,}", dim, f"{megabytes:,.0f}", f"{words:,}",
+                f"{used:,}", smaller, f"{smaller * dim * 4 / 1e6:,.0f}")  # fmt: skip
 
 
 class FastText(WordModel):
@@ -50,6 +70,7 @@ class FastText(WordModel):
         for table in (self.center_embed, self.ngram_embed):  # fastText's and gensim's initialisation
             nn.init.uniform_(table.weight, -1.0 / embedding_dim, 1.0 / embedding_dim)
         offsets, rows = ngram_rows(words, min_n, max_n, buckets)  # once per run: about 2 s for 170k words
+        note_table_size(buckets, embedding_dim, len(np.unique(rows)), vocab_size)
         # derived from the words: not saved in checkpoints, rebuilt with the model
         self.register_buffer("ngram_offsets", torch.from_numpy(offsets), persistent=False)  # [V + 1]
         self.register_buffer("ngram_rows", torch.from_numpy(rows), persistent=False)  # [total]

@@ -38,12 +38,12 @@ def test_tensorboard_scalars_text_hparams_and_projector(planted, tmp_path):
     assert len(metadata) == 20
 
 
-def _sweep(*overrides, tmp_path):
+def _sweep(*overrides, tmp_path, code=0):
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}",
                              "callbacks.progress_bar.refresh_rate=0"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == code, result.stderr[-3000:]
     return result, tmp_path / "sweep"
 
 
@@ -71,11 +71,42 @@ def test_optuna_search_runs_trials(planted, tmp_path):
     path, _ = planted
     result, sweep = _sweep("hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=3",
                            "model.alpha=choice(0.035,60)", "trainer.max_epochs=1", "trainer.deterministic=true",
-                           f"data.path={path}", "data.min_count=1", tmp_path=tmp_path)  # fmt: skip
+                           f"data.path={path}", "data.min_count=1", tmp_path=tmp_path, code=1)  # fmt: skip
     rows = _summary(sweep)
-    assert len(rows) == 3 and {r["status"] for r in rows} == {"ok", "failed"}
-    assert all(("model.alpha=60" in r["overrides"]) == (r["status"] == "failed") for r in rows)
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"ok", "diverged"}
+    assert all(("model.alpha=60" in r["overrides"]) == (r["status"] == "diverged") for r in rows)
     assert "error: sweep job" in result.stderr and "training diverged" in result.stderr
     assert "Traceback" not in result.stderr
     assert all("model.net.embedding_dim=" in r["overrides"] for r in rows)
     assert (sweep / "optimization_results.yaml").exists()
+
+
+def test_a_sweep_goes_on_past_failed_jobs_and_says_which_failed(planted, tmp_path):
+    """The first job's bad value stopped the whole sweep: no later job, no summary, and an exit code
+    that hid it. A job refused for its config, one that diverges and one whose corpus fails each get
+    one line; the sweep goes on, the summary lists every job's status, and the exit code is 1."""
+    path, _ = planted
+    (tmp_path / "empty.txt").write_text("\n")
+    result, sweep = _sweep("-m", f"data.path={path},{tmp_path / 'empty.txt'}", "model.alpha=-1,0.025,60", "data.min_count=1",
+                           "trainer.max_epochs=1", "trainer.deterministic=true", "logger=none", "probe_words=[]",
+                           tmp_path=tmp_path, code=1)  # fmt: skip
+    rows = {(r["overrides"].split()[0].endswith("empty.txt"), r["overrides"].split()[1]): r for r in _summary(sweep)}
+    assert len(rows) == 6
+    assert [rows[False, a]["status"] for a in ("model.alpha=-1", "model.alpha=0.025", "model.alpha=60")] == ["error", "ok", "diverged"]
+    assert rows[True, "model.alpha=0.025"]["status"] == "error" and "corpus is empty" in rows[True, "model.alpha=0.025"]["error"]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: sweep job")]
+    assert len(lines) == 5 and all(line.endswith("; the sweep goes on") for line in lines), result.stderr[-3000:]
+    assert "error: 5 of the 6 sweep jobs failed" in result.stderr and "Traceback" not in result.stderr
+    assert float(rows[False, "model.alpha=0.025"]["val/loss"]) > 0 and (sweep / "summary.md").exists()
+
+
+def test_an_optuna_study_whose_every_trial_fails_says_so(planted, tmp_path):
+    """It stopped at the refused trial with no results file; a study with no good trial printed
+    "Best parameters" with -inf."""
+    path, _ = planted
+    result, sweep = _sweep("hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
+                           "data.window=choice(0)", f"data.path={path}", "data.min_count=1", "trainer.max_epochs=1",
+                           "logger=none", tmp_path=tmp_path, code=1)  # fmt: skip
+    assert [r["status"] for r in _summary(sweep)] == ["error", "error"]
+    assert "error: every one of the 2 sweep jobs failed" in result.stderr and "no best parameters" in result.stderr
+    assert "Best parameters" not in result.stdout + result.stderr and "Traceback" not in result.stderr

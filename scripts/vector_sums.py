@@ -16,7 +16,7 @@ from pathlib import Path
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from sgns.cli import DATA_KEY, VECTORS_KEY, read_checkpoint  # noqa: E402
+from sgns.outputs import DATA_KEY, VECTORS_KEY, read_checkpoint  # noqa: E402
 from sgns.evaluation import evaluate_all  # noqa: E402
 
 OUTPUTS_KEY = VECTORS_KEY.replace("center_embed", "outside_embed")

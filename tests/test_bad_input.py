@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import struct
+import subprocess
 import sys
 import time
 import zipfile
@@ -153,7 +154,7 @@ CASES = [
     (["ckpt_path={in}/truncated.ckpt"], "is not a readable sgns checkpoint"),
     (["ckpt_path={in}/damaged.ckpt"], "damaged.ckpt is damaged: its record data/0 does not match the CRC-32"),
     (["ckpt_path={in}/a_dir"], "checkpoint not found"),
-    (["ckpt_path={in}/other.ckpt"], "different vocabulary"),
+    (["ckpt_path={in}/other.ckpt", "trainer.max_epochs=2"], "different vocabulary"),
     (["ckpt_path={in}/run/last.ckpt", "model.net.embedding_dim=32"], "trained with model.net.embedding_dim=16 but this run has model.net.embedding_dim=32"),
     (["ckpt_path={in}/run/last.ckpt", "model=cbow"], "trained with model.net='SkipGram' but this run has model.net='CBOW'"),
     (["ckpt_path={in}/run/last.ckpt", "data.batch_size=128"], "trained with data.batch_size=64 but this run has data.batch_size=128"),
@@ -161,6 +162,8 @@ CASES = [
     (["ckpt_path={in}/run/last.ckpt", "data.pair_order=windows"], "trained with data.pair_order='sides' but this run has data.pair_order='windows'"),
     (["ckpt_path={in}/run/last.ckpt", "model.alpha=0.05"], "trained with model.alpha=0.025"),
     (["ckpt_path={in}/run/last.ckpt", "model/optimizer=sparse_adam"], "trained with model.optimizer='SGD'"),
+    (["ckpt_path={in}/run/last.ckpt"], "has finished its 1 epoch(s) and this run has trainer.max_epochs=1: there is nothing to train"),
+    (["ckpt_path={in}/run/last.ckpt", "trainer.max_epochs=-1", "+trainer.max_steps=1"], "steps and this run has trainer.max_steps=1: there is"),
     # evaluation and callbacks
     (["callbacks.word_vectors.analogies=[{in}/missing.txt]"], "evaluation file not found"),
     (["callbacks.word_vectors.word_pairs.ws353={in}/binary.txt"], "no 'word1<TAB>word2<TAB>score' lines"),
@@ -326,3 +329,46 @@ def test_ctrl_c_during_corpus_preparation_is_a_stop(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert err.splitlines()[-1].startswith("stopped: interrupted") and "Traceback" not in err, err[-2000:]
     assert not cache.exists() or not list(cache.iterdir())
+
+
+def _train_py_output(*args: str) -> tuple[int, str]:
+    """``python train.py ARGS`` with stdout and stderr in one stream, as a terminal shows them."""
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / "train.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    out, _ = proc.communicate(timeout=300)
+    return proc.returncode, out
+
+
+def test_the_error_line_starts_a_line_of_its_own_after_a_progress_bar(inputs, tmp_path):
+    """It landed at the end of the progress bar's line."""
+    code, out = _train_py_output(*_overrides(inputs / "small.txt", "model/optimizer=sgd", "model.alpha=1e30", "model.fused=true",
+                                             "trainer.deterministic=true", f"hydra.run.dir={tmp_path}"),
+                                 "callbacks.progress_bar.refresh_rate=1")  # fmt: skip
+    assert code == 2 and "Epoch 0:" in out, out[-2000:]
+    assert [line for line in out.split("\n") if "error:" in line] == [line for line in out.split("\n") if line.startswith("error: ")]
+    assert any(line.startswith("error: training diverged") for line in out.split("\n")), out[-2000:]
+
+
+def test_the_csv_logger_names_its_file_not_a_tensorboard_command(inputs, tmp_path):
+    overrides = [o for o in _overrides(inputs / "small.txt", f"hydra.run.dir={tmp_path}") if o != "logger=none"]
+    code, out = _train_py_output(*overrides, "logger=csv")
+    assert code == 0, out[-2000:]
+    assert "tensorboard" not in out.lower() and f"metrics: {tmp_path / 'csv' / 'metrics.csv'}" in out
+    assert (tmp_path / "csv" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("command", [["train.py", "trainer.max_epochs=1"], ["-m", "sgns.cli", "evaluate", "x.bin"]], ids=["train.py", "sgns"])
+def test_ctrl_c_while_starting_is_a_stop_not_a_traceback(tmp_path, command):
+    """Ctrl-C during the imports (torch, Lightning: seconds) printed a 49-line traceback."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, *(str(root / c) if c.endswith(".py") else c for c in command)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.time() + 60
+    while "libtorch" not in maps.read_text():  # torch is being imported
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("stopped: interrupted (Ctrl-C)"), err

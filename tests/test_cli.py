@@ -1,6 +1,7 @@
 """The `sgns` command on a checkpoint and on vectors files: evaluate, query, export, errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -76,3 +77,11 @@ def test_errors_are_one_line(run, tmp_path):
     result = subprocess.run([sys.executable, "-m", "sgns.cli", "similarity", str(out / "vectors.bin"), "nosuchword", "g0w0"],
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 2 and result.stderr == "error: word 'nosuchword' is not in the vocabulary (30 words)\n"
+
+
+def test_words_the_terminals_encoding_lacks_are_printed_escaped(tmp_path):
+    """A neighbour like café printed to an ASCII terminal was a UnicodeEncodeError traceback."""
+    (tmp_path / "v.txt").write_text("3 2\ncafé 1 0\ncoffee 0.9 0.1\ntea 0 1\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "sgns.cli", "most-similar", str(tmp_path / "v.txt"), "coffee"],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONIOENCODING": "ascii"}, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and result.stdout.splitlines()[0].startswith("caf\\xe9\t"), result.stderr

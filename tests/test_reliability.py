@@ -176,7 +176,7 @@ def test_same_seed_same_bits_other_seed_other_vectors(tmp_path):
     assert runs["a"] != runs["c"]
 
 
-def test_the_thread_count_does_not_change_the_bits(tmp_path):
+def test_the_thread_count_does_not_change_the_bits(tmp_path, monkeypatch):
     """The thread tuner switches torch's thread count while training: that must change speed only."""
     corpus = tmp_path / "planted.txt"
     planted_corpus(corpus, sentences=300)
@@ -184,6 +184,7 @@ def test_the_thread_count_does_not_change_the_bits(tmp_path):
     try:
         for threads in sorted({1, most}):
             torch.set_num_threads(threads)
+            monkeypatch.setenv("OMP_NUM_THREADS", str(threads))  # (the count chosen: training keeps it)
             cfg = compose_train(tmp_path / str(threads), [f"data.path={corpus}", "data.min_count=1", "trainer.max_epochs=2",
                                                           "logger=none", "callbacks.threads.enabled=false",
                                                           "trainer.deterministic=true"])  # fmt: skip
@@ -192,6 +193,33 @@ def test_the_thread_count_does_not_change_the_bits(tmp_path):
     finally:
         torch.set_num_threads(most)
     assert len(set(runs.values())) == 1
+
+
+class ThreadCounts(L.Callback):
+    seen: list[int] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        ThreadCounts.seen.append(torch.get_num_threads())
+
+
+@pytest.mark.parametrize("callbacks", ["callbacks.threads.enabled=false", "~callbacks.threads"])
+def test_without_the_thread_tuner_one_process_trains_one_thread(tmp_path, monkeypatch, callbacks):
+    """Without the tuner, torch's one thread per core met at every small operation: beside a busy
+    process an epoch of the embedded corpus took 48-104 s instead of about 4 s."""
+    corpus = tmp_path / "planted.txt"
+    planted_corpus(corpus, sentences=300)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    most = torch.get_num_threads()
+    ThreadCounts.seen = []
+    try:
+        torch.set_num_threads(2)
+        train(compose_train(tmp_path, [f"data.path={corpus}", "data.min_count=1", "trainer.max_epochs=1", "logger=none",
+                                       "trainer.deterministic=true", callbacks, "probe_words=[]",
+                                       "+callbacks.counts._target_=test_reliability.ThreadCounts"]))  # fmt: skip
+        assert ThreadCounts.seen and set(ThreadCounts.seen) == {1}
+        assert torch.get_num_threads() == 2  # given back after training
+    finally:
+        torch.set_num_threads(most)
 
 
 @pytest.mark.parametrize("one_thread_faster", [True, False])

@@ -13,3 +13,13 @@ def _cpu_workers(deterministic: object) -> int:
 
 # conf/trainer/default.yaml: trainer.devices=${cpu_workers:${.deterministic}}
 OmegaConf.register_new_resolver("cpu_workers", _cpu_workers, replace=True)
+
+
+def _run_stamp() -> str:
+    from sgns.rundir import run_stamp
+
+    return run_stamp()
+
+
+# conf/hydra/default.yaml: hydra.run.dir=outputs/runs/${run_stamp:}, unique per process
+OmegaConf.register_new_resolver("run_stamp", _run_stamp, replace=True)

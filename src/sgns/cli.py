@@ -16,18 +16,18 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from sgns.bundled import BENCHMARKS
 from sgns.errors import Word2VecError, check
-from sgns.evaluation import evaluate_word_analogies, evaluate_word_pairs
-from sgns.outputs import DATA_KEY, NGRAMS_KEY, VECTORS_KEY, read_checkpoint, write_atomically
-from sgns.vectors import SubwordVectors, WordVectors, is_facebook_format
+
+# torch and the rest are imported once a command runs (inside main's handlers): `sgns --help` is
+# quick, and a Ctrl-C during those imports is a stop, not a traceback
 
 
-def load_vectors(path: str | Path) -> WordVectors:
-    """Word vectors from a Lightning checkpoint (``.ckpt``, loaded with weights_only), a fastText
-    model (``fasttext.bin``: vectors for any word) or a word2vec file."""
+def load_vectors(path: str | Path):
+    """Word vectors (``WordVectors``) from a Lightning checkpoint (``.ckpt``, loaded with
+    weights_only), a fastText model (``fasttext.bin``: vectors for any word) or a word2vec file."""
+    from sgns.outputs import DATA_KEY, NGRAMS_KEY, VECTORS_KEY, read_checkpoint
+    from sgns.vectors import SubwordVectors, WordVectors, is_facebook_format
+
     path = Path(path)
     check(path.is_file(), f"file not found: {path}")
     if is_facebook_format(path):
@@ -45,6 +45,11 @@ def load_vectors(path: str | Path) -> WordVectors:
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
+    import torch
+
+    from sgns.bundled import BENCHMARKS
+    from sgns.evaluation import evaluate_word_analogies, evaluate_word_pairs
+
     vectors = load_vectors(args.vectors)
     unit = torch.from_numpy(vectors.vectors)
     results: dict = {"vectors": str(args.vectors), "words": len(vectors), "dim": vectors.vector_size}
@@ -68,6 +73,8 @@ def _evaluate(args: argparse.Namespace) -> dict:
 
 def _word_pair_files(specs: list[str] | None) -> dict[str, str]:
     """``--pairs``: NAME=FILE, or a bundled set by its name (ws353, simlex); default both."""
+    from sgns.bundled import BENCHMARKS
+
     bundled = {k: BENCHMARKS[k] for k in ("ws353", "simlex")}
     files = {}
     for spec in specs or bundled:
@@ -141,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("output", type=Path, help=".bin for binary, anything else for text")
     args = parser.parse_args(argv)
     try:
+        from sgns.outputs import write_atomically
+
+        if hasattr(sys.stdout, "reconfigure"):  # a word the terminal's encoding lacks is printed escaped
+            sys.stdout.reconfigure(errors="backslashreplace")
         if args.command == "evaluate":
             results = _evaluate(args)
             _print_evaluation(results)

@@ -299,11 +299,17 @@ class HogwildStrategy(SingleDeviceStrategy):
     # -- the run ---------------------------------------------------------------------------------
     def on_train_start(self) -> None:
         super().on_train_start()
-        if self.workers == 1:
-            return
         trainer, module = self.lightning_module.trainer, self.lightning_module
-        share_tables(module, self.optimizers[0])
         self._threads = torch.get_num_threads()
+        if self.workers == 1:
+            from sgns.callbacks import ThreadTuner  # (callbacks.py imports this module)
+
+            if not any(isinstance(c, ThreadTuner) and c.enabled for c in trainer.callbacks) and "OMP_NUM_THREADS" not in os.environ:
+                # without the tuner, one thread: torch's default of one per core met at every small
+                # operation, and beside a busy process an epoch took 10-25x as long
+                torch.set_num_threads(1)
+            return
+        share_tables(module, self.optimizers[0])
         torch.set_num_threads(1)  # one thread per worker: W processes on W cores
         self.pool = WorkerPool(self.workers)
         epochs = trainer.train_dataloader.dataset
@@ -384,8 +390,8 @@ class HogwildStrategy(SingleDeviceStrategy):
 
     def teardown(self) -> None:
         self.stop_workers()
+        torch.set_num_threads(self._threads)  # (the next job of a sweep runs in this process)
         if self.pool is not None:
-            torch.set_num_threads(self._threads)  # (the next job of a sweep runs in this process)
             self.lightning_module.shared_progress = None
             self.pool = None
         super().teardown()

@@ -3,6 +3,7 @@ when complete, so a crash or a full disk never leaves a half-written checkpoint 
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 from contextlib import contextmanager
@@ -15,6 +16,8 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from sgns.data.corpus import Vocabulary
 from sgns.errors import Word2VecError, check
 from sgns.vectors import SubwordVectors, WordVectors
+
+log = logging.getLogger("sgns")
 
 
 @contextmanager
@@ -44,6 +47,26 @@ def export_run(module, vocab: Vocabulary, output_dir: str | Path, text: bool = T
     """Write a run's vocabulary (``word count``) and its model's vectors (``module.word_vectors()``) in
     the word2vec text and binary formats, and a subword model whole as fastText's ``fasttext.bin``
     (vectors for any word); returns the vectors and the files written."""
+    vectors, written = _export_run(module, vocab, output_dir, text, binary)
+    remove_stale(output_dir, written)
+    return vectors, written
+
+
+VECTOR_FILES = ("vectors.txt", "vectors.bin", "fasttext.bin")  # each run's export writes those it is asked for
+
+
+def remove_stale(output_dir: str | Path, written: list[Path]) -> list[Path]:
+    """Delete the vectors files an export did not write (an earlier run's ``fasttext.bin`` after a
+    skip-gram run with overwrite=true, or ``vectors.txt`` after export.text=false): they would hold
+    other vectors under this run's name. Called once the new files are in place."""
+    stale = [p for p in (Path(output_dir) / name for name in VECTOR_FILES) if p.exists() and p not in written]
+    for path in stale:
+        path.unlink()
+        log.info("removed %s: an earlier run's, not rewritten by this one", path)
+    return stale
+
+
+def _export_run(module, vocab: Vocabulary, output_dir: str | Path, text: bool, binary: bool) -> tuple[WordVectors, list[Path]]:
     net = module.net
     if not hasattr(net, "ngram_vectors"):
         vectors = WordVectors(vocab.words, module.word_vectors(), vocab.counts)

@@ -10,8 +10,9 @@ import re
 import sys
 import threading
 import time
+import traceback
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,7 +23,7 @@ from hydra.types import RunMode
 from hydra.errors import CompactHydraException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -31,7 +32,9 @@ from sgns.callbacks import GracefulStop, raw_words
 from sgns.data.memory import reuse_freed_memory
 from sgns.errors import Diverged, UnknownWordError, Word2VecError, check, check_int, word_list
 from sgns.hogwild import HogwildStrategy, workers
-from sgns.outputs import DATA_KEY, VECTORS_KEY, export_run, read_checkpoint
+from sgns.outputs import DATA_KEY, VECTORS_KEY, export_run, read_checkpoint, write_atomically
+from sgns.rundir import own_run_dir, save_run_config, start_run_log
+from sgns.sweep import record_job
 from sgns.vectors import WordVectors
 
 log = logging.getLogger("sgns")
@@ -83,6 +86,11 @@ def check_precision(precision: Any) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train as configured; returns the final metrics (floats)."""
+    with ExitStack() as run_dir:
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: DictConfig, run_dir: ExitStack) -> dict[str, float]:
     quiet()
     reuse_freed_memory()
     if cfg.get("seed") is not None:
@@ -97,7 +105,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     ckpt_path = cfg.get("ckpt_path")
-    check_no_earlier_run(output_dir, ckpt_path, cfg.get("overwrite", False))
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)  # its settings are checked now; the tables are made once the vocabulary is known
     loggers = _instantiate_all(cfg.get("logger"))
@@ -110,6 +117,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         hint = "" if cfg.trainer.accelerator == "cpu" else "; try trainer=cpu"
         raise Word2VecError(f"cannot use trainer.accelerator={cfg.trainer.accelerator} "
                             f"(devices={cfg.trainer.devices}): {message}{hint}") from None  # fmt: skip
+    if trainer.is_global_zero:  # (the ranks of one run share its directory)
+        run_dir.enter_context(own_run_dir(output_dir))
+    check_no_earlier_run(output_dir, ckpt_path, cfg.get("overwrite", False))
     if isinstance(trainer.strategy, HogwildStrategy):
         trainer.strategy.check_model(model, cfg.trainer.get("deterministic"))
     checkpoint, first_step = None, 0
@@ -118,6 +128,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         expected = {**datamodule.resume_settings(trainer.world_size, datamodule.batch_device_type(trainer), workers(trainer)),
                     **model.resume_settings()}  # fmt: skip
         checkpoint = check_checkpoint(ckpt_path, expected)
+        check_unfinished(checkpoint, ckpt_path, epochs, steps)
         first_step = int(checkpoint["global_step"])
     started = time.perf_counter()
     corpus = datamodule.prepare()
@@ -131,6 +142,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise Word2VecError(f"checkpoint {ckpt_path} was trained on a different vocabulary ({len(words):,} words) "
                             f"than this corpus and config give ({len(corpus.vocab):,} words)")  # fmt: skip
     model.build(len(corpus.vocab), corpus.vocab.words)
+    if trainer.is_global_zero:  # every check has passed: the run's record and log go to its directory
+        save_run_config(output_dir, cfg)
+        start_run_log()
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -156,7 +170,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                "pairs_last_epoch": datamodule.train_set.pairs(), "workers": workers(trainer),
                **({"share_seconds_last_epoch": trainer.strategy.share_seconds} if workers(trainer) > 1 else {}),
                **metrics, **({"weights_sha256_per_rank": digests} if digests else {})}  # fmt: skip
-    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    write_atomically(output_dir / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
     for logger in loggers:  # the HParams tab: this run's hyperparameters next to its final metrics
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True),
@@ -175,7 +189,10 @@ def report(vectors: WordVectors, written: list[Path], trainer: L.Trainer, second
     checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "")
     lines += ["outputs:"] + [f"  {p}" for p in ([checkpoint] if checkpoint else []) + written]
     for logger in trainer.loggers:
-        lines.append(f"  TensorBoard: tensorboard --logdir {logger.log_dir}")
+        if isinstance(logger, TensorBoardLogger):
+            lines.append(f"  TensorBoard: tensorboard --logdir {logger.log_dir}")
+        elif isinstance(logger, CSVLogger):
+            lines.append(f"  metrics: {Path(logger.log_dir) / 'metrics.csv'}")
     if probe_words:
         lines.append("nearest neighbours:")
         for word in probe_words:  # (fastText's vectors answer for unseen words too)
@@ -207,6 +224,21 @@ def check_checkpoint(path: str | Path, expected: dict[str, Any]) -> dict[str, An
             raise Word2VecError(f"checkpoint {path} was trained with {key}={saved[key]!r} but this run has {key}={value!r}; "
                                 "resuming must replay the same batches and updates: set it back, or start a new run")  # fmt: skip
     return state
+
+
+def check_unfinished(checkpoint: dict[str, Any], path: str | Path, max_epochs: int, max_steps: int) -> None:
+    """Resuming a run that already trained as far as this run asks would train nothing, and rewrite
+    its metrics without any: refuse it."""
+    completed = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"]
+    steps_done = int(checkpoint["global_step"])
+    if max_epochs != -1 and completed >= max_epochs:
+        reached = f"has finished its {completed} epoch(s) and this run has trainer.max_epochs={max_epochs}"
+    elif isinstance(max_steps, int) and 0 < max_steps <= steps_done:
+        reached = f"has trained {steps_done:,} steps and this run has trainer.max_steps={max_steps}"
+    else:
+        return
+    raise Word2VecError(f"checkpoint {path} {reached}: there is nothing to train (its outputs stay as they are); "
+                        "raise trainer.max_epochs to train it further")  # fmt: skip
 
 
 def _stopped_message(trainer: L.Trainer, stop: GracefulStop | None) -> str:
@@ -274,30 +306,38 @@ def one_line_errors() -> Iterator[None]:
     try:
         yield
     except Stopped as stop:
+        end_progress_bars()
         print(f"stopped: {stop}", file=sys.stderr, flush=True)
         sys.exit(stop.exit_code)
-    except KeyboardInterrupt:  # (on a line of its own, after a progress bar it may have cut short)
+    except KeyboardInterrupt:  # (a line of its own also after a bar that closed itself, and after the terminal's ^C)
+        end_progress_bars()
         print("\nstopped: interrupted (Ctrl-C); files written before are intact", file=sys.stderr, flush=True)
         sys.exit(130)
     except Exception as exc:
         message = user_error(exc)
         if message is None:
             raise
+        end_progress_bars()
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
     finally:
         threading.excepthook = default_hook
 
 
+def end_progress_bars() -> None:
+    """Close the progress bars an error cut short, so that the line after them starts a line of its
+    own (closing a bar ends its line)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def main(cfg: DictConfig) -> float | None:
     """Hydra task: train and return the optimised metric (``cfg.optimized_metric``) for sweeps."""
+    if _in_sweep():
+        return _sweep_job(cfg)
     with one_line_errors():
-        try:
-            metrics = train(cfg)
-        except Diverged as exc:
-            if not _in_sweep():
-                raise
-            return _diverged_trial(exc)
+        metrics = train(cfg)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
 
@@ -306,11 +346,27 @@ def _in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _diverged_trial(exc: Diverged) -> float | None:
-    """A sweep job whose settings diverged is one of the sweep's results, not the end of the sweep:
-    one line for it, and the worst value for a sweeper that optimises (Optuna's ``direction``)."""
+def _sweep_job(cfg: DictConfig) -> float | None:
+    """A sweep job that fails is one of the sweep's results, not the end of the sweep: one line for
+    it (a bug's traceback too), its status for the summary (``sgns.sweep``), and the worst value for
+    a sweeper that optimises (Optuna's ``direction``). A stop (Ctrl-C, SIGTERM) stops the sweep."""
     hydra_cfg = HydraConfig.get()
-    print(f"error: sweep job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {exc}; the sweep goes on",
-          file=sys.stderr, flush=True)  # fmt: skip
-    direction = OmegaConf.select(hydra_cfg, "sweeper.direction", default=None)
-    return {"maximize": -math.inf, "minimize": math.inf}.get(str(direction).lower() if direction else "")
+    try:
+        metrics = train(cfg)
+    except Stopped:  # (the sweeper raises it again, and the entry's one_line_errors says so)
+        raise
+    except Exception as exc:
+        status, message = ("diverged", str(exc)) if isinstance(exc, Diverged) else ("error", user_error(exc))
+        end_progress_bars()
+        if message is None:
+            status, message = "crashed", f"{type(exc).__name__}: {_first_line(exc)} (a bug: its traceback is above)"
+            traceback.print_exc()
+        print(f"error: sweep job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {message}; the sweep goes on",
+              file=sys.stderr, flush=True)  # fmt: skip
+        record_job(hydra_cfg, status, message)
+        direction = OmegaConf.select(hydra_cfg, "sweeper.direction", default=None)
+        return {"maximize": -math.inf, "minimize": math.inf}.get(str(direction).lower() if direction else "")
+    record_job(hydra_cfg, "ok")
+    name = cfg.get("optimized_metric")
+    return metrics.get(name) if name else None
+

@@ -3,8 +3,8 @@
     sgns evaluate outputs/runs/<time>/last.ckpt            # table of benchmark scores
     sgns evaluate vectors.bin --restrict-vocab 300000 --json scores.json
     sgns most-similar vectors.bin king woman --negative man
-    sgns similarity vectors.bin cat dog
-    sgns doesnt-match vectors.bin breakfast cereal dinner lunch
+    sgns similarity vectors.bin monday tuesday
+    sgns doesnt-match vectors.bin monday tuesday friday police
     sgns export last.ckpt vectors.txt
 """
 

@@ -70,7 +70,8 @@ class FastText(WordModel):
         for table in (self.center_embed, self.ngram_embed):  # fastText's and gensim's initialisation
             nn.init.uniform_(table.weight, -1.0 / embedding_dim, 1.0 / embedding_dim)
         offsets, rows = ngram_rows(words, min_n, max_n, buckets)  # once per run: about 2 s for 170k words
-        note_table_size(buckets, embedding_dim, len(np.unique(rows)), vocab_size)
+        if not self.ngram_embed.weight.is_meta:  # (not for the settings' probe, made before the vocabulary)
+            note_table_size(buckets, embedding_dim, len(np.unique(rows)), vocab_size)
         # derived from the words: not saved in checkpoints, rebuilt with the model
         self.register_buffer("ngram_offsets", torch.from_numpy(offsets), persistent=False)  # [V + 1]
         self.register_buffer("ngram_rows", torch.from_numpy(rows), persistent=False)  # [total]

@@ -6,6 +6,7 @@
     python scripts/compare_gensim.py --repeats 3 --busy 1     # + each repeat again beside 1 busy process
     python scripts/compare_gensim.py --models skipgram,cbow   # skip-gram against sg=1, CBOW against sg=0
     python scripts/compare_gensim.py --models fasttext        # subwords against gensim FastText, + rare words
+    python scripts/compare_gensim.py --models skipgram,cbow --objective hs  # hierarchical softmax (gensim hs=1 negative=0)
     python scripts/compare_gensim.py --worker-scaling --models skipgram,cbow,fasttext --workers 8  # ours at 1..8 workers
 
 Each trainer runs in its own process (peak RSS from wait4), the order alternates between
@@ -115,7 +116,7 @@ def ours_command(args: argparse.Namespace, corpus: Path, out: Path, dim: int | N
             f"data.sample={args.sample}", f"data.min_count={args.min_count}", f"model.net.embedding_dim={dim or args.dim}",
             f"trainer.max_epochs={args.epochs}", f"seed={args.seed}", "logger=none", "~callbacks.word_vectors",
             "callbacks.progress_bar.refresh_rate=1000", f"hydra.run.dir={out}", f"data.cache_dir={out / 'cache'}",
-            "overwrite=true", *args.overrides]  # fmt: skip (overwrite: the last time's run in the same directory)
+            f"model.objective={args.objective}", "overwrite=true", *args.overrides]  # fmt: skip (overwrite: the last time's run in the same directory)
 
 
 def scaling(args: argparse.Namespace) -> None:
@@ -207,8 +208,8 @@ def gensim_worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     name, sg = FAMILIES[args.family].split(" sg=")
     model = (Word2Vec if name == "Word2Vec" else FastText)(
-        vector_size=args.dim, window=args.window, negative=args.negatives, sample=args.sample, min_count=args.min_count,
-        sg=int(sg), hs=0, workers=args.workers, seed=args.seed, **({"alpha": args.gensim_alpha} if args.gensim_alpha else {}))  # fmt: skip
+        vector_size=args.dim, window=args.window, negative=0 if args.objective == "hs" else args.negatives, sample=args.sample,
+        min_count=args.min_count, sg=int(sg), hs=int(args.objective == "hs"), workers=args.workers, seed=args.seed, **({"alpha": args.gensim_alpha} if args.gensim_alpha else {}))  # fmt: skip
     model.build_vocab(corpus_file=args.corpus)
     t1 = time.perf_counter()
     model.train(corpus_file=args.corpus, total_words=model.corpus_total_words, epochs=args.epochs)
@@ -285,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--negatives", type=int, default=5)
     parser.add_argument("--sample", type=float, default=1e-4)
     parser.add_argument("--min-count", type=int, default=5)
+    parser.add_argument("--objective", default="ns", choices=["ns", "hs"], help="ns: negative sampling (gensim negative=k); "
+                        "hs: hierarchical softmax (gensim hs=1, negative=0), our model.objective=hs")  # fmt: skip
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="gensim's workers and ours "
                         "(trainer.devices); default: the cores this process may use")  # fmt: skip
     parser.add_argument("--worker-scaling", action="store_true", help="only ours, with 1, 2, 4, ... --workers workers")
@@ -315,11 +318,11 @@ def main() -> None:
     corpus = args.out / f"corpus-{args.max_tokens or 'all'}.txt"
     tokens = write_slice(args.corpus, args.max_tokens, corpus)
     print(f"corpus: {corpus} ({tokens:,} tokens); d={args.dim} window={args.window} k={args.negatives} "
-          f"sample={args.sample} min_count={args.min_count} epochs={args.epochs}"
+          f"sample={args.sample} min_count={args.min_count} epochs={args.epochs} objective={args.objective}"
           + (f" gensim alpha={args.gensim_alpha}" if args.gensim_alpha else ""), flush=True)  # fmt: skip
     common = ["--corpus", str(corpus), "--epochs", str(args.epochs), "--dim", str(args.dim), "--window", str(args.window),
               "--negatives", str(args.negatives), "--sample", str(args.sample), "--min-count", str(args.min_count),
-              "--workers", str(args.workers), "--seed", str(args.seed)]  # fmt: skip
+              "--workers", str(args.workers), "--seed", str(args.seed), "--objective", args.objective]  # fmt: skip
     common += ["--gensim-alpha", str(args.gensim_alpha)] if args.gensim_alpha else []
     if args.worker_scaling:
         return worker_scaling(args, corpus, tokens)

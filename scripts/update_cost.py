@@ -2,6 +2,7 @@
 
     python scripts/update_cost.py --model fasttext --sizes 4096,1024
     python scripts/update_cost.py --model skipgram --sizes 4096,2048 --threads 2
+    python scripts/update_cost.py --model cbow --objective hs     # CBOW: the data module's own updates
 
 Takes the first steps of a corpus (``--corpus``, default the 10M-token slice that
 ``compare_gensim.py`` writes), cuts the same pairs into updates of each size and times the
@@ -32,7 +33,8 @@ from sgns.optim import apply_sgd  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=ROOT / "bench" / "corpus-10000000.txt")
-    parser.add_argument("--model", default="fasttext", choices=["skipgram", "fasttext"])
+    parser.add_argument("--model", default="fasttext", choices=["skipgram", "cbow", "fasttext"])
+    parser.add_argument("--objective", default="ns", choices=["ns", "hs"])
     parser.add_argument("--sizes", default="4096,1024", help="comma-separated update sizes (pairs)")
     parser.add_argument("--steps", type=int, default=3, help="Lightning steps of 65,536 pairs to time")
     parser.add_argument("--rounds", type=int, default=4)
@@ -43,21 +45,24 @@ def main() -> None:
     reuse_freed_memory()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["data=text_file", f"data.path={args.corpus}", "data.tokenizer=whitespace",
-                                          "data.val_fraction=0", "data.sample=0.0001", f"model={args.model}"])  # fmt: skip
+                                          "data.val_fraction=0", "data.sample=0.0001", f"model={args.model}",
+                                          f"model.objective={args.objective}"])  # fmt: skip
     with open_dict(cfg):
         cfg.data.cache_dir = str(ROOT / "bench" / "cache")
     data = instantiate(cfg.data)
-    data.example = "pairs"
+    data.example = "windows" if args.model == "cbow" else "pairs"
     data.prepare_data()
     data.setup("fit")
     module = instantiate(cfg.model)
-    module.build(len(data.vocab), data.vocab.words)
+    module.build(len(data.vocab), data.vocab.words, data.vocab.counts)
     steps = iter(data.train_set)
     updates = [u for _ in range(args.steps) for u in next(steps)]  # the default cut: 4,096 pairs
-    pairs = sum(len(u) for u in updates)
+    pairs = sum(len(u) if u.mask is None else int(u.mask.sum()) for u in updates)
     sizes = [int(s) for s in args.sizes.split(",")]
     cut = {size: [Batch(u.center[i : i + size], u.context[i : i + size], u.negatives, u.neg_weight)
                   for u in updates for i in range(0, len(u), size)] for size in sizes}  # fmt: skip
+    if args.model == "cbow":  # (windows are not cut again: the updates as the data module makes them)
+        sizes, cut = sizes[:1], {sizes[0]: updates}
     torch.set_num_threads(args.threads)
     seconds: dict[int, list[float]] = {size: [] for size in sizes}
     with torch.no_grad():

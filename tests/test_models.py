@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sgns.models import CBOW, Batch, FastText, SkipGram
-from sgns.models.base import sgns_loss
+from sgns.models.objectives import HierarchicalSoftmax, huffman_tree, make_objective, sgns_loss
 from sgns.optim import apply_sgd, apply_sparse_adam, gradient_scale
 
 V, D = 30, 8
@@ -18,20 +18,26 @@ WORDS = [f"w{i}{'ing' if i % 3 else 'é'}" for i in range(V)]  # spellings for t
 NEGATIVES = ["per_example", "shared", "runs"]  # k per example, K shared by the update, pairs side by side
 
 
-def _net(family: str, sparse: bool = False, seed: int = 0):
+COUNTS = [3 * (V - i) + i % 4 // 3 for i in range(V)]  # (sorted by _net) with ties
+
+
+def _net(family: str, sparse: bool = False, seed: int = 0, objective: str = "ns"):
     torch.manual_seed(seed)
+    output = make_objective(objective, sorted(COUNTS, reverse=True))
     if family == "fasttext":  # 13 buckets: n-gram rows collide, as they do in 2,000,000
-        net = FastText(V, D, words=WORDS, min_n=2, max_n=4, buckets=13, sparse=sparse).double()
+        net = FastText(V, D, words=WORDS, min_n=2, max_n=4, buckets=13, sparse=sparse, objective=output).double()
+    elif family == "skipgram":
+        net = SkipGram(V, D, sparse=sparse, objective=output).double()
     else:
-        net = (SkipGram(V, D, sparse=sparse) if family == "skipgram" else CBOW(V, D, cbow_mean=family == "cbow", sparse=sparse)).double()
+        net = CBOW(V, D, cbow_mean=family == "cbow", sparse=sparse, objective=output).double()
     with torch.no_grad():  # random outputs (word2vec starts them at zero): every gradient term is exercised
         for table in net.parameters():
             table.normal_(0, 0.3)
     return net
 
 
-def _pair(family: str, sparse: bool = False):
-    reference, fused = _net(family, sparse=True), _net(family, sparse=sparse)
+def _pair(family: str, sparse: bool = False, objective: str = "ns"):
+    reference, fused = _net(family, sparse=True, objective=objective), _net(family, sparse=sparse, objective=objective)
     fused.load_state_dict(reference.state_dict())
     return reference, fused
 
@@ -130,11 +136,15 @@ def test_every_cbow_window_word_receives_the_hidden_layers_gradient():
         assert all(torch.allclose(g, expected, atol=1e-12) for g in rows[0][2])
 
 
+OBJECTIVES = ["ns", "hs"]
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
 @pytest.mark.parametrize("negatives", NEGATIVES)
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("scale", [1.0, -0.3])
-def test_row_gradients_equal_autograd(family, negatives, scale):
-    reference, fused = _pair(family)
+def test_row_gradients_equal_autograd(family, negatives, scale, objective):
+    reference, fused = _pair(family, objective=objective)
     batch = _batch(family, negatives)
     loss = reference.loss(batch)
     loss.sum().backward()  # the objective: the per-example loss summed over the update
@@ -147,8 +157,8 @@ def test_row_gradients_equal_autograd(family, negatives, scale):
     assert fused.row_gradients(batch, with_loss=False)[0] is None
 
 
-def _run(family, negatives, optimizer_cls, apply, steps=5, **kwargs):
-    reference, fused = _pair(family)
+def _run(family, negatives, optimizer_cls, apply, steps=5, objective="ns", **kwargs):
+    reference, fused = _pair(family, objective=objective)
     ref_opt, fused_opt = optimizer_cls(list(reference.parameters()), **kwargs), optimizer_cls(list(fused.parameters()), **kwargs)
     for step in range(steps):
         batch = _batch(family, negatives, seed=step)
@@ -159,10 +169,12 @@ def _run(family, negatives, optimizer_cls, apply, steps=5, **kwargs):
     return reference, fused, ref_opt, fused_opt
 
 
+@pytest.mark.parametrize("objective", OBJECTIVES)
 @pytest.mark.parametrize("negatives", NEGATIVES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_fused_sparse_adam_equals_torch_sparse_adam(family, negatives):
-    reference, fused, ref_opt, fused_opt = _run(family, negatives, torch.optim.SparseAdam, apply_sparse_adam, lr=0.05)
+def test_fused_sparse_adam_equals_torch_sparse_adam(family, negatives, objective):
+    reference, fused, ref_opt, fused_opt = _run(family, negatives, torch.optim.SparseAdam, apply_sparse_adam, lr=0.05,
+                                                objective=objective)  # fmt: skip
     start = _net(family).state_dict()["center_embed.weight"]
     for p_ref, p_fused in zip(reference.parameters(), fused.parameters()):
         assert torch.allclose(p_ref, p_fused, atol=1e-12)
@@ -172,10 +184,11 @@ def test_fused_sparse_adam_equals_torch_sparse_adam(family, negatives):
     assert not torch.equal(fused.center_embed.weight, start)  # it moved
 
 
+@pytest.mark.parametrize("objective", OBJECTIVES)
 @pytest.mark.parametrize("negatives", NEGATIVES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_fused_sgd_equals_torch_sparse_sgd(family, negatives):
-    reference, fused, _, _ = _run(family, negatives, torch.optim.SGD, apply_sgd, lr=0.03)
+def test_fused_sgd_equals_torch_sparse_sgd(family, negatives, objective):
+    reference, fused, _, _ = _run(family, negatives, torch.optim.SGD, apply_sgd, lr=0.03, objective=objective)
     for p_ref, p_fused in zip(reference.parameters(), fused.parameters()):
         assert torch.allclose(p_ref, p_fused, atol=1e-12)
 
@@ -192,17 +205,19 @@ def test_shared_negatives_weigh_like_k_per_example_in_expectation():
     assert torch.allclose(shared, exact, rtol=0.01)  # Monte Carlo error about 0.3 %
 
 
+@pytest.mark.parametrize("objective", OBJECTIVES)
 @pytest.mark.parametrize("negatives", NEGATIVES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_an_empty_update_sends_empty_rows(family, negatives):
+def test_an_empty_update_sends_empty_rows(family, negatives, objective):
     """Under DDP a short update can leave a rank no examples; it still joins every exchange."""
-    _, fused = _pair(family)
+    _, fused = _pair(family, objective=objective)
     batch = _batch(family, negatives)
     per_example = negatives == "per_example"
     empty = Batch(batch.center[:0], batch.context[:0], batch.negatives[:0] if per_example else batch.negatives,
                   batch.neg_weight, None if batch.mask is None else batch.mask[:0])  # fmt: skip
     _, updates = fused.row_gradients(empty, scale=-0.5, with_loss=False)
-    assert [len(rows) for _, rows, _ in updates] == [0] * (len(updates) - 1) + [0 if per_example else batch.negatives.numel()]
+    shared = 0 if per_example or objective == "hs" else batch.negatives.numel()  # (the update's shared negatives' rows)
+    assert [len(rows) for _, rows, _ in updates] == [0] * (len(updates) - 1) + [shared]
     assert all(not grads.any() for _, _, grads in updates)
 
 

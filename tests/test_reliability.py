@@ -258,12 +258,14 @@ class StopAt(L.Callback):
             request_stop_as_on_sigterm(trainer)
 
 
+@pytest.mark.parametrize("objective", ["ns", "hs"])
 @pytest.mark.parametrize("model", ["skipgram", "cbow", "fasttext"])
-def test_a_run_stopped_mid_epoch_resumes_to_the_same_bits(tmp_path, model):
+def test_a_run_stopped_mid_epoch_resumes_to_the_same_bits(tmp_path, model, objective):
     corpus = tmp_path / "planted.txt"
     planted_corpus(corpus, sentences=400)
     common = [f"data.path={corpus}", "data.min_count=1", "data.batch_size=128", "data.update_size=32", "trainer.max_epochs=2",
-              f"model={model}", "model.net.embedding_dim=16", "logger=none", "probe_words=[]", "trainer.deterministic=true"]  # fmt: skip
+              f"model={model}", "model.net.embedding_dim=16", "logger=none", "probe_words=[]", "trainer.deterministic=true",
+              f"model.objective={objective}"]  # fmt: skip
     common += ["model.net.buckets=5000"] if model == "fasttext" else []
     train(compose_train(tmp_path / "whole", common))
     with pytest.raises(Stopped):

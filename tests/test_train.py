@@ -38,7 +38,7 @@ def test_python_defaults_equal_the_yaml_defaults(tmp_path, group, overrides):
     declared = _defaults(hydra.utils.get_class(cfg._target_))
     shared = {k: v for k, v in declared.items() if k in cfg and not OmegaConf.is_interpolation(cfg, k)}
     assert shared and {k: cfg[k] for k in shared} == shared
-    assert set(declared) - set(cfg) <= {"vocab_size", "sparse", "words"}  # given by the code, not by the config
+    assert set(declared) - set(cfg) <= {"vocab_size", "sparse", "words", "counts", "objective"}  # given by the code, not by the config
 
 
 def test_the_search_space_holds_every_default(tmp_path):

@@ -13,8 +13,9 @@ from typing import Any, Callable, Iterable, Sequence
 import lightning as L
 import torch
 
-from sgns.errors import Diverged, Word2VecError, check, check_number
+from sgns.errors import Diverged, Word2VecError, check, check_choice, check_number
 from sgns.models.base import Batch, Update, WordModel
+from sgns.models.objectives import OBJECTIVES, make_objective
 from sgns.optim import FUSED_UPDATES, gradient_scale
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -73,14 +74,16 @@ class Word2VecModule(L.LightningModule):
     more than ``DIVERGED`` times the untrained loss, stops the run before its update.
     """
 
-    DIVERGED = 2.0  # × (1 + k) ln 2: a model that scores worse than knowing nothing has diverged
+    DIVERGED = 2.0  # × the untrained loss ((1 + k) ln 2 for negative sampling): worse than knowing nothing
 
     def __init__(self, net: NetFactory, optimizer: OptimizerFactory, alpha: float = 0.025, min_alpha: float = 0.0001,
-                 fused: bool = True, vocab_size: int | None = None, words: Sequence[str] | None = None):  # fmt: skip
+                 fused: bool = True, objective: str = "ns", vocab_size: int | None = None,
+                 words: Sequence[str] | None = None, counts: Sequence[int] | None = None):  # fmt: skip
         super().__init__()
         check_number("model.alpha", alpha, 0, low_open=True)
         check_number("model.min_alpha", min_alpha, 0, alpha)
         check(isinstance(fused, bool), f"model.fused must be true or false, got {fused!r}")
+        check_choice("model.objective", objective, OBJECTIVES)
         # the settings are checked now, not after the corpus is prepared: a net of one word is made
         # (its own checks run; on the meta device, so a large table costs nothing) and the
         # optimiser's keys are bound to its signature
@@ -103,7 +106,7 @@ class Word2VecModule(L.LightningModule):
         self._epoch_loss = [0.0, 0]
         self.shared_progress: Callable[[float], float] | None = None  # (hogwild.py)
         if vocab_size is not None:
-            self.build(vocab_size, words)
+            self.build(vocab_size, words, counts)
 
     @property
     def family(self) -> type[WordModel]:
@@ -111,12 +114,19 @@ class Word2VecModule(L.LightningModule):
         ``pair_order``), known before its tables are made."""
         return _unpack(self.net_factory)[0]
 
-    def build(self, vocab_size: int, words: Sequence[str] | None = None) -> None:
+    @property
+    def needs_negatives(self) -> bool:
+        """Whether the data module draws noise words: the objective's (model.objective) need."""
+        return self.hparams.objective == "ns"
+
+    def build(self, vocab_size: int, words: Sequence[str] | None = None, counts: Sequence[int] | None = None) -> None:
         """Make the tables once the vocabulary is known (the settings were checked at construction,
-        before the corpus was read); a family that reads spellings (``needs_words``) gets the words."""
+        before the corpus was read); a family that reads spellings (``needs_words``) gets the words,
+        the objective the counts (hierarchical softmax's tree)."""
         sparse = not self.hparams.fused and wants_sparse_gradients(self.optimizer_factory)
         needs_words = getattr(_unpack(self.net_factory)[0], "needs_words", False)
-        self.net = self.net_factory(vocab_size, sparse=sparse, **({"words": words} if needs_words else {}))
+        objective = make_objective(self.hparams.objective, counts)
+        self.net = self.net_factory(vocab_size, sparse=sparse, objective=objective, **({"words": words} if needs_words else {}))
 
     def resume_settings(self) -> dict[str, Any]:
         """The settings a resumed run must share with its checkpoint (by config key): they shape the
@@ -125,7 +135,8 @@ class Word2VecModule(L.LightningModule):
         (net, net_kwargs), (cls, kwargs) = _unpack(self.net_factory), _unpack(self.optimizer_factory)
         h = self.hparams
         return {"model.net": net.__name__, **{f"model.net.{k}": _plain(v) for k, v in sorted(net_kwargs.items())},
-                "model.alpha": h.alpha, "model.min_alpha": h.min_alpha, "model.fused": h.fused, "model.optimizer": cls.__name__,
+                "model.alpha": h.alpha, "model.min_alpha": h.min_alpha, "model.fused": h.fused, "model.objective": h.objective,
+                "model.optimizer": cls.__name__,
                 **{f"model.optimizer.{k}": _plain(v) for k, v in sorted(kwargs.items())}}  # fmt: skip
 
     # -- training ------------------------------------------------------------------------------
@@ -213,7 +224,7 @@ class Word2VecModule(L.LightningModule):
     def _check_loss(self, loss: torch.Tensor, update: Batch) -> torch.Tensor:
         """Stop on a loss that is not finite or far above the untrained (1 + k) ln 2: the run diverged."""
         value = float(loss)
-        untrained = (1 + update.neg_weight * update.negatives.shape[1]) * math.log(2)
+        untrained = self.net.untrained_loss(update)
         if not math.isfinite(value) or value > self.DIVERGED * untrained:
             raise Diverged(
                 f"training diverged: loss {value:.4g} at step {self.global_step} (untrained: {untrained:.4f}); "

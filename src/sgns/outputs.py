@@ -80,6 +80,8 @@ def _export_run(module, vocab: Vocabulary, output_dir: str | Path, text: bool, b
     data = trainer.datamodule.hparams if trainer is not None and trainer.datamodule is not None else {}
     settings = {"window": data.get("window", 5), "negative": data.get("negatives", 5), "sample": data.get("sample", 1e-4),
                 "min_count": data.get("min_count", 5), "epochs": trainer.max_epochs if trainer is not None else 5}  # fmt: skip
+    if net.objective.name == "hs":  # the output rows are the Huffman tree's inner nodes
+        settings |= {"hs": 1, "negative": 0}
     outputs = net.outside_embed.weight.detach().float().cpu()
     model = write_atomically(Path(output_dir) / "fasttext.bin", lambda p: vectors.save_facebook_format(p, outputs, **settings))
     return vectors, [*export(vectors, vocab, output_dir, text, binary), model]

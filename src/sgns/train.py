@@ -141,7 +141,7 @@ def _train(cfg: DictConfig, run_dir: ExitStack) -> dict[str, float]:
     if checkpoint is not None and (words := checkpoint[DATA_KEY]["words"]) != corpus.vocab.words:
         raise Word2VecError(f"checkpoint {ckpt_path} was trained on a different vocabulary ({len(words):,} words) "
                             f"than this corpus and config give ({len(corpus.vocab):,} words)")  # fmt: skip
-    model.build(len(corpus.vocab), corpus.vocab.words)
+    model.build(len(corpus.vocab), corpus.vocab.words, corpus.vocab.counts)
     if trainer.is_global_zero:  # every check has passed: the run's record and log go to its directory
         save_run_config(output_dir, cfg)
         start_run_log()

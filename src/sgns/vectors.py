@@ -204,7 +204,7 @@ class SubwordVectors(WordVectors):
     def save_facebook_format(self, path: str | Path, outputs: np.ndarray | torch.Tensor | None = None, **settings) -> None:
         """fastText's ``.bin``: the vocabulary with counts, the word rows (before the n-grams are
         averaged in), the n-gram table and ``outputs`` (the output vectors; zeros if not given).
-        ``settings`` (window, negative, sample, min_count, epochs) fill fastText's header."""
+        ``settings`` (window, negative, sample, min_count, epochs, hs) fill fastText's header."""
         from gensim.models.fasttext import FastTextKeyedVectors, save_facebook_model
 
         kv = FastTextKeyedVectors(self.vector_size, self.min_n, self.max_n, self.buckets)
@@ -213,9 +213,11 @@ class SubwordVectors(WordVectors):
         kv.allocate_vecattrs(attrs=["count"], types=[np.int64])
         kv.expandos["count"][:] = counts
         kv.vectors_vocab, kv.vectors_ngrams = self.word_rows, self.ngram_vectors
-        model = SimpleNamespace(wv=kv, vector_size=self.vector_size, hs=0, sg=1, syn1neg=np.zeros_like(self.vectors) if outputs is None
-                                else np.ascontiguousarray(torch.as_tensor(outputs).float().numpy()), corpus_total_words=int(counts.sum()),
-                                **{"epochs": 5, "window": 5, "negative": 5, "sample": 1e-4, "min_count": 5} | settings)  # fmt: skip
+        output = np.zeros_like(self.vectors) if outputs is None else np.ascontiguousarray(torch.as_tensor(outputs).float().numpy())
+        defaults = {"epochs": 5, "window": 5, "negative": 5, "sample": 1e-4, "min_count": 5, "hs": 0}
+        # (gensim writes syn1, the inner nodes, as the output matrix of a hierarchical-softmax model: hs=1)
+        model = SimpleNamespace(wv=kv, vector_size=self.vector_size, sg=1, syn1neg=output, syn1=output,
+                                corpus_total_words=int(counts.sum()), **defaults | settings)  # fmt: skip
         save_facebook_model(model, str(path))
 
     @classmethod

@@ -111,6 +111,7 @@ class Word2VecDataModule(L.LightningDataModule):
         self.example = WordModel.example  # what the model trains on: "pairs" (skip-gram) or "windows" (CBOW)
         self.update_size = update_size  # pairs per update: data.update_size, unless the family takes fewer
         self.pair_order = pair_order or WordModel.pair_order  # data.pair_order, or (null) the family's
+        self.draws_negatives = True  # until follow_model: the model's objective may need none
         self.shared_by = 1  # lock-free workers sharing each update's pairs (share_updates)
 
     # -- preparation ---------------------------------------------------------------------
@@ -146,7 +147,8 @@ class Word2VecDataModule(L.LightningDataModule):
 
     def _epochs(self, corpus, **overrides: Any) -> Epochs:
         h = self.hparams
-        options = dict(window=h.window, negatives=h.negatives, shared_negatives=h.shared_negatives, batch_size=h.batch_size,
+        negatives = (h.negatives, h.shared_negatives) if self.draws_negatives else (0, 0)  # (none for hierarchical softmax)
+        options = dict(window=h.window, negatives=negatives[0], shared_negatives=negatives[1], batch_size=h.batch_size,
                        update_size=self.update_size, chunk_tokens=h.chunk_tokens, seed=h.seed, pair_order=self.pair_order)  # fmt: skip
         return Epochs(corpus, self.keep_prob, self.noise, self.example, **{**options, **overrides})
 
@@ -188,6 +190,7 @@ class Word2VecDataModule(L.LightningDataModule):
         takes, and its order of pairs where ``data.pair_order`` is null. Before the steps are first made."""
         family = model.family  # the network's class (models/base.py)
         self.example = family.example
+        self.draws_negatives = getattr(model, "needs_negatives", True)
         self.cap_update_size(family.max_update_size)
         if self.hparams.pair_order is None and family.pair_order != self.pair_order:
             log.info("data.pair_order=null gives the model's order: %s (set data.pair_order to choose another)", family.pair_order)

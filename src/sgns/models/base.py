@@ -1,14 +1,16 @@
-"""What the model families share: the batch the data module hands them, word2vec's negative-sampling
-output layer (its loss and its gradients in closed form, side by side), and the two tables.
+"""What the model families share: the batch the data module hands them, the bag of input rows that
+makes each hidden vector h, and the two tables.
 
-A family is a ``WordModel`` in a file of its own (``skipgram.py``, ``cbow.py``): it says which
-``example`` the data module must make for it ("pairs" or "windows"), how an example's input
-vector ``h`` is made from the rows of ``center_embed``, and how ``h``'s gradient goes back to
-those rows. Both families end in the same layer: ``h`` scores its positive word and K negatives
-against rows of ``outside_embed``. Each family defines
+A family is a ``WordModel`` in a file of its own (``skipgram.py``, ``cbow.py``, ``fasttext.py``),
+as fastText's ``Model::update``: it says which ``example`` the data module must make for it
+("pairs" or "windows") and which word an example predicts (``target``), and it declares its
+``bag``: which input rows make each example's h, and whether h is their mean or their sum.
+``WordModel`` alone turns that into
 - ``loss(batch)``: the per-example loss, differentiable (the reference path, through autograd);
-- ``row_gradients(batch, scale, with_loss)``: the same gradients in closed form, as table rows.
-Tests check the second against autograd on the first, for every family.
+- ``row_gradients(batch, scale, with_loss)``: the same gradients in closed form, as table rows:
+  h from the bag, the objective's gradients of h and of its output rows (``objectives.py``:
+  negative sampling or hierarchical softmax), and dL/dh back to every row of the bag.
+Tests check the second against autograd on the first, for every family and objective.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgns.errors import check_int
+from sgns.models.objectives import NegativeSampling, Objective
 
 Update = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (table, rows, gradient rows); repeated rows add up
 
@@ -46,87 +49,103 @@ class Batch:
         return len(self.center)
 
 
-def sgns_loss(pos: torch.Tensor, neg: torch.Tensor, neg_weight: float = 1.0) -> torch.Tensor:
-    """Per-example loss -log σ(pos) - w Σ_j log σ(-neg_j) (logsigmoid: the stable form of log(σ(x) + ε))."""
-    return -(F.logsigmoid(pos) + neg_weight * F.logsigmoid(-neg).sum(dim=-1))
+@dataclass
+class Bag:
+    """The inputs of an update: N hidden vectors, each the mean (or sum) of a bag of input rows, and
+    the P words they predict.
 
-
-def negative_scores(h: torch.Tensor, u_neg: torch.Tensor) -> torch.Tensor:
-    """Scores [N, K] of inputs h [N, d] against their negatives u_neg [G, K, d]: one matrix product
-    when the update shares them (G = 1), a batched one when each input has its own (G = N)."""
-    if len(u_neg) == 1:
-        return h @ u_neg[0].T
-    return torch.bmm(u_neg, h.unsqueeze(2)).squeeze(2)  # [N, K, d] x [N, d, 1]
-
-
-def negative_sampling(
-    h: torch.Tensor,
-    u_o: torch.Tensor,
-    u_neg: torch.Tensor,
-    neg_weight: float,
-    scale: float,
-    with_loss: bool,
-    owner: torch.Tensor | None = None,
-    count: torch.Tensor | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The output layer in closed form: loss and gradients of ``scale`` × Σ_p sgns_loss(h_p·u_o,p, h_p·u_neg).
-
-    ``h`` [N, d] are the inputs, ``u_o`` [P, d] the positive rows; positive p belongs to input
-    ``owner[p]`` (None: p itself, P = N). ``count`` [N] (None: ones) is how many positives share an
-    input's negative term: an input with c positives and the same negatives counts its negatives c
-    times, computed once (skip-gram's runs of one centre). Returns the mean loss (None unless
-    ``with_loss``) and the gradients of h [N, d], u_o [P, d] and the negatives' rows [G·K, d].
+    ``segments``: (table, rows, sizes) per input table: ``rows`` [E] the table's rows of every
+    input, input by input; ``sizes`` [N] how many each input has (None: one each).
+    ``size`` [N]: each input's rows in all segments (None: one). ``mean``: h is their mean, and
+    every row receives dL/dh undivided (word2vec's CBOW mean, fastText); else h is their sum and
+    every row receives dL/dh / size (word2vec's CBOW sum). ``targets`` [P]: the words predicted;
+    target p belongs to input ``owner[p]`` (None: input p); ``runs`` [N]: each input's targets
+    (None: one each), so that an objective may compute a term shared by an input's targets once.
     """
-    h_pos = h if owner is None else h.index_select(0, owner)  # [P, d]
-    pos = (h_pos * u_o).sum(dim=1)
-    neg = negative_scores(h, u_neg)  # [N, K]
-    loss = None
-    if with_loss:
-        neg_terms = F.logsigmoid(-neg).sum(dim=1)
-        neg_terms = neg_terms if count is None else neg_terms * count
-        loss = -(F.logsigmoid(pos).sum() + neg_weight * neg_terms.sum()) / max(1, len(u_o))
-    g_pos = torch.sigmoid(pos).sub_(1).mul_(scale)  # d(scale × loss) / d pos
-    g_neg = torch.sigmoid(neg).mul_(scale * neg_weight)  # d(scale × loss) / d neg
-    if count is not None:
-        g_neg.mul_(count.unsqueeze(1))
-    grad_pos = g_pos.unsqueeze(1) * u_o  # [P, d]
-    grad_h = grad_pos if owner is None else torch.zeros_like(h).index_add_(0, owner, grad_pos)
-    G, K, d = u_neg.shape
-    if G == 1:
-        grad_h = grad_h.addmm_(g_neg, u_neg[0]) if owner is not None else torch.addmm(grad_h, g_neg, u_neg[0])
-        grad_u_neg = g_neg.T @ h  # [K, d]
-    else:
-        grad_h = grad_h + torch.bmm(g_neg.unsqueeze(1), u_neg).squeeze(1)
-        grad_u_neg = (g_neg.unsqueeze(2) * h.unsqueeze(1)).reshape(G * K, d)
-    return loss, grad_h, g_pos.unsqueeze(1) * h_pos, grad_u_neg
+
+    segments: list[tuple[nn.Embedding, torch.Tensor, torch.Tensor | None]]
+    targets: torch.Tensor
+    size: torch.Tensor | None = None
+    mean: bool = True
+    owner: torch.Tensor | None = None
+    runs: torch.Tensor | None = None
 
 
 class WordModel(nn.Module):
     """Two tables: rows of ``center_embed`` (input vectors) are the word vectors, ``outside_embed``
-    holds the output vectors. Initialised as word2vec.c and gensim do: inputs U(±0.5/d), outputs zero."""
+    holds the output rows (the words' output vectors, or the Huffman tree's inner nodes).
+    Initialised as word2vec.c and gensim do: inputs U(±0.5/d), outputs zero."""
 
     example = "pairs"  # what the data module makes for this family: "pairs" or "windows"
+    target = "context"  # the word an example predicts: its context (skip-gram, fastText) or its centre (CBOW)
     max_update_size: int | None = None  # the most pairs one update may hold (None: data.update_size decides)
     pair_order = "sides"  # the order of pairs data.pair_order=null gives this family (sides, windows or pairs)
 
-    def __init__(self, vocab_size: int, embedding_dim: int = 100, sparse: bool = False):
+    def __init__(self, vocab_size: int, embedding_dim: int = 100, sparse: bool = False, objective: Objective | None = None):
         super().__init__()
         check_int("model.net.embedding_dim", embedding_dim)
         self.center_embed = nn.Embedding(vocab_size, embedding_dim, sparse=sparse)
         self.outside_embed = nn.Embedding(vocab_size, embedding_dim, sparse=sparse)
         nn.init.uniform_(self.center_embed.weight, -0.5 / embedding_dim, 0.5 / embedding_dim)
         nn.init.zeros_(self.outside_embed.weight)
+        self.objective = objective if objective is not None else NegativeSampling()
 
-    def negatives(self, batch: Batch) -> torch.Tensor:
-        """The negatives' output rows [G, K, d]."""
-        G, K = batch.negatives.shape
-        return self.outside_embed(batch.negatives.reshape(-1)).view(G, K, self.outside_embed.embedding_dim)
+    # -- what a family declares ------------------------------------------------------------------
+    def bag(self, batch: Batch, grouped: bool) -> Bag:
+        """The update's inputs; ``grouped``: examples that share their input may share one h (the
+        closed form's saving), else one input per example (the reference path)."""
+        raise NotImplementedError
+
+    # -- what every family gets from it ----------------------------------------------------------
+    def targets(self, batch: Batch) -> torch.Tensor:
+        return batch.context if self.target == "context" else batch.center
+
+    def untrained_loss(self, batch: Batch) -> float:
+        return self.objective.untrained_loss(batch, self.targets(batch))
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        raise NotImplementedError
+        """Per-example loss [B], differentiable (the reference path)."""
+        bag = self.bag(batch, grouped=False)
+        total = None
+        for table, rows, sizes in bag.segments:
+            vectors = table(rows)  # [E, d]
+            if sizes is not None:
+                owner = torch.repeat_interleave(torch.arange(len(sizes), device=rows.device), sizes, output_size=len(rows))
+                vectors = torch.zeros(len(sizes), vectors.shape[1], dtype=vectors.dtype, device=vectors.device).index_add(0, owner, vectors)
+            total = vectors if total is None else total + vectors
+        if bag.size is not None:
+            size = bag.size.unsqueeze(1).to(total.dtype)
+            # value: the mean (or the sum); gradient reaching each row: dL/dh (or dL/dh / size)
+            total = total + (total / size - total).detach() if bag.mean else total / size + (total - total / size).detach()
+        return self.objective.loss(total, bag.targets, batch, self.outside_embed)
 
+    def hidden(self, bag: Bag) -> torch.Tensor:
+        """h [N, d]: each input's mean (or sum) of its rows (an ``embedding_bag`` per table, no [E, d] temporary)."""
+        h = None
+        for table, rows, sizes in bag.segments:
+            if sizes is None:
+                part = table.weight.index_select(0, rows)
+            else:
+                part = F.embedding_bag(rows, table.weight, torch.cumsum(sizes, 0) - sizes, mode="sum")
+            h = part if h is None else h.add_(part)
+        if bag.size is not None and bag.mean:
+            h = h / bag.size.unsqueeze(1).to(h.dtype)
+        return h
+
+    @torch.no_grad()
     def row_gradients(self, batch: Batch, scale: float = 1.0, with_loss: bool = True) -> tuple[torch.Tensor | None, list[Update]]:
-        raise NotImplementedError
+        """Mean loss and the rows' updates of ``scale`` × the summed loss, in closed form: h once per
+        input of the bag, the objective's gradients, and every row of the bag receiving its input's
+        dL/dh (repeated rows add up)."""
+        bag = self.bag(batch, grouped=True)
+        h = self.hidden(bag)
+        loss, grad_h, outputs = self.objective.gradients(h, bag.targets, bag.owner, bag.runs, batch, self.outside_embed.weight,
+                                                         scale, with_loss)  # fmt: skip
+        if bag.size is not None and not bag.mean:
+            grad_h /= bag.size.clamp_min(1).unsqueeze(1).to(grad_h.dtype)
+        inputs = [(table.weight, rows, grad_h if sizes is None else grad_h.repeat_interleave(sizes, dim=0, output_size=len(rows)))
+                  for table, rows, sizes in bag.segments]  # fmt: skip
+        return loss, inputs + outputs
 
     def word_vectors(self) -> torch.Tensor:
         """The trained word vectors [V, d]: the input rows."""

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from sgns.errors import check, check_int
-from sgns.models.base import Batch, Update, WordModel, negative_sampling, negative_scores, sgns_loss
+from sgns.models.base import Bag, Batch, WordModel
 from sgns.subwords import mean_vectors, ngram_rows
 
 
@@ -58,8 +58,8 @@ class FastText(WordModel):
     pair_order = "windows"
 
     def __init__(self, vocab_size: int, embedding_dim: int = 100, words: Sequence[str] | None = None, min_n: int = 3,
-                 max_n: int = 6, buckets: int = 2_000_000, sparse: bool = False):  # fmt: skip
-        super().__init__(vocab_size, embedding_dim, sparse)
+                 max_n: int = 6, buckets: int = 2_000_000, sparse: bool = False, objective=None):  # fmt: skip
+        super().__init__(vocab_size, embedding_dim, sparse, objective)
         check_int("model.net.min_n", min_n)
         check_int("model.net.max_n", max_n)
         check_int("model.net.buckets", buckets)
@@ -84,49 +84,29 @@ class FastText(WordModel):
         flat = torch.arange(total, device=words.device) + torch.repeat_interleave(start - first, count, output_size=total)
         return self.ngram_rows[flat], count
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """Per-pair loss [B], differentiable (the reference path)."""
-        rows, count = self._ngrams(batch.center)
-        owner = torch.repeat_interleave(torch.arange(len(batch), device=rows.device), count)
-        total = self.center_embed(batch.center).index_add(0, owner, self.ngram_embed(rows))  # [B, d]
-        size = (count + 1).unsqueeze(1).to(total.dtype)
-        h = total + (total / size - total).detach()  # value: the mean; gradient reaching each row: dL/dh
-        pos = (h * self.outside_embed(batch.context)).sum(dim=-1)
-        return sgns_loss(pos, negative_scores(h, self.negatives(batch)), batch.neg_weight)
+    def bag(self, batch: Batch, grouped: bool) -> Bag:
+        """The centre's own row and its n-gram rows (about 20), their mean. Grouped, h is made once
+        per distinct centre of the update (R of them; a word's n-grams are its costliest part) and
+        its gradient, summed over the centre's pairs, reaches the centre's rows once."""
+        if grouped:
+            centres, owner = torch.unique(batch.center, return_inverse=True)  # [R], [B]
+            runs = torch.bincount(owner, minlength=len(centres))
+        else:
+            centres, owner, runs = batch.center, None, None
+        rows, count = self._ngrams(centres)
+        return Bag([(self.center_embed, centres, None), (self.ngram_embed, rows, count)], batch.context, size=count + 1,
+                   owner=owner, runs=runs)  # fmt: skip
 
-    def _inputs(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """h [N, d] of ``words`` [N] (one ``embedding_bag`` over their n-grams), their n-gram rows and counts."""
+    def _inputs(self, words: torch.Tensor) -> torch.Tensor:
+        """h [N, d] of ``words`` [N]: the mean of each one's row and its n-gram rows."""
         rows, count = self._ngrams(words)
-        return mean_vectors(self.center_embed.weight[words], self.ngram_embed.weight, rows, count), rows, count
-
-    @torch.no_grad()
-    def row_gradients(self, batch: Batch, scale: float = 1.0, with_loss: bool = True) -> tuple[torch.Tensor | None, list[Update]]:
-        """Mean loss and the rows' updates of ``scale`` × the summed loss, in closed form.
-
-        h is made once per distinct centre of the update (R of them; a word's n-grams are its
-        costliest part) and its gradient, summed over the centre's pairs, reaches the centre's
-        rows once."""
-        V, N, U = self.center_embed.weight, self.ngram_embed.weight, self.outside_embed.weight
-        centres, owner = torch.unique(batch.center, return_inverse=True)  # [R], [B]
-        h, rows, count = self._inputs(centres)
-        G, K = batch.negatives.shape
-        u_neg = U.index_select(0, batch.negatives.reshape(-1)).view(G, K, U.shape[1])
-        u_o = U.index_select(0, batch.context)
-        if G == 1:  # shared negatives: each centre's negative term once, times its pairs
-            pairs = torch.bincount(owner, minlength=len(centres))
-            loss, grad_h, grad_o, grad_neg = negative_sampling(h, u_o, u_neg, batch.neg_weight, scale, with_loss, owner, pairs)
-        else:  # k negatives per pair: every pair its own h
-            loss, grad_pair, grad_o, grad_neg = negative_sampling(h[owner], u_o, u_neg, batch.neg_weight, scale, with_loss)
-            grad_h = torch.zeros_like(h).index_add_(0, owner, grad_pair)
-        word = torch.repeat_interleave(torch.arange(len(centres), device=h.device), count, output_size=len(rows))
-        return loss, [(V, centres, grad_h), (N, rows, grad_h.index_select(0, word)), (U, batch.context, grad_o),
-                      (U, batch.negatives.reshape(-1), grad_neg)]  # fmt: skip
+        return mean_vectors(self.center_embed.weight[words], self.ngram_embed.weight, rows, count)
 
     @torch.no_grad()
     def word_vectors(self) -> torch.Tensor:
         """The vocabulary's vectors [V, d]: each word's mean of its row and its n-gram rows."""
         words = torch.arange(self.center_embed.num_embeddings, device=self.center_embed.weight.device)
-        return torch.cat([self._inputs(part)[0] for part in words.split(65536)])
+        return torch.cat([self._inputs(part) for part in words.split(65536)])
 
     @torch.no_grad()
     def ngram_vectors(self) -> torch.Tensor:

@@ -1,0 +1,236 @@
+"""Output layers: what a hidden vector h is scored against, the loss, and its gradients in closed form.
+
+Every family ends in one of these (``model.objective``), as fastText's ``Loss`` classes and
+gensim's two branches of one loop. An objective sees the hidden vectors h [N, d] of an update,
+the words they predict (``targets`` [P], target p belonging to input ``owner[p]``) and the output
+table (``outside_embed``: the words' output vectors, or the Huffman tree's inner nodes). It gives
+- ``loss(h, targets, batch, output)``: the per-target loss [P], differentiable (the reference);
+- ``gradients(h, targets, owner, runs, batch, output, scale, with_loss)``: the mean loss and the
+  gradients of ``scale`` × the summed loss for h [N, d] and for the output rows, as table rows;
+- ``untrained_loss(batch, targets)``: its value before training, which the divergence guard reads;
+- ``needs_negatives``: whether the data module draws noise words for it.
+
+- ``NegativeSampling`` (``ns``, the default): -log σ(h·u_o) - (k/K) Σ_j log σ(-h·u_j).
+- ``HierarchicalSoftmax`` (``hs``): word2vec.c's Huffman tree over the vocabulary's counts; a word
+  is the path of binary decisions from the root, -Σ_j log σ((1 - 2 code_j) h·u_{point_j}),
+  batched over every target's path with no per-word Python.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sgns.errors import check, check_choice
+
+if TYPE_CHECKING:
+    from sgns.models.base import Batch, Update
+
+
+def sgns_loss(pos: torch.Tensor, neg: torch.Tensor, neg_weight: float = 1.0) -> torch.Tensor:
+    """Per-example loss -log σ(pos) - w Σ_j log σ(-neg_j) (logsigmoid: the stable form of log(σ(x) + ε))."""
+    return -(F.logsigmoid(pos) + neg_weight * F.logsigmoid(-neg).sum(dim=-1))
+
+
+def negative_scores(h: torch.Tensor, u_neg: torch.Tensor) -> torch.Tensor:
+    """Scores [N, K] of inputs h [N, d] against their negatives u_neg [G, K, d]: one matrix product
+    when the update shares them (G = 1), a batched one when each input has its own (G = N)."""
+    if len(u_neg) == 1:
+        return h @ u_neg[0].T
+    return torch.bmm(u_neg, h.unsqueeze(2)).squeeze(2)  # [N, K, d] x [N, d, 1]
+
+
+def negative_sampling(
+    h: torch.Tensor,
+    u_o: torch.Tensor,
+    u_neg: torch.Tensor,
+    neg_weight: float,
+    scale: float,
+    with_loss: bool,
+    owner: torch.Tensor | None = None,
+    count: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Negative sampling in closed form: loss and gradients of ``scale`` × Σ_p sgns_loss(h_p·u_o,p, h_p·u_neg).
+
+    ``h`` [N, d] are the inputs, ``u_o`` [P, d] the positive rows; positive p belongs to input
+    ``owner[p]`` (None: p itself, P = N). ``count`` [N] (None: ones) is how many positives share an
+    input's negative term: an input with c positives and the same negatives counts its negatives c
+    times, computed once (skip-gram's runs of one centre). Returns the mean loss (None unless
+    ``with_loss``) and the gradients of h [N, d], u_o [P, d] and the negatives' rows [G·K, d].
+    """
+    h_pos = h if owner is None else h.index_select(0, owner)  # [P, d]
+    pos = (h_pos * u_o).sum(dim=1)
+    neg = negative_scores(h, u_neg)  # [N, K]
+    loss = None
+    if with_loss:
+        neg_terms = F.logsigmoid(-neg).sum(dim=1)
+        neg_terms = neg_terms if count is None else neg_terms * count
+        loss = -(F.logsigmoid(pos).sum() + neg_weight * neg_terms.sum()) / max(1, len(u_o))
+    g_pos = torch.sigmoid(pos).sub_(1).mul_(scale)  # d(scale × loss) / d pos
+    g_neg = torch.sigmoid(neg).mul_(scale * neg_weight)  # d(scale × loss) / d neg
+    if count is not None:
+        g_neg.mul_(count.unsqueeze(1))
+    grad_pos = g_pos.unsqueeze(1) * u_o  # [P, d]
+    grad_h = grad_pos if owner is None else torch.zeros_like(h).index_add_(0, owner, grad_pos)
+    G, K, d = u_neg.shape
+    if G == 1:
+        grad_h = grad_h.addmm_(g_neg, u_neg[0]) if owner is not None else torch.addmm(grad_h, g_neg, u_neg[0])
+        grad_u_neg = g_neg.T @ h  # [K, d]
+    else:
+        grad_h = grad_h + torch.bmm(g_neg.unsqueeze(1), u_neg).squeeze(1)
+        grad_u_neg = (g_neg.unsqueeze(2) * h.unsqueeze(1)).reshape(G * K, d)
+    return loss, grad_h, g_pos.unsqueeze(1) * h_pos, grad_u_neg
+
+
+class Objective(nn.Module):
+    """An output layer (see the module's note). A module, so that its buffers follow the model's device."""
+
+    name = ""
+    needs_negatives = True
+
+    def loss(self, h: torch.Tensor, targets: torch.Tensor, batch: Batch, output: nn.Embedding) -> torch.Tensor:
+        raise NotImplementedError
+
+    def gradients(self, h: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor | None, runs: torch.Tensor | None,
+                  batch: Batch, output: torch.Tensor, scale: float, with_loss: bool) -> tuple[torch.Tensor | None, torch.Tensor, list[Update]]:  # fmt: skip
+        raise NotImplementedError
+
+    def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
+        raise NotImplementedError
+
+
+class NegativeSampling(Objective):
+    """word2vec's negative sampling: the target's output row against K noise rows (``batch.negatives``)."""
+
+    name = "ns"
+
+    def loss(self, h: torch.Tensor, targets: torch.Tensor, batch: Batch, output: nn.Embedding) -> torch.Tensor:
+        G, K = batch.negatives.shape
+        u_neg = output(batch.negatives.reshape(-1)).view(G, K, output.embedding_dim)
+        return sgns_loss((h * output(targets)).sum(dim=-1), negative_scores(h, u_neg), batch.neg_weight)
+
+    def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss):
+        G, K = batch.negatives.shape
+        u_neg = output.index_select(0, batch.negatives.reshape(-1)).view(G, K, output.shape[1])
+        u_o = output.index_select(0, targets)
+        if G > 1 and owner is not None:  # k negatives per target: every target its own h, folded back
+            loss, grad_pair, grad_o, grad_neg = negative_sampling(h.index_select(0, owner), u_o, u_neg, batch.neg_weight,
+                                                                  scale, with_loss)  # fmt: skip
+            grad_h = torch.zeros_like(h).index_add_(0, owner, grad_pair)
+        else:
+            loss, grad_h, grad_o, grad_neg = negative_sampling(h, u_o, u_neg, batch.neg_weight, scale, with_loss, owner,
+                                                               runs if G == 1 else None)  # fmt: skip
+        return loss, grad_h, [(output, targets, grad_o), (output, batch.negatives.reshape(-1), grad_neg)]
+
+    def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
+        """(1 + k) ln 2: every score 0 (word2vec starts the output rows at zero)."""
+        return (1 + batch.neg_weight * batch.negatives.shape[1]) * math.log(2)
+
+
+def huffman_tree(counts: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """word2vec.c's ``CreateBinaryTree`` for counts sorted from the most frequent word: (codes [V, L]
+    int8, points [V, L] int32, lengths [V] int64). Word w's path from the root has ``lengths[w]``
+    decisions: at inner node ``points[w, j]`` (0 .. V-2, the root V-2) it takes branch
+    ``codes[w, j]``. Frequent words get short paths. Padding beyond a path's length is 0."""
+    count = np.asarray(counts, dtype=np.int64)
+    V = len(count)
+    check(V >= 2, "model.objective=hs needs a vocabulary of at least two words")
+    check(bool(np.all(count[:-1] >= count[1:])), "the Huffman tree needs counts sorted from the most frequent word")
+    weight = count.tolist() + [1 << 62] * V  # (Python lists: the loop reads them a scalar at a time)
+    parent, binary = [0] * (2 * V), [0] * (2 * V)
+    pos1, pos2 = V - 1, V  # the leaves from the rarest up, and the inner nodes in the order made
+    for a in range(V - 1):  # (one pass over the vocabulary, as word2vec.c's; about 1 s per million words)
+        if pos1 >= 0 and weight[pos1] < weight[pos2]:
+            first, pos1 = pos1, pos1 - 1
+        else:
+            first, pos2 = pos2, pos2 + 1
+        if pos1 >= 0 and weight[pos1] < weight[pos2]:
+            second, pos1 = pos1, pos1 - 1
+        else:
+            second, pos2 = pos2, pos2 + 1
+        weight[V + a] = weight[first] + weight[second]
+        parent[first] = parent[second] = V + a
+        binary[second] = 1
+    parent, binary = np.array(parent, dtype=np.int64), np.array(binary, dtype=np.int8)
+    root = 2 * V - 2
+    # every word's path from its leaf up, all words at once (a level per pass), then reversed
+    node, up_codes, up_points, lengths = np.arange(V), [], [], np.zeros(V, dtype=np.int64)
+    live = np.ones(V, dtype=bool)
+    while live.any():
+        up_codes.append(np.where(live, binary[node], 0))
+        up_points.append(np.where(live, node, 0))
+        lengths += live
+        node = np.where(live, parent[node], root)
+        live &= node != root
+    L = len(up_codes)
+    up_codes, up_points = np.stack(up_codes, axis=1), np.stack(up_points, axis=1)  # [V, L], leaf first
+    codes, points = np.zeros((V, L), dtype=np.int8), np.zeros((V, L), dtype=np.int32)
+    for j in range(L):  # position j from the root takes step lengths - 1 - j from the leaf
+        step = lengths - 1 - j
+        ok = step >= 0
+        codes[ok, j] = up_codes[ok, step[ok]]
+        # the node decided at is the parent of the node taken: the root first, then the path's inner nodes
+        points[ok, j] = np.where(j == 0, root, up_points[ok, np.minimum(step[ok] + 1, L - 1)]) - V
+    return codes, points, lengths
+
+
+class HierarchicalSoftmax(Objective):
+    """word2vec.c's hierarchical softmax: the output table's rows are the tree's inner nodes."""
+
+    name = "hs"
+    needs_negatives = False
+
+    def __init__(self, counts: Sequence[int]):
+        super().__init__()
+        codes, points, lengths = huffman_tree(counts)
+        # derived from the vocabulary's counts: not saved in checkpoints, rebuilt with the model
+        self.register_buffer("codes", torch.from_numpy(codes), persistent=False)  # [V, L] int8
+        self.register_buffer("points", torch.from_numpy(points), persistent=False)  # [V, L] int32
+        self.register_buffer("lengths", torch.from_numpy(lengths), persistent=False)  # [V]
+
+    def _paths(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every target's decisions, flat [E]: the target each belongs to, its inner node, its code."""
+        lengths = self.lengths[targets]  # [P]
+        steps = torch.arange(self.points.shape[1], device=targets.device)
+        on_path = steps < lengths.unsqueeze(1)  # [P, L]
+        which = torch.arange(len(targets), device=targets.device).unsqueeze(1).expand_as(on_path)[on_path]
+        return which, self.points[targets][on_path].long(), self.codes[targets][on_path]
+
+    def loss(self, h: torch.Tensor, targets: torch.Tensor, batch: Batch, output: nn.Embedding) -> torch.Tensor:
+        which, nodes, codes = self._paths(targets)
+        scores = (h.index_select(0, which) * output(nodes)).sum(dim=-1)
+        decisions = -F.logsigmoid((1 - 2 * codes).to(scores.dtype) * scores)  # code 0: σ(x), code 1: σ(-x)
+        return torch.zeros(len(targets), dtype=scores.dtype, device=scores.device).index_add(0, which, decisions)
+
+    def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss):
+        h_t = h if owner is None else h.index_select(0, owner)  # [P, d]
+        which, nodes, codes = self._paths(targets)
+        h_e, u = h_t.index_select(0, which), output.index_select(0, nodes)  # [E, d]
+        scores = (h_e * u).sum(dim=1)
+        codes = codes.to(scores.dtype)
+        loss = -F.logsigmoid((1 - 2 * codes) * scores).sum() / max(1, len(targets)) if with_loss else None
+        g = torch.sigmoid(scores).sub_(1).add_(codes).mul_(scale)  # d(scale × loss) / d score: word2vec.c's -(1 - code - f)
+        grad_t = torch.zeros_like(h_t).index_add_(0, which, g.unsqueeze(1) * u)
+        grad_h = grad_t if owner is None else torch.zeros_like(h).index_add_(0, owner, grad_t)
+        return loss, grad_h, [(output, nodes, g.unsqueeze(1) * h_e)]
+
+    def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
+        """ln 2 per decision: every inner node starts at zero (word2vec's syn1)."""
+        return float(self.lengths[targets].double().mean()) * math.log(2) if len(targets) else math.log(2)
+
+
+OBJECTIVES = ("ns", "hs")
+
+
+def make_objective(name: str, counts: Sequence[int] | None = None) -> Objective:
+    """``model.objective``: ``ns`` (negative sampling) or ``hs`` (hierarchical softmax, from the counts)."""
+    check_choice("model.objective", name, OBJECTIVES)
+    if name == "hs":
+        check(counts is not None, "model.objective=hs needs the vocabulary's counts")
+        return HierarchicalSoftmax(counts)
+    return NegativeSampling()

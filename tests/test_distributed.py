@@ -70,10 +70,11 @@ def test_ddp_sim_two_processes_train_like_one_process_with_the_double_batch(plan
     digests = two["weights_sha256_per_rank"]
     assert len(digests) == 2 and digests[0] == digests[1]
     state = torch.load(tmp_path / "two" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    centre, outside = state["net.center_embed.weight"], state["net.outside_embed.weight"]
+    centre = state["net.center_embed.weight"]
     import hashlib
 
-    assert hashlib.sha256(centre.numpy().tobytes() + outside.numpy().tobytes()).hexdigest() == digests[0]
+    tables = b"".join(name[4:].encode() + state[name].numpy().tobytes() for name in ("net.center_embed.weight", "net.outside_embed.weight"))
+    assert hashlib.sha256(tables).hexdigest() == digests[0]
     exported = WordVectors.load_word2vec_format(tmp_path / "two" / "vectors.bin", binary=True)
     assert np.array_equal(exported.vectors, centre.numpy())
     # the loss fell from its starting value (outside table zero: (1 + k) log 2)
@@ -99,3 +100,17 @@ def test_slurm_launcher_config_follows_the_trainer():
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)  # one task per GPU
     assert cfg.trainer.strategy.process_group_backend == "nccl" and cfg.trainer.num_nodes == 2
+
+
+def test_the_weights_digest_covers_every_table():
+    """It hashed two tables only: a fastText run's n-gram table was never compared across ranks."""
+    from sgns.module import Word2VecModule
+    from sgns.models import FastText
+    import functools
+
+    module = Word2VecModule(functools.partial(FastText, embedding_dim=4, buckets=50), functools.partial(torch.optim.SGD),
+                            vocab_size=3, words=["ab", "bc", "cd"])  # fmt: skip
+    before = module.weights_digest()
+    with torch.no_grad():
+        module.net.ngram_embed.weight[7, 1] += 1e-3
+    assert module.weights_digest() != before

@@ -182,3 +182,17 @@ def test_overwriting_a_fasttext_run_with_skipgram_leaves_no_stale_model(run, tmp
                                            "probe_words=[]", "model.net.embedding_dim=8", "overwrite=true", "export.text=false"]))  # fmt: skip
     assert not (tmp_path / "run" / "fasttext.bin").exists() and not (tmp_path / "run" / "vectors.txt").exists()
     assert load_vectors(tmp_path / "run" / "vectors.bin").vector_size == 8
+
+
+def test_the_checkpoint_holds_the_nets_arguments_and_the_cli_rebuilds_from_them(run, tmp_path):
+    """cli.py restated min_n and max_n defaults; the checkpoint now holds the net's arguments."""
+    corpus = run[0].parent / "corpus.txt"
+    train(compose_train(tmp_path, [f"data.path={corpus}", "data.min_count=1", "model=fasttext", "model.net.min_n=2",
+                                   "model.net.max_n=4", "model.net.buckets=3000", "model.net.embedding_dim=8",
+                                   "trainer.max_epochs=1", "logger=none", "probe_words=[]"]))  # fmt: skip
+    import torch
+
+    args = torch.load(tmp_path / "last.ckpt", weights_only=True, map_location="cpu")["model_args"]
+    assert args["net"] == "FastText" and (args["min_n"], args["max_n"], args["buckets"], args["embedding_dim"]) == (2, 4, 3000, 8)
+    unseen = "qzxwv"
+    assert np.allclose(load_vectors(tmp_path / "last.ckpt").get_vector(unseen), load_vectors(tmp_path / "fasttext.bin").get_vector(unseen), atol=1e-6)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -25,6 +26,7 @@ from sgns.errors import Word2VecError, check
 def load_vectors(path: str | Path):
     """Word vectors (``WordVectors``) from a Lightning checkpoint (``.ckpt``, loaded with
     weights_only), a fastText model (``fasttext.bin``: vectors for any word) or a word2vec file."""
+    from sgns.models import FastText
     from sgns.outputs import DATA_KEY, NGRAMS_KEY, VECTORS_KEY, read_checkpoint
     from sgns.vectors import SubwordVectors, WordVectors, is_facebook_format
 
@@ -38,9 +40,10 @@ def load_vectors(path: str | Path):
     vocab, weights = checkpoint[DATA_KEY], checkpoint["state_dict"][VECTORS_KEY]
     check(len(vocab["words"]) == len(weights), f"{path}: vocabulary and weights disagree")
     if NGRAMS_KEY in checkpoint["state_dict"]:  # a subword model: its vectors are means with the n-gram rows
-        settings = checkpoint.get("resume_settings", {})
-        return SubwordVectors(vocab["words"], weights, checkpoint["state_dict"][NGRAMS_KEY], settings.get("model.net.min_n", 3),
-                              settings.get("model.net.max_n", 6), vocab["counts"], str(path))  # fmt: skip
+        args = checkpoint.get("model_args") or {k.removeprefix("model.net."): v for k, v in checkpoint.get("resume_settings", {}).items()}
+        n = {k: args.get(k, p.default) for k, p in inspect.signature(FastText).parameters.items() if k in ("min_n", "max_n")}
+        return SubwordVectors(vocab["words"], weights, checkpoint["state_dict"][NGRAMS_KEY], n["min_n"], n["max_n"], vocab["counts"],
+                              str(path))  # fmt: skip
     return WordVectors(vocab["words"], weights, vocab["counts"], source=str(path))
 
 

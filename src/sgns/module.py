@@ -308,16 +308,20 @@ class Word2VecModule(L.LightningModule):
 
     @torch.no_grad()
     def weights_digest(self) -> bytes:
-        """SHA-256 of both tables' bytes (centre, then outside)."""
+        """SHA-256 of every table's bytes, in the net's order (centre, outside, then a family's own:
+        fastText's n-gram table was never compared across ranks)."""
         digest = hashlib.sha256()
-        for table in (self.net.center_embed.weight, self.net.outside_embed.weight):
-            digest.update(table.detach().cpu().contiguous().numpy().tobytes())
+        for name, table in self.net.named_parameters():
+            digest.update(name.encode() + table.detach().cpu().contiguous().numpy().tobytes())
         return digest.digest()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Never replace a good checkpoint with non-finite weights; record the resume settings."""
         check_finite(self.net.named_parameters(), self.global_step)
         checkpoint["resume_settings"] = self.resume_settings()
+        net, net_kwargs = _unpack(self.net_factory)  # the net's constructor arguments (nanoGPT's model_args)
+        checkpoint["model_args"] = {"net": net.__name__, "vocab_size": self.net.center_embed.num_embeddings,
+                                    **{k: _plain(v) for k, v in net_kwargs.items()}}  # fmt: skip
 
     @torch.no_grad()
     def word_vectors(self) -> torch.Tensor:

@@ -139,6 +139,8 @@ class ThreadTuner(L.Callback):
     gives the same bits (tested), so the choice changes speed only. ``train/threads`` is logged.
     """
 
+    tunes_threads = True  # (the strategy leaves torch's thread count to it while enabled)
+
     def __init__(self, every_s: float = 10.0, probe_s: float = 0.25, enabled: bool = True):
         check_number("callbacks.threads.every_s", every_s, 0, low_open=True)
         check_number("callbacks.threads.probe_s", probe_s, 0, low_open=True)

@@ -13,6 +13,7 @@ import time
 import traceback
 import warnings
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -85,14 +86,53 @@ def check_precision(precision: Any) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train as configured; returns the final metrics (floats)."""
+    """Train as configured; returns the final metrics (floats). The steps read like the run: check
+    the settings, build the objects, take the run directory, check the checkpoint to resume,
+    prepare the corpus, make the tables, fit, export."""
     with ExitStack() as run_dir:
-        return _train(cfg, run_dir)
+        quiet()
+        reuse_freed_memory()
+        probe_words = check_settings(cfg)
+        run = build(cfg)
+        if run.trainer.is_global_zero:  # (the ranks of one run share its directory)
+            run_dir.enter_context(own_run_dir(run.output_dir))
+        check_no_earlier_run(run.output_dir, run.ckpt_path, cfg.get("overwrite", False))
+        if isinstance(run.trainer.strategy, HogwildStrategy):
+            run.trainer.strategy.check_model(run.model, cfg.trainer.get("deterministic"))
+        run.datamodule.follow_model(run.model)
+        checkpoint = check_resume(run, cfg)  # a wrong checkpoint should cost a glance, not a long preparation
+        corpus, prepare_s = prepare(run, checkpoint)
+        run.model.build(len(corpus.vocab), corpus.vocab.words, corpus.vocab.counts)
+        if run.trainer.is_global_zero:  # every check has passed: the run's record and log go to its directory
+            save_run_config(run.output_dir, cfg)
+            start_run_log()
+        for logger in run.loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        seconds = fit(run)
+        metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items()}
+        digests = getattr(run.model, "rank_digests", [])
+        if len(set(digests)) > 1:
+            shown = ", ".join(d[:12] for d in digests)
+            raise Word2VecError(f"the {len(digests)} ranks ended with different weights ({shown}); vectors not exported")
+        if run.trainer.is_global_zero:
+            export_and_report(run, cfg, corpus, checkpoint, prepare_s, seconds, metrics, digests, probe_words)
+        return metrics
 
 
-def _train(cfg: DictConfig, run_dir: ExitStack) -> dict[str, float]:
-    quiet()
-    reuse_freed_memory()
+@dataclass
+class Run:
+    """What a run is made of, composed from the config before the corpus is read."""
+
+    output_dir: Path
+    ckpt_path: str | None
+    datamodule: Any
+    model: Any
+    loggers: list[Any]
+    trainer: L.Trainer
+
+
+def check_settings(cfg: DictConfig) -> list[str]:
+    """The run's own settings (seed, epochs, precision, probe words); returns the probe words."""
     if cfg.get("seed") is not None:
         check_int("seed", cfg.seed, 0, 2**32 - 1)  # (Lightning would pick a random seed for one out of range)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -100,84 +140,83 @@ def _train(cfg: DictConfig, run_dir: ExitStack) -> dict[str, float]:
     if not (epochs == -1 and isinstance(steps, int) and steps >= 1):  # -1: as many epochs as trainer.max_steps takes
         check_int("trainer.max_epochs", epochs)
     check_precision(cfg.trainer.get("precision", "32-true"))
-    probe_words = word_list("probe_words", cfg.get("probe_words"))
+    return word_list("probe_words", cfg.get("probe_words"))
+
+
+def build(cfg: DictConfig) -> Run:
+    """The data module, the model (its settings checked; its tables wait for the vocabulary), the
+    loggers, the callbacks and the trainer: a wrong device costs a glance, not a preparation."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-
-    ckpt_path = cfg.get("ckpt_path")
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)  # its settings are checked now; the tables are made once the vocabulary is known
-    loggers = _instantiate_all(cfg.get("logger"))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    try:  # before the corpus is read: a wrong device should cost a glance, not a long preparation
+    datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
+    loggers, callbacks = _instantiate_all(cfg.get("logger")), _instantiate_all(cfg.get("callbacks"))
+    try:
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     except Exception as exc:
         if (message := user_error(exc)) is None:
             raise
         hint = "" if cfg.trainer.accelerator == "cpu" else "; try trainer=cpu"
-        raise Word2VecError(f"cannot use trainer.accelerator={cfg.trainer.accelerator} "
-                            f"(devices={cfg.trainer.devices}): {message}{hint}") from None  # fmt: skip
-    if trainer.is_global_zero:  # (the ranks of one run share its directory)
-        run_dir.enter_context(own_run_dir(output_dir))
-    check_no_earlier_run(output_dir, ckpt_path, cfg.get("overwrite", False))
-    if isinstance(trainer.strategy, HogwildStrategy):
-        trainer.strategy.check_model(model, cfg.trainer.get("deterministic"))
-    checkpoint, first_step = None, 0
-    datamodule.follow_model(model)
-    if ckpt_path:  # a wrong checkpoint should also cost a glance
-        expected = {**datamodule.resume_settings(trainer.world_size, datamodule.batch_device_type(trainer), workers(trainer)),
-                    **model.resume_settings()}  # fmt: skip
-        checkpoint = check_checkpoint(ckpt_path, expected)
-        check_unfinished(checkpoint, ckpt_path, epochs, steps)
-        first_step = int(checkpoint["global_step"])
-    started = time.perf_counter()
-    corpus = datamodule.prepare()
-    prepare_s = time.perf_counter() - started
-    log.info(
-        "corpus: %s raw tokens -> %s training tokens, %s validation tokens; vocabulary %s words (%.1f s)",
-        f"{corpus.raw_tokens:,}", f"{corpus.train.n_tokens:,}", f"{corpus.val.n_tokens:,}",
-        f"{len(corpus.vocab):,}", prepare_s,
-    )  # fmt: skip
-    if checkpoint is not None and (words := checkpoint[DATA_KEY]["words"]) != corpus.vocab.words:
-        raise Word2VecError(f"checkpoint {ckpt_path} was trained on a different vocabulary ({len(words):,} words) "
-                            f"than this corpus and config give ({len(corpus.vocab):,} words)")  # fmt: skip
-    model.build(len(corpus.vocab), corpus.vocab.words, corpus.vocab.counts)
-    if trainer.is_global_zero:  # every check has passed: the run's record and log go to its directory
-        save_run_config(output_dir, cfg)
-        start_run_log()
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        where = f"trainer.accelerator={cfg.trainer.accelerator} (devices={cfg.trainer.devices})"
+        raise Word2VecError(f"cannot use {where}: {message}{hint}") from None
+    return Run(output_dir, cfg.get("ckpt_path"), datamodule, model, loggers, trainer)
 
+
+def check_resume(run: Run, cfg: DictConfig) -> dict[str, Any] | None:
+    """The checkpoint to resume (``ckpt_path``), checked against this run's settings; None for a new run."""
+    if not run.ckpt_path:
+        return None
+    data, trainer = run.datamodule, run.trainer
+    expected = {**data.resume_settings(trainer.world_size, data.batch_device_type(trainer), workers(trainer)),
+                **run.model.resume_settings()}  # fmt: skip
+    checkpoint = check_checkpoint(run.ckpt_path, expected)
+    check_unfinished(checkpoint, run.ckpt_path, cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps", -1))
+    return checkpoint
+
+
+def prepare(run: Run, checkpoint: dict[str, Any] | None) -> tuple[Any, float]:
+    """The prepared corpus (cached after the first run) and the seconds it took; a resumed run's
+    vocabulary must be its checkpoint's."""
+    started = time.perf_counter()
+    corpus = run.datamodule.prepare()
+    prepare_s = time.perf_counter() - started
+    log.info("corpus: %s raw tokens -> %s training tokens, %s validation tokens; vocabulary %s words (%.1f s)",
+             f"{corpus.raw_tokens:,}", f"{corpus.train.n_tokens:,}", f"{corpus.val.n_tokens:,}", f"{len(corpus.vocab):,}",
+             prepare_s)  # fmt: skip
+    if checkpoint is not None and (words := checkpoint[DATA_KEY]["words"]) != corpus.vocab.words:
+        raise Word2VecError(f"checkpoint {run.ckpt_path} was trained on a different vocabulary ({len(words):,} words) "
+                            f"than this corpus and config give ({len(corpus.vocab):,} words)")  # fmt: skip
+    return corpus, prepare_s
+
+
+def fit(run: Run) -> float:
+    """Train; returns the seconds. SIGTERM or Ctrl-C ends as ``Stopped`` (a checkpoint was written)."""
     started = time.perf_counter()
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=run.ckpt_path, weights_only=True)
     except SIGTERMException:
-        stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
-        raise Stopped(_stopped_message(trainer, stop), 128 + int(stop.signal if stop else 15)) from None
-    seconds = time.perf_counter() - started
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    digests = getattr(model, "rank_digests", [])
-    if len(set(digests)) > 1:
-        raise Word2VecError(f"the {len(digests)} ranks ended with different weights ({', '.join(d[:12] for d in digests)}); "
-                            "vectors not exported")  # fmt: skip
-    if not trainer.is_global_zero:
-        return metrics
+        stop = next((c for c in run.trainer.callbacks if isinstance(c, GracefulStop)), None)
+        raise Stopped(_stopped_message(run.trainer, stop), 128 + int(stop.signal if stop else 15)) from None
+    return time.perf_counter() - started
 
-    vectors, written = export_run(model, corpus.vocab, output_dir, **cfg.get("export", {}))
+
+def export_and_report(run: Run, cfg: DictConfig, corpus: Any, checkpoint: dict[str, Any] | None, prepare_s: float,
+                      seconds: float, metrics: dict[str, float], digests: list[str], probe_words: list[str]) -> None:  # fmt: skip
+    """The vectors, metrics.json, TensorBoard's HParams and the printed report (rank 0)."""
+    trainer, first_step = run.trainer, int(checkpoint["global_step"]) if checkpoint is not None else 0
+    vectors, written = export_run(run.model, corpus.vocab, run.output_dir, **cfg.get("export", {}))
     metrics["train/raw_words_per_s"] = raw_words(trainer, trainer.global_step - first_step) / seconds if seconds > 0 else 0.0
     summary = {"prepare_s": prepare_s, "train_s": seconds, "raw_tokens": corpus.raw_tokens,
                "epochs": trainer.current_epoch, "vocab_size": len(corpus.vocab), "world_size": trainer.world_size,
-               "pairs_last_epoch": datamodule.train_set.pairs(), "workers": workers(trainer),
+               "pairs_last_epoch": run.datamodule.train_set.pairs(), "workers": workers(trainer),
                **({"share_seconds_last_epoch": trainer.strategy.share_seconds} if workers(trainer) > 1 else {}),
                **metrics, **({"weights_sha256_per_rank": digests} if digests else {})}  # fmt: skip
-    write_atomically(output_dir / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
-    for logger in loggers:  # the HParams tab: this run's hyperparameters next to its final metrics
+    write_atomically(run.output_dir / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
+    for logger in run.loggers:  # the HParams tab: this run's hyperparameters next to its final metrics
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True),
-                                   metrics={f"hp/{k}": v for k, v in metrics.items() if k.startswith(("val/", "train/"))})  # fmt: skip
+            final = {f"hp/{k}": v for k, v in metrics.items() if k.startswith(("val/", "train/"))}
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), metrics=final)
             logger.finalize("success")  # flush: the writer was reopened after fit's own finalize
     report(vectors, written, trainer, seconds, metrics, probe_words)
-    return metrics
 
 
 def report(vectors: WordVectors, written: list[Path], trainer: L.Trainer, seconds: float,

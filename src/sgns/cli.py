@@ -40,10 +40,12 @@ def load_vectors(path: str | Path):
     vocab, weights = checkpoint[DATA_KEY], checkpoint["state_dict"][VECTORS_KEY]
     check(len(vocab["words"]) == len(weights), f"{path}: vocabulary and weights disagree")
     if NGRAMS_KEY in checkpoint["state_dict"]:  # a subword model: its vectors are means with the n-gram rows
-        args = checkpoint.get("model_args") or {k.removeprefix("model.net."): v for k, v in checkpoint.get("resume_settings", {}).items()}
-        n = {k: args.get(k, p.default) for k, p in inspect.signature(FastText).parameters.items() if k in ("min_n", "max_n")}
-        return SubwordVectors(vocab["words"], weights, checkpoint["state_dict"][NGRAMS_KEY], n["min_n"], n["max_n"], vocab["counts"],
-                              str(path))  # fmt: skip
+        settings = checkpoint.get("resume_settings", {})  # (a checkpoint older than model_args)
+        args = checkpoint.get("model_args") or {k.removeprefix("model.net."): v for k, v in settings.items()}
+        defaults = inspect.signature(FastText).parameters
+        min_n, max_n = (args.get(k, defaults[k].default) for k in ("min_n", "max_n"))
+        ngrams = checkpoint["state_dict"][NGRAMS_KEY]
+        return SubwordVectors(vocab["words"], weights, ngrams, min_n, max_n, vocab["counts"], str(path))
     return WordVectors(vocab["words"], weights, vocab["counts"], source=str(path))
 
 

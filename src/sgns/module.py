@@ -78,7 +78,7 @@ class Word2VecModule(L.LightningModule):
 
     def __init__(self, net: NetFactory, optimizer: OptimizerFactory, alpha: float = 0.025, min_alpha: float = 0.0001,
                  fused: bool = True, objective: str = "ns", vocab_size: int | None = None,
-                 words: Sequence[str] | None = None, counts: Sequence[int] | None = None):  # fmt: skip
+                 words: Sequence[str] | None = None, counts: Sequence[int] | None = None):
         super().__init__()
         check_number("model.alpha", alpha, 0, low_open=True)
         check_number("model.min_alpha", min_alpha, 0, alpha)
@@ -321,7 +321,7 @@ class Word2VecModule(L.LightningModule):
         checkpoint["resume_settings"] = self.resume_settings()
         net, net_kwargs = _unpack(self.net_factory)  # the net's constructor arguments (nanoGPT's model_args)
         checkpoint["model_args"] = {"net": net.__name__, "vocab_size": self.net.center_embed.num_embeddings,
-                                    **{k: _plain(v) for k, v in net_kwargs.items()}}  # fmt: skip
+                                    **{k: _plain(v) for k, v in net_kwargs.items()}}
 
     @torch.no_grad()
     def word_vectors(self) -> torch.Tensor:

@@ -48,8 +48,10 @@ def own_run_dir(output_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise Word2VecError(f"{output_dir} is in use by another run, which holds {output_dir / LOCK_NAME}: wait for it to "
-                                "end, or choose another hydra.run.dir") from None  # fmt: skip
+            raise Word2VecError(
+                f"{output_dir} is in use by another run, which holds {output_dir / LOCK_NAME}: wait for it to "
+                "end, or choose another hydra.run.dir"
+            ) from None
         remove_leftovers(output_dir)
         yield
     finally:
@@ -65,8 +67,12 @@ def remove_leftovers(directory: Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     if removed:
-        log.info("removed %d unfinished file(s) that ended processes left in %s: %s", len(removed), directory,
-                 ", ".join(p.name for p in removed))  # fmt: skip
+        log.info(
+            "removed %d unfinished file(s) that ended processes left in %s: %s",
+            len(removed),
+            directory,
+            ", ".join(p.name for p in removed),
+        )
     return removed
 
 
@@ -95,7 +101,11 @@ def save_run_config(output_dir: Path, cfg) -> None:
     hydra_cfg = HydraConfig.instance().cfg
     record = output_dir / ".hydra"
     record.mkdir(exist_ok=True)
-    for name, part in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg), ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+    for name, part in (
+        ("config.yaml", cfg),
+        ("hydra.yaml", hydra_cfg),
+        ("overrides.yaml", hydra_cfg.hydra.overrides.task),
+    ):
         write_atomically(record / name, lambda p, c=part: p.write_text(OmegaConf.to_yaml(c)))
 
 

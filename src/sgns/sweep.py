@@ -29,14 +29,23 @@ def record_job(hydra_cfg: DictConfig, status: str, error: str | None = None) -> 
     """Note a job's end (``ok``, ``error``, ``diverged`` or ``crashed``) for the summary."""
     jobs = Path(hydra_cfg.sweep.dir) / JOBS
     jobs.mkdir(parents=True, exist_ok=True)
-    record = {"job": int(hydra_cfg.job.num), "overrides": list(hydra_cfg.overrides.task), "status": status, "error": error}
+    record = {
+        "job": int(hydra_cfg.job.num),
+        "overrides": list(hydra_cfg.overrides.task),
+        "status": status,
+        "error": error,
+    }
     write_atomically(jobs / f"{hydra_cfg.job.num}.json", lambda p: p.write_text(json.dumps(record)))
 
 
 def summarise(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per job (its directory 0, 1, … or its record): its overrides, status and metrics."""
     sweep_dir = Path(sweep_dir)
-    records = {int(p.stem): json.loads(p.read_text()) for p in (sweep_dir / JOBS).glob("*.json")} if (sweep_dir / JOBS).is_dir() else {}
+    records = (
+        {int(p.stem): json.loads(p.read_text()) for p in (sweep_dir / JOBS).glob("*.json")}
+        if (sweep_dir / JOBS).is_dir()
+        else {}
+    )
     numbers = set(records) | {int(p.name) for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()}
     rows = []
     for num in sorted(numbers):
@@ -44,7 +53,9 @@ def summarise(sweep_dir: str | Path) -> list[dict[str, Any]]:
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = record.get("overrides") or (OmegaConf.load(overrides_file) if overrides_file.exists() else [])
         metrics_file = job / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() and record.get("status", "ok") == "ok" else {}
+        metrics = (
+            json.loads(metrics_file.read_text()) if metrics_file.exists() and record.get("status", "ok") == "ok" else {}
+        )
         status = record.get("status") or ("ok" if metrics else "failed")
         row = {"job": str(num), "overrides": " ".join(overrides), "status": status}
         row |= {k: metrics.get(k) for k in COLUMNS}
@@ -59,6 +70,7 @@ def write_summary(sweep_dir: str | Path) -> str:
     rows = summarise(sweep_dir)
     if not rows:
         return ""
+
     def write_csv(path: Path) -> None:
         with open(path, "w", newline="") as out:
             writer = csv.DictWriter(out, fieldnames=list(rows[0]))
@@ -111,6 +123,9 @@ class SweepSummary(Callback):
             every = "every one" if len(failed) == len(rows) else f"{len(failed)}"
             which = ", ".join(f"{row['job']}: {row['status']}" for row in failed)
             none_left = ", so there are no best parameters" if len(failed) == len(rows) else ""
-            print(f"error: {every} of the {len(rows)} sweep jobs failed ({which}){none_left}; see {sweep_dir / 'summary.md'}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"error: {every} of the {len(rows)} sweep jobs failed ({which}){none_left}; see {sweep_dir / 'summary.md'}",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(1)

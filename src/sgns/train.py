@@ -167,7 +167,7 @@ def check_resume(run: Run, cfg: DictConfig) -> dict[str, Any] | None:
         return None
     data, trainer = run.datamodule, run.trainer
     expected = {**data.resume_settings(trainer.world_size, data.batch_device_type(trainer), workers(trainer)),
-                **run.model.resume_settings()}  # fmt: skip
+                **run.model.resume_settings()}
     checkpoint = check_checkpoint(run.ckpt_path, expected)
     check_unfinished(checkpoint, run.ckpt_path, cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps", -1))
     return checkpoint
@@ -181,7 +181,7 @@ def prepare(run: Run, checkpoint: dict[str, Any] | None) -> tuple[Any, float]:
     prepare_s = time.perf_counter() - started
     log.info("corpus: %s raw tokens -> %s training tokens, %s validation tokens; vocabulary %s words (%.1f s)",
              f"{corpus.raw_tokens:,}", f"{corpus.train.n_tokens:,}", f"{corpus.val.n_tokens:,}", f"{len(corpus.vocab):,}",
-             prepare_s)  # fmt: skip
+             prepare_s)
     if checkpoint is not None and (words := checkpoint[DATA_KEY]["words"]) != corpus.vocab.words:
         raise Word2VecError(f"checkpoint {run.ckpt_path} was trained on a different vocabulary ({len(words):,} words) "
                             f"than this corpus and config give ({len(corpus.vocab):,} words)")  # fmt: skip
@@ -200,7 +200,7 @@ def fit(run: Run) -> float:
 
 
 def export_and_report(run: Run, cfg: DictConfig, corpus: Any, checkpoint: dict[str, Any] | None, prepare_s: float,
-                      seconds: float, metrics: dict[str, float], digests: list[str], probe_words: list[str]) -> None:  # fmt: skip
+                      seconds: float, metrics: dict[str, float], digests: list[str], probe_words: list[str]) -> None:
     """The vectors, metrics.json, TensorBoard's HParams and the printed report (rank 0)."""
     trainer, first_step = run.trainer, int(checkpoint["global_step"]) if checkpoint is not None else 0
     vectors, written = export_run(run.model, corpus.vocab, run.output_dir, **cfg.get("export", {}))
@@ -277,7 +277,7 @@ def check_unfinished(checkpoint: dict[str, Any], path: str | Path, max_epochs: i
     else:
         return
     raise Word2VecError(f"checkpoint {path} {reached}: there is nothing to train (its outputs stay as they are); "
-                        "raise trainer.max_epochs to train it further")  # fmt: skip
+                        "raise trainer.max_epochs to train it further")
 
 
 def _stopped_message(trainer: L.Trainer, stop: GracefulStop | None) -> str:
@@ -401,7 +401,7 @@ def _sweep_job(cfg: DictConfig) -> float | None:
             status, message = "crashed", f"{type(exc).__name__}: {_first_line(exc)} (a bug: its traceback is above)"
             traceback.print_exc()
         print(f"error: sweep job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {message}; the sweep goes on",
-              file=sys.stderr, flush=True)  # fmt: skip
+              file=sys.stderr, flush=True)
         record_job(hydra_cfg, status, message)
         direction = OmegaConf.select(hydra_cfg, "sweeper.direction", default=None)
         return {"maximize": -math.inf, "minimize": math.inf}.get(str(direction).lower() if direction else "")

@@ -217,7 +217,7 @@ class SubwordVectors(WordVectors):
         defaults = {"epochs": 5, "window": 5, "negative": 5, "sample": 1e-4, "min_count": 5, "hs": 0}
         # (gensim writes syn1, the inner nodes, as the output matrix of a hierarchical-softmax model: hs=1)
         model = SimpleNamespace(wv=kv, vector_size=self.vector_size, sg=1, syn1neg=output, syn1=output,
-                                corpus_total_words=int(counts.sum()), **defaults | settings)  # fmt: skip
+                                corpus_total_words=int(counts.sum()), **defaults | settings)
         save_facebook_model(model, str(path))
 
     @classmethod
@@ -251,7 +251,7 @@ def check_facebook_file(path: str | Path) -> None:
 
     def damaged(what: str) -> Word2VecError:
         return Word2VecError(f"{path}: not a complete fastText model ({what}; the file holds {size:,} bytes): "
-                             "a partly copied or damaged file?")  # fmt: skip
+                             "a partly copied or damaged file?")
 
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         def unpack(fmt: str, at: int) -> tuple:

@@ -108,7 +108,7 @@ def distinct_files(files: list[Path]) -> list[Path]:
             kept.append(path)
     if repeats:
         log.warning("corpus: %d path(s) reach a file already read (through links or named twice) and are skipped, "
-                    "e.g. %s; each file counts once (to weigh a file more, copy it)", len(repeats), repeats[0])  # fmt: skip
+                    "e.g. %s; each file counts once (to weigh a file more, copy it)", len(repeats), repeats[0])
     return kept
 
 

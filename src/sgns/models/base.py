@@ -81,7 +81,9 @@ class WordModel(nn.Module):
     max_update_size: int | None = None  # the most pairs one update may hold (None: data.update_size decides)
     pair_order = "sides"  # the order of pairs data.pair_order=null gives this family (sides, windows or pairs)
 
-    def __init__(self, vocab_size: int, embedding_dim: int = 100, sparse: bool = False, objective: Objective | None = None):
+    def __init__(
+        self, vocab_size: int, embedding_dim: int = 100, sparse: bool = False, objective: Objective | None = None
+    ):
         super().__init__()
         check_int("model.net.embedding_dim", embedding_dim)
         self.center_embed = nn.Embedding(vocab_size, embedding_dim, sparse=sparse)
@@ -110,13 +112,19 @@ class WordModel(nn.Module):
         for table, rows, sizes in bag.segments:
             vectors = table(rows)  # [E, d]
             if sizes is not None:
-                owner = torch.repeat_interleave(torch.arange(len(sizes), device=rows.device), sizes, output_size=len(rows))
-                vectors = torch.zeros(len(sizes), vectors.shape[1], dtype=vectors.dtype, device=vectors.device).index_add(0, owner, vectors)
+                owner = torch.repeat_interleave(
+                    torch.arange(len(sizes), device=rows.device), sizes, output_size=len(rows)
+                )
+                vectors = torch.zeros(
+                    len(sizes), vectors.shape[1], dtype=vectors.dtype, device=vectors.device
+                ).index_add(0, owner, vectors)
             total = vectors if total is None else total + vectors
         if bag.size is not None:
             size = bag.size.unsqueeze(1).to(total.dtype)
             # value: the mean (or the sum); gradient reaching each row: dL/dh (or dL/dh / size)
-            total = total + (total / size - total).detach() if bag.mean else total / size + (total - total / size).detach()
+            total = (
+                total + (total / size - total).detach() if bag.mean else total / size + (total - total / size).detach()
+            )
         return self.objective.loss(total, bag.targets, batch, self.outside_embed)
 
     def hidden(self, bag: Bag) -> torch.Tensor:
@@ -133,18 +141,27 @@ class WordModel(nn.Module):
         return h
 
     @torch.no_grad()
-    def row_gradients(self, batch: Batch, scale: float = 1.0, with_loss: bool = True) -> tuple[torch.Tensor | None, list[Update]]:
+    def row_gradients(
+        self, batch: Batch, scale: float = 1.0, with_loss: bool = True
+    ) -> tuple[torch.Tensor | None, list[Update]]:
         """Mean loss and the rows' updates of ``scale`` × the summed loss, in closed form: h once per
         input of the bag, the objective's gradients, and every row of the bag receiving its input's
         dL/dh (repeated rows add up)."""
         bag = self.bag(batch, grouped=True)
         h = self.hidden(bag)
-        loss, grad_h, outputs = self.objective.gradients(h, bag.targets, bag.owner, bag.runs, batch, self.outside_embed.weight,
-                                                         scale, with_loss)  # fmt: skip
+        loss, grad_h, outputs = self.objective.gradients(
+            h, bag.targets, bag.owner, bag.runs, batch, self.outside_embed.weight, scale, with_loss
+        )
         if bag.size is not None and not bag.mean:
             grad_h /= bag.size.clamp_min(1).unsqueeze(1).to(grad_h.dtype)
-        inputs = [(table.weight, rows, grad_h if sizes is None else grad_h.repeat_interleave(sizes, dim=0, output_size=len(rows)))
-                  for table, rows, sizes in bag.segments]  # fmt: skip
+        inputs = [
+            (
+                table.weight,
+                rows,
+                grad_h if sizes is None else grad_h.repeat_interleave(sizes, dim=0, output_size=len(rows)),
+            )
+            for table, rows, sizes in bag.segments
+        ]
         return loss, inputs + outputs
 
     def word_vectors(self) -> torch.Tensor:

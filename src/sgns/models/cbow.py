@@ -23,7 +23,9 @@ class CBOW(WordModel):
     example = "windows"
     target = "center"
 
-    def __init__(self, vocab_size: int, embedding_dim: int = 100, cbow_mean: bool = True, sparse: bool = False, objective=None):
+    def __init__(
+        self, vocab_size: int, embedding_dim: int = 100, cbow_mean: bool = True, sparse: bool = False, objective=None
+    ):
         super().__init__(vocab_size, embedding_dim, sparse, objective)
         check(isinstance(cbow_mean, bool), f"model.net.cbow_mean must be true or false, got {cbow_mean!r}")
         self.cbow_mean = cbow_mean

@@ -42,7 +42,7 @@ def note_table_size(buckets: int, dim: int, used: int, words: int) -> None:
     log.warning("fastText: model.net.buckets=%s rows of %d values make a %s MB n-gram table, and last.ckpt and fasttext.bin "
                 "about as large; this vocabulary's %s words use %s of the rows. For a corpus this small, "
                 "model.net.buckets=%d makes them about %s MB", f"{buckets:,}", dim, f"{megabytes:,.0f}", f"{words:,}",
-                f"{used:,}", smaller, f"{smaller * dim * 4 / 1e6:,.0f}")  # fmt: skip
+                f"{used:,}", smaller, f"{smaller * dim * 4 / 1e6:,.0f}")
 
 
 class FastText(WordModel):
@@ -58,7 +58,7 @@ class FastText(WordModel):
     pair_order = "windows"
 
     def __init__(self, vocab_size: int, embedding_dim: int = 100, words: Sequence[str] | None = None, min_n: int = 3,
-                 max_n: int = 6, buckets: int = 2_000_000, sparse: bool = False, objective=None):  # fmt: skip
+                 max_n: int = 6, buckets: int = 2_000_000, sparse: bool = False, objective=None):
         super().__init__(vocab_size, embedding_dim, sparse, objective)
         check_int("model.net.min_n", min_n)
         check_int("model.net.max_n", max_n)
@@ -95,7 +95,7 @@ class FastText(WordModel):
             centres, owner, runs = batch.center, None, None
         rows, count = self._ngrams(centres)
         return Bag([(self.center_embed, centres, None), (self.ngram_embed, rows, count)], batch.context, size=count + 1,
-                   owner=owner, runs=runs)  # fmt: skip
+                   owner=owner, runs=runs)
 
     def _inputs(self, words: torch.Tensor) -> torch.Tensor:
         """h [N, d] of ``words`` [N]: the mean of each one's row and its n-gram rows."""

@@ -87,6 +87,9 @@ def negative_sampling(
     return loss, grad_h, g_pos.unsqueeze(1) * h_pos, grad_u_neg
 
 
+Gradients = tuple  # (mean loss or None, the gradient of h [N, d], the output rows' updates: list[Update])
+
+
 class Objective(nn.Module):
     """An output layer (see the module's note). A module, so that its buffers follow the model's device."""
 
@@ -96,8 +99,17 @@ class Objective(nn.Module):
     def loss(self, h: torch.Tensor, targets: torch.Tensor, batch: Batch, output: nn.Embedding) -> torch.Tensor:
         raise NotImplementedError
 
-    def gradients(self, h: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor | None, runs: torch.Tensor | None,
-                  batch: Batch, output: torch.Tensor, scale: float, with_loss: bool) -> tuple[torch.Tensor | None, torch.Tensor, list[Update]]:  # fmt: skip
+    def gradients(
+        self,
+        h: torch.Tensor,
+        targets: torch.Tensor,
+        owner: torch.Tensor | None,
+        runs: torch.Tensor | None,
+        batch: Batch,
+        output: torch.Tensor,
+        scale: float,
+        with_loss: bool,
+    ) -> Gradients:
         raise NotImplementedError
 
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
@@ -119,12 +131,14 @@ class NegativeSampling(Objective):
         u_neg = output.index_select(0, batch.negatives.reshape(-1)).view(G, K, output.shape[1])
         u_o = output.index_select(0, targets)
         if G > 1 and owner is not None:  # k negatives per target: every target its own h, folded back
-            loss, grad_pair, grad_o, grad_neg = negative_sampling(h.index_select(0, owner), u_o, u_neg, batch.neg_weight,
-                                                                  scale, with_loss)  # fmt: skip
+            loss, grad_pair, grad_o, grad_neg = negative_sampling(
+                h.index_select(0, owner), u_o, u_neg, batch.neg_weight, scale, with_loss
+            )
             grad_h = torch.zeros_like(h).index_add_(0, owner, grad_pair)
         else:
-            loss, grad_h, grad_o, grad_neg = negative_sampling(h, u_o, u_neg, batch.neg_weight, scale, with_loss, owner,
-                                                               runs if G == 1 else None)  # fmt: skip
+            loss, grad_h, grad_o, grad_neg = negative_sampling(
+                h, u_o, u_neg, batch.neg_weight, scale, with_loss, owner, runs if G == 1 else None
+            )
         return loss, grad_h, [(output, targets, grad_o), (output, batch.negatives.reshape(-1), grad_neg)]
 
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
@@ -214,7 +228,9 @@ class HierarchicalSoftmax(Objective):
         scores = (h_e * u).sum(dim=1)
         codes = codes.to(scores.dtype)
         loss = -F.logsigmoid((1 - 2 * codes) * scores).sum() / max(1, len(targets)) if with_loss else None
-        g = torch.sigmoid(scores).sub_(1).add_(codes).mul_(scale)  # d(scale × loss) / d score: word2vec.c's -(1 - code - f)
+        g = (
+            torch.sigmoid(scores).sub_(1).add_(codes).mul_(scale)
+        )  # d(scale × loss) / d score: word2vec.c's -(1 - code - f)
         grad_t = torch.zeros_like(h_t).index_add_(0, which, g.unsqueeze(1) * u)
         grad_h = grad_t if owner is None else torch.zeros_like(h).index_add_(0, owner, grad_t)
         return loss, grad_h, [(output, nodes, g.unsqueeze(1) * h_e)]

@@ -51,12 +51,17 @@ class WordVectorEvaluation(L.Callback):
         self.analogies = None if analogies is None else [analogies] if isinstance(analogies, str) else list(analogies)
         if isinstance(word_pairs, (str, list, ListConfig)):
             word_pairs = {Path(f).stem: f for f in ([word_pairs] if isinstance(word_pairs, str) else word_pairs)}
-        check(word_pairs is None or isinstance(word_pairs, (dict, DictConfig)),
-              f"callbacks.word_vectors.word_pairs must map names to files, got {word_pairs!r}")  # fmt: skip
+        check(
+            word_pairs is None or isinstance(word_pairs, (dict, DictConfig)),
+            f"callbacks.word_vectors.word_pairs must map names to files, got {word_pairs!r}",
+        )
         self.word_pairs = dict(word_pairs) if word_pairs is not None else None
-        check_choice("callbacks.word_vectors.monitor", monitor,
-                     ["analogy", "analogy_semantic", "analogy_syntactic", *(self.word_pairs or {})])
-        for path in (self.analogies or []):  # a bad file fails now, not after the first epoch
+        check_choice(
+            "callbacks.word_vectors.monitor",
+            monitor,
+            ["analogy", "analogy_semantic", "analogy_syntactic", *(self.word_pairs or {})],
+        )
+        for path in self.analogies or []:  # a bad file fails now, not after the first epoch
             read_analogies(path)
         for path in (self.word_pairs or {}).values():
             read_word_pairs(path)
@@ -71,15 +76,20 @@ class WordVectorEvaluation(L.Callback):
         if not trainer.is_global_zero:  # every rank holds the same tables
             return
         words = trainer.datamodule.vocab.words
-        metrics = evaluate_all(words, pl_module.net.word_vectors(), self.analogies,
-                               self.word_pairs, self.restrict_vocab, self.method)  # fmt: skip
+        metrics = evaluate_all(
+            words, pl_module.net.word_vectors(), self.analogies, self.word_pairs, self.restrict_vocab, self.method
+        )
         value = metrics.get(self.monitor)
         if value is not None and value == value:
             self.best = max(self.best, value)
             metrics[f"{self.monitor}_best"] = self.best
         for name, value in metrics.items():
             pl_module.log(f"val/{name}", value, prog_bar=name in self.prog_bar, rank_zero_only=True)
-        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.endswith(("_evaluated", "_oov"))))
+        log.info(
+            "epoch %d: %s",
+            epoch,
+            ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.endswith(("_evaluated", "_oov"))),
+        )
 
     def state_dict(self) -> dict:
         return {"best": self.best}
@@ -157,7 +167,9 @@ class ThreadTuner(L.Callback):
         self._timing: dict[int, list[float]] = {}
         self._last: float | None = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         now = time.perf_counter()
         last, self._last = self._last, now
         if not self.enabled or pl_module.device.type != "cpu" or len(self.candidates) < 2:
@@ -202,8 +214,13 @@ class EmbeddingDashboard(L.Callback):
     probe words, and the projector with the ``top_n`` most frequent words (at the end, or every
     epoch with ``projector_every_epoch``)."""
 
-    def __init__(self, probe_words: list[str] | None = None, neighbours: int = 8, top_n: int = 5000,
-                 projector_every_epoch: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        probe_words: list[str] | None = None,
+        neighbours: int = 8,
+        top_n: int = 5000,
+        projector_every_epoch: bool = False,
+    ):
         check_int("callbacks.embedding_dashboard.neighbours", neighbours)
         check_int("callbacks.embedding_dashboard.top_n", top_n, 0)
         self.probe_words = word_list("callbacks.embedding_dashboard.probe_words", probe_words)
@@ -263,7 +280,11 @@ class LastCheckpoint(Checkpoint):
         self._saved_at: tuple[int, int] | None = None
 
     def _save(self, trainer: L.Trainer) -> None:
-        if trainer.sanity_checking or trainer.fast_dev_run or self._saved_at == (trainer.current_epoch, trainer.global_step):
+        if (
+            trainer.sanity_checking
+            or trainer.fast_dev_run
+            or self._saved_at == (trainer.current_epoch, trainer.global_step)
+        ):
             return
         trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_at, self.last_model_path = (trainer.current_epoch, trainer.global_step), str(self.path)

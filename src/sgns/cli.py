@@ -1,11 +1,11 @@
 """`sgns` command: evaluate and query vectors from a checkpoint or any word2vec file.
 
-    sgns evaluate outputs/runs/<time>/last.ckpt            # table of benchmark scores
-    sgns evaluate vectors.bin --restrict-vocab 300000 --json scores.json
-    sgns most-similar vectors.bin king woman --negative man
-    sgns similarity vectors.bin monday tuesday
-    sgns doesnt-match vectors.bin monday tuesday friday police
-    sgns export last.ckpt vectors.txt
+sgns evaluate outputs/runs/<time>/last.ckpt            # table of benchmark scores
+sgns evaluate vectors.bin --restrict-vocab 300000 --json scores.json
+sgns most-similar vectors.bin king woman --negative man
+sgns similarity vectors.bin monday tuesday
+sgns doesnt-match vectors.bin monday tuesday friday police
+sgns export last.ckpt vectors.txt
 """
 
 from __future__ import annotations
@@ -62,11 +62,16 @@ def _evaluate(args: argparse.Namespace) -> dict:
     for path in args.analogies or [BENCHMARKS["analogy"]]:
         r = evaluate_word_analogies(vectors.words, unit, path, args.restrict_vocab, args.method)
         results[f"analogy:{Path(path).name}"] = {
-            "accuracy": r.accuracy, "semantic": r.semantic, "syntactic": r.syntactic, "correct": r.correct,
-            "evaluated": r.evaluated, "total": r.total, "method": "3CosAdd" if r.method == "add" else "3CosMul",
+            "accuracy": r.accuracy,
+            "semantic": r.semantic,
+            "syntactic": r.syntactic,
+            "correct": r.correct,
+            "evaluated": r.evaluated,
+            "total": r.total,
+            "method": "3CosAdd" if r.method == "add" else "3CosMul",
             "restrict_vocab": r.restrict_vocab,
             "sections": {k: {"correct": c, "evaluated": n} for k, (c, n) in r.sections.items()},
-        }  # fmt: skip
+        }
     for name, path in _word_pair_files(args.pairs).items():
         r = evaluate_word_pairs(vectors.words, unit, path, oov_vector=getattr(vectors, "get_vector", None))
         results[f"pairs:{name}"] = {"spearman": r.spearman, "pairs": r.pairs, "oov": r.oov, "oov_ratio": r.oov_ratio}
@@ -84,7 +89,10 @@ def _word_pair_files(specs: list[str] | None) -> dict[str, str]:
     files = {}
     for spec in specs or bundled:
         name, _, path = spec.partition("=")
-        check(bool(path) or name in bundled, f"--pairs {spec}: give NAME=FILE or one of the bundled sets: {', '.join(bundled)}")
+        check(
+            bool(path) or name in bundled,
+            f"--pairs {spec}: give NAME=FILE or one of the bundled sets: {', '.join(bundled)}",
+        )
         files[name] = path or bundled[name]
     return files
 
@@ -110,9 +118,11 @@ def _print_evaluation(results: dict) -> None:
     print(f"{results['vectors']}: {results['words']:,} words, d={results['dim']}")
     for key, r in results.items():
         if key.startswith("analogy:"):
-            print(f"\n{key[8:]} ({r['method']}, restrict_vocab={r['restrict_vocab']:,}): "
-                  f"{100 * r['accuracy']:.2f} % of {r['evaluated']:,}/{r['total']:,} questions evaluated "
-                  f"(semantic {100 * r['semantic']:.2f} %, syntactic {100 * r['syntactic']:.2f} %)")  # fmt: skip
+            print(
+                f"\n{key[8:]} ({r['method']}, restrict_vocab={r['restrict_vocab']:,}): "
+                f"{100 * r['accuracy']:.2f} % of {r['evaluated']:,}/{r['total']:,} questions evaluated "
+                f"(semantic {100 * r['semantic']:.2f} %, syntactic {100 * r['syntactic']:.2f} %)"
+            )
             print(f"  {'section':<28} {'accuracy':>9} {'correct':>8} {'evaluated':>10}")
             for name, s in r["sections"].items():
                 acc = f"{100 * s['correct'] / s['evaluated']:.2f} %" if s["evaluated"] else "-"
@@ -171,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             print(load_vectors(args.vectors).doesnt_match(args.words))
         elif args.command == "export":
             vectors = load_vectors(args.vectors)
-            write_atomically(args.output, lambda p: vectors.save_word2vec_format(p, binary=args.output.suffix == ".bin"))
+            write_atomically(
+                args.output, lambda p: vectors.save_word2vec_format(p, binary=args.output.suffix == ".bin")
+            )
             print(args.output)
     except Word2VecError as exc:
         print(f"error: {exc}", file=sys.stderr)

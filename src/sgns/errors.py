@@ -37,14 +37,22 @@ def check_int(name: str, value: Any, low: int = 1, high: int | None = None, opti
     check(ok, f"{name} must be {'null or ' if optional else ''}an integer {bounds}, got {value!r}")
 
 
-def check_number(name: str, value: Any, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False) -> None:  # fmt: skip
+def check_number(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     """``name`` must be a finite real number within the bounds given (open or closed)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (low is None or (value > low if low_open else value >= low))
     ok = ok and (high is None or (value < high if high_open else value <= high))
-    bounds = " and ".join(([f"{'>' if low_open else '>='} {low}"] if low is not None else [])
-                          + ([f"{'<' if high_open else '<='} {high}"] if high is not None else []))  # fmt: skip
+    bounds = " and ".join(
+        ([f"{'>' if low_open else '>='} {low}"] if low is not None else [])
+        + ([f"{'<' if high_open else '<='} {high}"] if high is not None else [])
+    )
     check(ok, f"{name} must be a finite number{' ' + bounds if bounds else ''}, got {value!r}")
 
 
@@ -61,6 +69,8 @@ def word_list(name: str, value: Any) -> list[str]:
         return []
     if isinstance(value, (str, int, float)):
         value = [value]
-    check(isinstance(value, Iterable) and all(isinstance(w, (str, int, float)) for w in value),
-          f"{name} must be a word or a list of words, got {value!r}")  # fmt: skip
+    check(
+        isinstance(value, Iterable) and all(isinstance(w, (str, int, float)) for w in value),
+        f"{name} must be a word or a list of words, got {value!r}",
+    )
     return [str(w) for w in value]

@@ -78,7 +78,10 @@ def read_analogies(path: str | Path, case_insensitive: bool = True) -> list[tupl
             words = line.split()
             if not words:
                 continue
-            check(len(words) == 4 and sections, f"{path}:{n}: expected a ': section' line or 4 words, got {line.strip()!r}")
+            check(
+                len(words) == 4 and sections,
+                f"{path}:{n}: expected a ': section' line or 4 words, got {line.strip()!r}",
+            )
             sections[-1][1].append([w.upper() for w in words] if case_insensitive else words)
     check(bool(sections), f"{path}: no analogy sections found")
     return sections
@@ -193,10 +196,13 @@ def evaluate_word_pairs(
     cosine = (unit[a.to(unit.device)] * unit[b.to(unit.device)]).sum(dim=1).double().cpu()
     with_oov = None
     if oov_vector is not None and oov:
+
         def vector(word: str) -> torch.Tensor:  # case folding upper-cases the pairs' words: n-grams of the lower case
             if word in vocab:
                 return unit[vocab[word]].cpu()
-            return unit_rows(torch.as_tensor(oov_vector(word.lower() if case_insensitive else word)).float().unsqueeze(0))[0]
+            return unit_rows(
+                torch.as_tensor(oov_vector(word.lower() if case_insensitive else word)).float().unsqueeze(0)
+            )[0]
 
         all_cosines = torch.stack([vector(x) @ vector(y) for x, y, _ in pairs]).double()
         with_oov = float(spearman_corrcoef(all_cosines, torch.tensor([s for _, _, s in pairs]).double()))
@@ -219,8 +225,12 @@ def evaluate_all(
     for i, path in enumerate(analogies):
         name = "analogy" if i == 0 else f"analogy_{Path(path).stem}"
         result = evaluate_word_analogies(words, vectors, path, restrict_vocab, method)
-        metrics |= {name: result.accuracy, f"{name}_semantic": result.semantic,
-                    f"{name}_syntactic": result.syntactic, f"{name}_evaluated": float(result.evaluated)}  # fmt: skip
+        metrics |= {
+            name: result.accuracy,
+            f"{name}_semantic": result.semantic,
+            f"{name}_syntactic": result.syntactic,
+            f"{name}_evaluated": float(result.evaluated),
+        }
     for name, path in word_pairs.items():
         result = evaluate_word_pairs(words, vectors, path)
         metrics |= {name: result.spearman, f"{name}_oov": result.oov_ratio}
@@ -228,6 +238,12 @@ def evaluate_all(
 
 
 __all__ = [
-    "AnalogyResult", "SimilarityResult", "evaluate_all", "evaluate_word_analogies",
-    "evaluate_word_pairs", "gensim_test_file", "read_analogies", "read_word_pairs",
-]  # fmt: skip
+    "AnalogyResult",
+    "SimilarityResult",
+    "evaluate_all",
+    "evaluate_word_analogies",
+    "evaluate_word_pairs",
+    "gensim_test_file",
+    "read_analogies",
+    "read_word_pairs",
+]

@@ -218,8 +218,9 @@ class WorkerPool:
             elif time.monotonic() - moved > STALL_S:
                 stalled = sorted(self.running)
                 self.stop()
-                raise Word2VecError(f"workers {stalled} made no step in {STALL_S:.0f} s; "
-                                    f"training stopped, {self.kept()}")
+                raise Word2VecError(
+                    f"workers {stalled} made no step in {STALL_S:.0f} s; training stopped, {self.kept()}"
+                )
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Ask the workers to stop after their current step; kill those still running after ``grace_s``."""
@@ -236,8 +237,12 @@ class WorkerPool:
             del self.running[rank]
 
     def state(self, epoch: int) -> dict[str, Any]:
-        return {"workers": self.size, "epoch": epoch, "positions": self.positions.tolist(),
-                "trained": self.trained.tolist()}
+        return {
+            "workers": self.size,
+            "epoch": epoch,
+            "positions": self.positions.tolist(),
+            "trained": self.trained.tolist(),
+        }
 
 
 class HogwildLauncher(Launcher):
@@ -291,8 +296,10 @@ class HogwildStrategy(SingleDeviceStrategy):
             return
         check(self.root_device.type == "cpu", "lock-free workers train on the CPU: use trainer=gpu or trainer=ddp")
         optimizer = getattr(module.optimizer_factory, "func", module.optimizer_factory).__name__
-        dense = (f"model.optimizer={optimizer} updates every row at every step, so {self.workers} lock-free workers "
-                 "would overwrite each other's work")
+        dense = (
+            f"model.optimizer={optimizer} updates every row at every step, so {self.workers} lock-free workers "
+            "would overwrite each other's work"
+        )
         use = "use model/optimizer=sgd or sparse_adam, or one worker (trainer.devices=1)"
         check(wants_sparse_gradients(module.optimizer_factory), f"{dense}: {use}")
 
@@ -302,7 +309,9 @@ class HogwildStrategy(SingleDeviceStrategy):
         trainer, module = self.lightning_module.trainer, self.lightning_module
         self._threads = torch.get_num_threads()
         if self.workers == 1:
-            tuned = any(getattr(c, "tunes_threads", False) and c.enabled for c in trainer.callbacks)  # (callbacks.ThreadTuner)
+            tuned = any(
+                getattr(c, "tunes_threads", False) and c.enabled for c in trainer.callbacks
+            )  # (callbacks.ThreadTuner)
             if not tuned and "OMP_NUM_THREADS" not in os.environ:
                 # without the tuner, one thread: torch's default of one per core met at every small
                 # operation, and beside a busy process an epoch took 10-25x as long
@@ -318,8 +327,10 @@ class HogwildStrategy(SingleDeviceStrategy):
         self.pool.total = max(1, min(total, trainer.max_steps * self.workers if trainer.max_steps > 0 else math.inf))
         if self._resumed is not None:
             saved = self._resumed["workers"]
-            check(saved == self.workers, f"the checkpoint was trained by {saved} workers, "
-                                         f"this run has trainer.devices={self.workers}")
+            check(
+                saved == self.workers,
+                f"the checkpoint was trained by {saved} workers, this run has trainer.devices={self.workers}",
+            )
             self.pool.trained.copy_(torch.tensor(self._resumed["trained"]))
         else:  # a checkpoint of one process (or none): each worker counts as far as it came
             self.pool.trained.fill_(trainer.global_step)

@@ -76,9 +76,18 @@ class Word2VecModule(L.LightningModule):
 
     DIVERGED = 2.0  # × the untrained loss ((1 + k) ln 2 for negative sampling): worse than knowing nothing
 
-    def __init__(self, net: NetFactory, optimizer: OptimizerFactory, alpha: float = 0.025, min_alpha: float = 0.0001,
-                 fused: bool = True, objective: str = "ns", vocab_size: int | None = None,
-                 words: Sequence[str] | None = None, counts: Sequence[int] | None = None):
+    def __init__(
+        self,
+        net: NetFactory,
+        optimizer: OptimizerFactory,
+        alpha: float = 0.025,
+        min_alpha: float = 0.0001,
+        fused: bool = True,
+        objective: str = "ns",
+        vocab_size: int | None = None,
+        words: Sequence[str] | None = None,
+        counts: Sequence[int] | None = None,
+    ):
         super().__init__()
         check_number("model.alpha", alpha, 0, low_open=True)
         check_number("model.min_alpha", min_alpha, 0, alpha)
@@ -88,8 +97,14 @@ class Word2VecModule(L.LightningModule):
         # (its own checks run; on the meta device, so a large table costs nothing) and the
         # optimiser's keys are bound to its signature
         probe = {"words": [""]} if getattr(_unpack(net)[0], "needs_words", False) else {}
-        for name, factory, make in (("model.net", net, lambda: _on_meta(lambda: net(1, **probe))),
-                                    ("model.optimizer", optimizer, lambda: inspect.signature(_unpack(optimizer)[0]).bind([], **_unpack(optimizer)[1]))):  # fmt: skip
+        for name, factory, make in (
+            ("model.net", net, lambda: _on_meta(lambda: net(1, **probe))),
+            (
+                "model.optimizer",
+                optimizer,
+                lambda: inspect.signature(_unpack(optimizer)[0]).bind([], **_unpack(optimizer)[1]),
+            ),
+        ):
             try:
                 make()
             except TypeError as exc:
@@ -97,8 +112,10 @@ class Word2VecModule(L.LightningModule):
         cls, kwargs = _unpack(optimizer)
         if "lr" in kwargs:
             check_number("model.optimizer.lr", kwargs["lr"], 0, low_open=True)
-        check(not fused or wants_sparse_gradients(optimizer),
-              f"model.fused=true supports SparseAdam and plain SGD, not {cls.__name__}; use model.fused=false")  # fmt: skip
+        check(
+            not fused or wants_sparse_gradients(optimizer),
+            f"model.fused=true supports SparseAdam and plain SGD, not {cls.__name__}; use model.fused=false",
+        )
         self.save_hyperparameters(ignore=["net", "optimizer", "vocab_size"], logger=False)
         self.net_factory, self.optimizer_factory = net, optimizer
         self.net: WordModel | None = None
@@ -126,7 +143,9 @@ class Word2VecModule(L.LightningModule):
         sparse = not self.hparams.fused and wants_sparse_gradients(self.optimizer_factory)
         needs_words = getattr(_unpack(self.net_factory)[0], "needs_words", False)
         objective = make_objective(self.hparams.objective, counts)
-        self.net = self.net_factory(vocab_size, sparse=sparse, objective=objective, **({"words": words} if needs_words else {}))
+        self.net = self.net_factory(
+            vocab_size, sparse=sparse, objective=objective, **({"words": words} if needs_words else {})
+        )
 
     def resume_settings(self) -> dict[str, Any]:
         """The settings a resumed run must share with its checkpoint (by config key): they shape the
@@ -134,10 +153,16 @@ class Word2VecModule(L.LightningModule):
         override a new learning rate)."""
         (net, net_kwargs), (cls, kwargs) = _unpack(self.net_factory), _unpack(self.optimizer_factory)
         h = self.hparams
-        return {"model.net": net.__name__, **{f"model.net.{k}": _plain(v) for k, v in sorted(net_kwargs.items())},
-                "model.alpha": h.alpha, "model.min_alpha": h.min_alpha, "model.fused": h.fused, "model.objective": h.objective,
-                "model.optimizer": cls.__name__,
-                **{f"model.optimizer.{k}": _plain(v) for k, v in sorted(kwargs.items())}}  # fmt: skip
+        return {
+            "model.net": net.__name__,
+            **{f"model.net.{k}": _plain(v) for k, v in sorted(net_kwargs.items())},
+            "model.alpha": h.alpha,
+            "model.min_alpha": h.min_alpha,
+            "model.fused": h.fused,
+            "model.objective": h.objective,
+            "model.optimizer": cls.__name__,
+            **{f"model.optimizer.{k}": _plain(v) for k, v in sorted(kwargs.items())},
+        }
 
     # -- training ------------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -149,9 +174,13 @@ class Word2VecModule(L.LightningModule):
         return optimizer
 
     def on_fit_start(self) -> None:
-        check(self.hparams.fused or self.trainer.world_size == 1 or self.trainer.datamodule is None
-              or self.trainer.datamodule.updates_per_step == 1,
-              "model.fused=false under DDP takes one update per step: set data.update_size=null")  # fmt: skip
+        check(
+            self.hparams.fused
+            or self.trainer.world_size == 1
+            or self.trainer.datamodule is None
+            or self.trainer.datamodule.updates_per_step == 1,
+            "model.fused=false under DDP takes one update per step: set data.update_size=null",
+        )
         if self.device.type == "cpu":  # tiny gradients of rare rows must not fall into slow denormal arithmetic
             torch.set_flush_denormal(True)
 
@@ -162,7 +191,9 @@ class Word2VecModule(L.LightningModule):
         trainer, optimizer = self.trainer, self.optimizers()
         # the loss costs as much as a tenth of an update: computed where it is read, on the steps the
         # logger writes and on the epoch's last step (so the loss reported at the end is the last epoch's)
-        wanted = (self.global_step + 1) % max(1, trainer.log_every_n_steps) == 0 or batch_idx == trainer.num_training_batches - 1
+        wanted = (self.global_step + 1) % max(
+            1, trainer.log_every_n_steps
+        ) == 0 or batch_idx == trainer.num_training_batches - 1
         result = (0.0, 0)
 
         def closure() -> None:  # every update of the step; Lightning counts one optimiser step
@@ -229,11 +260,20 @@ class Word2VecModule(L.LightningModule):
             raise Diverged(
                 f"training diverged: loss {value:.4g} at step {self.global_step} (untrained: {untrained:.4f}); "
                 "stopping before the update (the last checkpoint is kept). Lower model.alpha or data.update_size"
-                + (", or train fewer workers (trainer.devices: on a small vocabulary their steps on the same rows "
-                   "add up)" if self.shared_progress is not None else "")
-                + (f", or raise data.shared_negatives: each of its K={update.negatives.shape[1]} negatives weighs "
-                   f"k/K = {update.neg_weight:g}" if update.neg_weight > 1 else "") + "."
-            )  # fmt: skip
+                + (
+                    ", or train fewer workers (trainer.devices: on a small vocabulary their steps on the same rows "
+                    "add up)"
+                    if self.shared_progress is not None
+                    else ""
+                )
+                + (
+                    f", or raise data.shared_negatives: each of its K={update.negatives.shape[1]} negatives weighs "
+                    f"k/K = {update.neg_weight:g}"
+                    if update.neg_weight > 1
+                    else ""
+                )
+                + "."
+            )
         return loss
 
     def _log_loss(self, loss: float, n: int) -> None:
@@ -247,7 +287,9 @@ class Word2VecModule(L.LightningModule):
         if n:
             self.log("train/epoch_loss", total / n, rank_zero_only=True)
 
-    def _gather_rows(self, loss: torch.Tensor | None, n: int, updates: list[Update]) -> tuple[torch.Tensor | None, list[Update], int]:
+    def _gather_rows(
+        self, loss: torch.Tensor | None, n: int, updates: list[Update]
+    ) -> tuple[torch.Tensor | None, list[Update], int]:
         """Distributed fused update: every rank gets every rank's touched rows and their gradients.
 
         Each rank sends its n examples' row indices and gradient rows (for skip-gram n centre rows,
@@ -320,8 +362,11 @@ class Word2VecModule(L.LightningModule):
         check_finite(self.net.named_parameters(), self.global_step)
         checkpoint["resume_settings"] = self.resume_settings()
         net, net_kwargs = _unpack(self.net_factory)  # the net's constructor arguments (nanoGPT's model_args)
-        checkpoint["model_args"] = {"net": net.__name__, "vocab_size": self.net.center_embed.num_embeddings,
-                                    **{k: _plain(v) for k, v in net_kwargs.items()}}
+        checkpoint["model_args"] = {
+            "net": net.__name__,
+            "vocab_size": self.net.center_embed.num_embeddings,
+            **{k: _plain(v) for k, v in net_kwargs.items()},
+        }
 
     @torch.no_grad()
     def word_vectors(self) -> torch.Tensor:

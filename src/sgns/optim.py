@@ -19,7 +19,9 @@ from sgns.models.base import Update
 def _sum_rows(rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Unique rows and the sum of their gradients (what coalescing a sparse gradient does)."""
     unique, inverse = torch.unique(rows, return_inverse=True)
-    return unique, torch.zeros(len(unique), grads.shape[1], dtype=grads.dtype, device=grads.device).index_add_(0, inverse, grads)
+    return unique, torch.zeros(len(unique), grads.shape[1], dtype=grads.dtype, device=grads.device).index_add_(
+        0, inverse, grads
+    )
 
 
 @torch.no_grad()

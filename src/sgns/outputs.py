@@ -32,7 +32,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        raise Word2VecError(f"cannot write {path}: {exc.strerror or exc}; the previous {path.name} (if any) is intact") from exc
+        raise Word2VecError(
+            f"cannot write {path}: {exc.strerror or exc}; the previous {path.name} (if any) is intact"
+        ) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -43,7 +45,9 @@ def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
     return Path(path)
 
 
-def export_run(module, vocab: Vocabulary, output_dir: str | Path, text: bool = True, binary: bool = True) -> tuple[WordVectors, list[Path]]:
+def export_run(
+    module, vocab: Vocabulary, output_dir: str | Path, text: bool = True, binary: bool = True
+) -> tuple[WordVectors, list[Path]]:
     """Write a run's vocabulary (``word count``) and its model's vectors (``module.word_vectors()``) in
     the word2vec text and binary formats, and a subword model whole as fastText's ``fasttext.bin``
     (vectors for any word); returns the vectors and the files written."""
@@ -66,35 +70,56 @@ def remove_stale(output_dir: str | Path, written: list[Path]) -> list[Path]:
     return stale
 
 
-def _export_run(module, vocab: Vocabulary, output_dir: str | Path, text: bool, binary: bool) -> tuple[WordVectors, list[Path]]:
+def _export_run(
+    module, vocab: Vocabulary, output_dir: str | Path, text: bool, binary: bool
+) -> tuple[WordVectors, list[Path]]:
     net = module.net
     if not hasattr(net, "ngram_vectors"):
         vectors = WordVectors(vocab.words, module.word_vectors(), vocab.counts)
         return vectors, export(vectors, vocab, output_dir, text, binary)
-    vectors = SubwordVectors(vocab.words, net.center_embed.weight.detach().float().cpu(), net.ngram_vectors().float().cpu(),
-                             net.min_n, net.max_n, vocab.counts)  # fmt: skip
+    vectors = SubwordVectors(
+        vocab.words,
+        net.center_embed.weight.detach().float().cpu(),
+        net.ngram_vectors().float().cpu(),
+        net.min_n,
+        net.max_n,
+        vocab.counts,
+    )
     try:  # during a run the data settings fill fastText's header
         trainer = module.trainer
     except RuntimeError:  # not attached to a trainer
         trainer = None
     data = trainer.datamodule.hparams if trainer is not None and trainer.datamodule is not None else {}
-    settings = {"window": data.get("window", 5), "negative": data.get("negatives", 5), "sample": data.get("sample", 1e-4),
-                "min_count": data.get("min_count", 5), "epochs": trainer.max_epochs if trainer is not None else 5}  # fmt: skip
+    settings = {
+        "window": data.get("window", 5),
+        "negative": data.get("negatives", 5),
+        "sample": data.get("sample", 1e-4),
+        "min_count": data.get("min_count", 5),
+        "epochs": trainer.max_epochs if trainer is not None else 5,
+    }
     if net.objective.name == "hs":  # the output rows are the Huffman tree's inner nodes
         settings |= {"hs": 1, "negative": 0}
     outputs = net.outside_embed.weight.detach().float().cpu()
-    model = write_atomically(Path(output_dir) / "fasttext.bin", lambda p: vectors.save_facebook_format(p, outputs, **settings))
+    model = write_atomically(
+        Path(output_dir) / "fasttext.bin", lambda p: vectors.save_facebook_format(p, outputs, **settings)
+    )
     return vectors, [*export(vectors, vocab, output_dir, text, binary), model]
 
 
-def export(vectors: WordVectors, vocab: Vocabulary, output_dir: str | Path, text: bool = True, binary: bool = True) -> list[Path]:
+def export(
+    vectors: WordVectors, vocab: Vocabulary, output_dir: str | Path, text: bool = True, binary: bool = True
+) -> list[Path]:
     """Write the vocabulary (``word count``) and the vectors in word2vec text and binary formats."""
     output_dir = Path(output_dir)
     written = [write_atomically(output_dir / "vocab.txt", vocab.save)]
     if text:
-        written.append(write_atomically(output_dir / "vectors.txt", lambda p: vectors.save_word2vec_format(p, binary=False)))
+        written.append(
+            write_atomically(output_dir / "vectors.txt", lambda p: vectors.save_word2vec_format(p, binary=False))
+        )
     if binary:
-        written.append(write_atomically(output_dir / "vectors.bin", lambda p: vectors.save_word2vec_format(p, binary=True)))
+        written.append(
+            write_atomically(output_dir / "vectors.bin", lambda p: vectors.save_word2vec_format(p, binary=True))
+        )
     return written
 
 
@@ -109,13 +134,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     check(path.is_file(), f"checkpoint not found: {path}")
     damaged = _damaged_entry(path)
-    check(damaged is None, f"checkpoint {path} is damaged: its record {str(damaged).split('/', 1)[-1]} does not match "
-          "the CRC-32 written with it")  # fmt: skip
+    check(
+        damaged is None,
+        f"checkpoint {path} is damaged: its record {str(damaged).split('/', 1)[-1]} does not match "
+        "the CRC-32 written with it",
+    )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         state["state_dict"][VECTORS_KEY], state[DATA_KEY]["words"]
     except Exception as exc:
-        raise Word2VecError(f"checkpoint {path} is not a readable sgns checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        raise Word2VecError(
+            f"checkpoint {path} is not a readable sgns checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]
+        ) from None
     return state
 
 

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 FNV_OFFSET, FNV_PRIME = np.uint32(2166136261), np.uint32(16777619)
 
 
-def ngram_rows(words: Sequence[str], min_n: int = 3, max_n: int = 6, buckets: int = 2_000_000) -> tuple[np.ndarray, np.ndarray]:
+def ngram_rows(
+    words: Sequence[str], min_n: int = 3, max_n: int = 6, buckets: int = 2_000_000
+) -> tuple[np.ndarray, np.ndarray]:
     """(offsets [V + 1] int64, rows [total] int64): each word's n-gram rows, in gensim's order
     (by start character, then by length)."""
     encoded = [_utf8(f"<{w}>") for w in words]
@@ -70,7 +72,9 @@ def word_ngram_rows(word: str, min_n: int, max_n: int, buckets: int) -> np.ndarr
     return ngram_rows([word], min_n, max_n, buckets)[1]
 
 
-def mean_vectors(word_rows: torch.Tensor, ngram_table: torch.Tensor, rows: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+def mean_vectors(
+    word_rows: torch.Tensor, ngram_table: torch.Tensor, rows: torch.Tensor, count: torch.Tensor
+) -> torch.Tensor:
     """Each word's vector [N, d]: the mean of its own row (``word_rows`` [N, d]) and its n-gram rows,
     ``count`` [N] of them, flat in ``rows`` [E] (one ``embedding_bag``, no [E, d] temporary)."""
     sums = F.embedding_bag(rows, ngram_table, torch.cumsum(count, 0) - count, mode="sum")

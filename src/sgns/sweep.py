@@ -20,8 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from sgns.outputs import write_atomically
 
-COLUMNS = ["val/analogy_best", "val/analogy", "val/ws353", "val/simlex", "val/loss", "train/loss",
-           "train/raw_words_per_s", "train_s"]  # fmt: skip
+COLUMNS = [
+    "val/analogy_best",
+    "val/analogy",
+    "val/ws353",
+    "val/simlex",
+    "val/loss",
+    "train/loss",
+    "train/raw_words_per_s",
+    "train_s",
+]
 JOBS = ".jobs"  # one record per job at the sweep root: its overrides, status and error
 
 

@@ -50,8 +50,12 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 # Lightning's notes that say nothing about this run: advertising tips, "GPU available: False", and
 # warnings about choices made on purpose (an IterableDataset with an exact len(), no loader workers)
-_QUIET_WARNINGS = (r".*IterableDataset.*has `__len__` defined", r".*does not have many workers",
-                   r".*is smaller than the logging interval", r".*treespec, LeafSpec.*is deprecated")  # fmt: skip
+_QUIET_WARNINGS = (
+    r".*IterableDataset.*has `__len__` defined",
+    r".*does not have many workers",
+    r".*is smaller than the logging interval",
+    r".*treespec, LeafSpec.*is deprecated",
+)
 
 
 def quiet() -> None:
@@ -76,13 +80,19 @@ def check_no_earlier_run(output_dir: Path, ckpt_path: str | None, overwrite: Any
     check(isinstance(overwrite, bool), f"overwrite must be true or false, got {overwrite!r}")
     earlier = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
     resuming = ckpt_path is not None and Path(ckpt_path).resolve() == (output_dir / "last.ckpt").resolve()
-    check(not earlier or resuming or overwrite, f"{output_dir} holds an earlier run ({', '.join(earlier)}), which this run "
-          f"would replace: resume it with ckpt_path={output_dir / 'last.ckpt'}, choose another hydra.run.dir, or add overwrite=true")  # fmt: skip
+    check(
+        not earlier or resuming or overwrite,
+        f"{output_dir} holds an earlier run ({', '.join(earlier)}), which this run "
+        f"would replace: resume it with ckpt_path={output_dir / 'last.ckpt'}, choose another hydra.run.dir, or add overwrite=true",
+    )
 
 
 def check_precision(precision: Any) -> None:
-    check(str(precision) in PRECISIONS, f"trainer.precision must be 32-true, 64-true or bf16-true (the tables' type), "
-          f"got {precision!r}: the updates are computed in closed form, not under mixed precision's autocast")  # fmt: skip
+    check(
+        str(precision) in PRECISIONS,
+        f"trainer.precision must be 32-true, 64-true or bf16-true (the tables' type), "
+        f"got {precision!r}: the updates are computed in closed form, not under mixed precision's autocast",
+    )
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -113,7 +123,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         digests = getattr(run.model, "rank_digests", [])
         if len(set(digests)) > 1:
             shown = ", ".join(d[:12] for d in digests)
-            raise Word2VecError(f"the {len(digests)} ranks ended with different weights ({shown}); vectors not exported")
+            raise Word2VecError(
+                f"the {len(digests)} ranks ended with different weights ({shown}); vectors not exported"
+            )
         if run.trainer.is_global_zero:
             export_and_report(run, cfg, corpus, checkpoint, prepare_s, seconds, metrics, digests, probe_words)
         return metrics
@@ -166,8 +178,10 @@ def check_resume(run: Run, cfg: DictConfig) -> dict[str, Any] | None:
     if not run.ckpt_path:
         return None
     data, trainer = run.datamodule, run.trainer
-    expected = {**data.resume_settings(trainer.world_size, data.batch_device_type(trainer), workers(trainer)),
-                **run.model.resume_settings()}
+    expected = {
+        **data.resume_settings(trainer.world_size, data.batch_device_type(trainer), workers(trainer)),
+        **run.model.resume_settings(),
+    }
     checkpoint = check_checkpoint(run.ckpt_path, expected)
     check_unfinished(checkpoint, run.ckpt_path, cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps", -1))
     return checkpoint
@@ -179,12 +193,19 @@ def prepare(run: Run, checkpoint: dict[str, Any] | None) -> tuple[Any, float]:
     started = time.perf_counter()
     corpus = run.datamodule.prepare()
     prepare_s = time.perf_counter() - started
-    log.info("corpus: %s raw tokens -> %s training tokens, %s validation tokens; vocabulary %s words (%.1f s)",
-             f"{corpus.raw_tokens:,}", f"{corpus.train.n_tokens:,}", f"{corpus.val.n_tokens:,}", f"{len(corpus.vocab):,}",
-             prepare_s)
+    log.info(
+        "corpus: %s raw tokens -> %s training tokens, %s validation tokens; vocabulary %s words (%.1f s)",
+        f"{corpus.raw_tokens:,}",
+        f"{corpus.train.n_tokens:,}",
+        f"{corpus.val.n_tokens:,}",
+        f"{len(corpus.vocab):,}",
+        prepare_s,
+    )
     if checkpoint is not None and (words := checkpoint[DATA_KEY]["words"]) != corpus.vocab.words:
-        raise Word2VecError(f"checkpoint {run.ckpt_path} was trained on a different vocabulary ({len(words):,} words) "
-                            f"than this corpus and config give ({len(corpus.vocab):,} words)")  # fmt: skip
+        raise Word2VecError(
+            f"checkpoint {run.ckpt_path} was trained on a different vocabulary ({len(words):,} words) "
+            f"than this corpus and config give ({len(corpus.vocab):,} words)"
+        )
     return corpus, prepare_s
 
 
@@ -199,17 +220,36 @@ def fit(run: Run) -> float:
     return time.perf_counter() - started
 
 
-def export_and_report(run: Run, cfg: DictConfig, corpus: Any, checkpoint: dict[str, Any] | None, prepare_s: float,
-                      seconds: float, metrics: dict[str, float], digests: list[str], probe_words: list[str]) -> None:
+def export_and_report(
+    run: Run,
+    cfg: DictConfig,
+    corpus: Any,
+    checkpoint: dict[str, Any] | None,
+    prepare_s: float,
+    seconds: float,
+    metrics: dict[str, float],
+    digests: list[str],
+    probe_words: list[str],
+) -> None:
     """The vectors, metrics.json, TensorBoard's HParams and the printed report (rank 0)."""
     trainer, first_step = run.trainer, int(checkpoint["global_step"]) if checkpoint is not None else 0
     vectors, written = export_run(run.model, corpus.vocab, run.output_dir, **cfg.get("export", {}))
-    metrics["train/raw_words_per_s"] = raw_words(trainer, trainer.global_step - first_step) / seconds if seconds > 0 else 0.0
-    summary = {"prepare_s": prepare_s, "train_s": seconds, "raw_tokens": corpus.raw_tokens,
-               "epochs": trainer.current_epoch, "vocab_size": len(corpus.vocab), "world_size": trainer.world_size,
-               "pairs_last_epoch": run.datamodule.train_set.pairs(), "workers": workers(trainer),
-               **({"share_seconds_last_epoch": trainer.strategy.share_seconds} if workers(trainer) > 1 else {}),
-               **metrics, **({"weights_sha256_per_rank": digests} if digests else {})}  # fmt: skip
+    metrics["train/raw_words_per_s"] = (
+        raw_words(trainer, trainer.global_step - first_step) / seconds if seconds > 0 else 0.0
+    )
+    summary = {
+        "prepare_s": prepare_s,
+        "train_s": seconds,
+        "raw_tokens": corpus.raw_tokens,
+        "epochs": trainer.current_epoch,
+        "vocab_size": len(corpus.vocab),
+        "world_size": trainer.world_size,
+        "pairs_last_epoch": run.datamodule.train_set.pairs(),
+        "workers": workers(trainer),
+        **({"share_seconds_last_epoch": trainer.strategy.share_seconds} if workers(trainer) > 1 else {}),
+        **metrics,
+        **({"weights_sha256_per_rank": digests} if digests else {}),
+    }
     write_atomically(run.output_dir / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
     for logger in run.loggers:  # the HParams tab: this run's hyperparameters next to its final metrics
         if isinstance(logger, TensorBoardLogger):
@@ -219,12 +259,24 @@ def export_and_report(run: Run, cfg: DictConfig, corpus: Any, checkpoint: dict[s
     report(vectors, written, trainer, seconds, metrics, probe_words)
 
 
-def report(vectors: WordVectors, written: list[Path], trainer: L.Trainer, seconds: float,
-           metrics: dict[str, float], probe_words: list[str]) -> None:  # fmt: skip
+def report(
+    vectors: WordVectors,
+    written: list[Path],
+    trainer: L.Trainer,
+    seconds: float,
+    metrics: dict[str, float],
+    probe_words: list[str],
+) -> None:
     """Print where everything went and the nearest neighbours of the probe words."""
-    lines = [f"trained {trainer.current_epoch} epoch(s), {trainer.global_step:,} steps in {seconds:.1f} s "
-             f"({metrics['train/raw_words_per_s']:,.0f} raw words/s)"]  # fmt: skip
-    lines += [f"  {k} = {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(("val/", "train/loss", "train/epoch_loss")) and not k.endswith("_oov")]
+    lines = [
+        f"trained {trainer.current_epoch} epoch(s), {trainer.global_step:,} steps in {seconds:.1f} s "
+        f"({metrics['train/raw_words_per_s']:,.0f} raw words/s)"
+    ]
+    lines += [
+        f"  {k} = {v:.4f}"
+        for k, v in sorted(metrics.items())
+        if k.startswith(("val/", "train/loss", "train/epoch_loss")) and not k.endswith("_oov")
+    ]
     checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "")
     lines += ["outputs:"] + [f"  {p}" for p in ([checkpoint] if checkpoint else []) + written]
     for logger in trainer.loggers:
@@ -260,8 +312,10 @@ def check_checkpoint(path: str | Path, expected: dict[str, Any]) -> dict[str, An
     saved = {"model.net.embedding_dim": dim, **state.get("resume_settings", {}), **state[DATA_KEY].get("settings", {})}
     for key, value in expected.items():
         if key in saved and saved[key] != value:
-            raise Word2VecError(f"checkpoint {path} was trained with {key}={saved[key]!r} but this run has {key}={value!r}; "
-                                "resuming must replay the same batches and updates: set it back, or start a new run")  # fmt: skip
+            raise Word2VecError(
+                f"checkpoint {path} was trained with {key}={saved[key]!r} but this run has {key}={value!r}; "
+                "resuming must replay the same batches and updates: set it back, or start a new run"
+            )
     return state
 
 
@@ -276,8 +330,10 @@ def check_unfinished(checkpoint: dict[str, Any], path: str | Path, max_epochs: i
         reached = f"has trained {steps_done:,} steps and this run has trainer.max_steps={max_steps}"
     else:
         return
-    raise Word2VecError(f"checkpoint {path} {reached}: there is nothing to train (its outputs stay as they are); "
-                        "raise trainer.max_epochs to train it further")
+    raise Word2VecError(
+        f"checkpoint {path} {reached}: there is nothing to train (its outputs stay as they are); "
+        "raise trainer.max_epochs to train it further"
+    )
 
 
 def _stopped_message(trainer: L.Trainer, stop: GracefulStop | None) -> str:
@@ -286,9 +342,13 @@ def _stopped_message(trainer: L.Trainer, stop: GracefulStop | None) -> str:
     overrides = []
     if HydraConfig.initialized():
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
-    command = " ".join(["python train.py", *overrides, f"ckpt_path={stop.stopped}", f"hydra.run.dir={stop.stopped.parent}"])
-    return (f"training stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; checkpoint and current "
-            f"vectors written to {stop.stopped.parent}. Resume with: {command}")  # fmt: skip
+    command = " ".join(
+        ["python train.py", *overrides, f"ckpt_path={stop.stopped}", f"hydra.run.dir={stop.stopped.parent}"]
+    )
+    return (
+        f"training stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; checkpoint and current "
+        f"vectors written to {stop.stopped.parent}. Resume with: {command}"
+    )
 
 
 def user_error(exc: BaseException) -> str | None:
@@ -310,13 +370,19 @@ def user_error(exc: BaseException) -> str | None:
             return _first_line(exc)
         if _out_of_memory(exc):
             tried = re.search(r"tried to allocate (\d+ bytes|[\d.]+ ?[KMGT]?i?B)", str(exc), re.IGNORECASE)
-            return (f"out of memory{f' (tried to allocate {tried.group(1)})' if tried else ''}: lower data.batch_size, "
-                    "data.negatives, model.net.embedding_dim or model.net.buckets; files written before are intact")  # fmt: skip
+            return (
+                f"out of memory{f' (tried to allocate {tried.group(1)})' if tried else ''}: lower data.batch_size, "
+                "data.negatives, model.net.embedding_dim or model.net.buckets; files written before are intact"
+            )
         if isinstance(exc, OSError) and exc.errno is not None:  # unwritable, read-only or full places
             where = f"{exc.filename}: " if exc.filename else ""
-            hint = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "over quota", errno.EROFS: "read-only",
-                    errno.EACCES: "choose a writable place, e.g. hydra.run.dir=DIR",
-                    errno.EPERM: "choose a writable place, e.g. hydra.run.dir=DIR"}.get(exc.errno)  # fmt: skip
+            hint = {
+                errno.ENOSPC: "the disk is full",
+                errno.EDQUOT: "over quota",
+                errno.EROFS: "read-only",
+                errno.EACCES: "choose a writable place, e.g. hydra.run.dir=DIR",
+                errno.EPERM: "choose a writable place, e.g. hydra.run.dir=DIR",
+            }.get(exc.errno)
             return f"{where}{exc.strerror or exc}{f' ({hint})' if hint else ''}; files written before are intact"
         return None
     return None
@@ -326,7 +392,8 @@ def _out_of_memory(exc: BaseException) -> bool:
     """A failed allocation: torch's on a GPU (OutOfMemoryError) or on the CPU (a RuntimeError from its
     allocator), or Python's and numpy's MemoryError."""
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc))
+        isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc)
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -400,12 +467,14 @@ def _sweep_job(cfg: DictConfig) -> float | None:
         if message is None:
             status, message = "crashed", f"{type(exc).__name__}: {_first_line(exc)} (a bug: its traceback is above)"
             traceback.print_exc()
-        print(f"error: sweep job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {message}; the sweep goes on",
-              file=sys.stderr, flush=True)
+        print(
+            f"error: sweep job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {message}; the sweep goes on",
+            file=sys.stderr,
+            flush=True,
+        )
         record_job(hydra_cfg, status, message)
         direction = OmegaConf.select(hydra_cfg, "sweeper.direction", default=None)
         return {"maximize": -math.inf, "minimize": math.inf}.get(str(direction).lower() if direction else "")
     record_job(hydra_cfg, "ok")
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
-

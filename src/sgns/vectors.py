@@ -22,11 +22,18 @@ log = logging.getLogger(__name__)
 class WordVectors:
     """Words (descending count order) and their vectors; cosine similarity queries."""
 
-    def __init__(self, words: Sequence[str], vectors: np.ndarray | torch.Tensor, counts: Sequence[int] | None = None,
-                 source: str = "vectors"):  # fmt: skip
+    def __init__(
+        self,
+        words: Sequence[str],
+        vectors: np.ndarray | torch.Tensor,
+        counts: Sequence[int] | None = None,
+        source: str = "vectors",
+    ):
         self.words = list(words)
         self.vectors = np.ascontiguousarray(torch.as_tensor(vectors).float().numpy())
-        check(self.vectors.ndim == 2 and len(self.words) == len(self.vectors), f"{source}: one vector per word expected")
+        check(
+            self.vectors.ndim == 2 and len(self.words) == len(self.vectors), f"{source}: one vector per word expected"
+        )
         check_finite(self.vectors, self.words, source)
         self.counts = None if counts is None else np.asarray(counts, dtype=np.int64)
         self.key_to_index = {w: i for i, w in enumerate(self.words)}
@@ -82,7 +89,10 @@ class WordVectors:
         weights = np.array([1.0] * len(positive) + [-1.0] * len(negative), dtype=np.float32)
         query = weights @ units / len(units)
         norm = np.linalg.norm(query)
-        check(norm > 1e-6, "the query vector is zero: the positive and negative words cancel out, or their vectors are zero")
+        check(
+            norm > 1e-6,
+            "the query vector is zero: the positive and negative words cancel out, or their vectors are zero",
+        )
         query /= norm
         sims = self.vectors @ query / self.norms  # cosines: unit_rows of every row, without a [V, d] copy
         sims[ids] = -np.inf
@@ -128,14 +138,20 @@ class WordVectors:
         try:
             with open(path, "rb") as handle:
                 header = handle.readline().split()
-                check(len(header) == 2 and all(h.isdigit() for h in header), f"{path}: first line must be '<vocab_size> <dim>'")
+                check(
+                    len(header) == 2 and all(h.isdigit() for h in header),
+                    f"{path}: first line must be '<vocab_size> <dim>'",
+                )
                 n, d = int(header[0]), int(header[1])
                 check(n >= 1 and d >= 1, f"{path}: the header promises {n} rows of {d} values; nothing to load")
                 # each row takes at least a 1-byte word and a separator, then 4 bytes (binary) or 2 (text) a value:
                 # a header promising more than the file can hold is refused before any memory is taken for it
                 least, size = n * (2 + (4 if binary else 2) * d), path.stat().st_size - handle.tell()
-                check(size >= least, f"{path}: the header promises {n:,} rows of {d:,} values, at least {least:,} bytes, "
-                                     f"but {size:,} follow it (truncated, or not a {'binary' if binary else 'text'} word2vec file)")  # fmt: skip
+                check(
+                    size >= least,
+                    f"{path}: the header promises {n:,} rows of {d:,} values, at least {least:,} bytes, "
+                    f"but {size:,} follow it (truncated, or not a {'binary' if binary else 'text'} word2vec file)",
+                )
                 words: list[str] = []
                 vectors = np.empty((n, d), dtype=np.float32)
                 for i in range(n):
@@ -150,15 +166,28 @@ class WordVectors:
                         words.append(parts[0])
                         vectors[i] = np.array(parts[1:], dtype=np.float32)
                 if handle.read(4096).strip():
-                    log.warning("%s: more rows follow the %s its header promises; they are not read (as gensim does)", path, f"{n:,}")
+                    log.warning(
+                        "%s: more rows follow the %s its header promises; they are not read (as gensim does)",
+                        path,
+                        f"{n:,}",
+                    )
         except (ValueError, UnicodeDecodeError) as exc:
             raise Word2VecError(f"{path}: not a {'binary' if binary else 'text'} word2vec file ({exc})") from None
         first: dict[str, int] = {}
         keep = np.array([first.setdefault(word, i) == i for i, word in enumerate(words)])
-        if not keep.all():  # one row per word, or the word's index would point at its last row and queries list it twice
+        if (
+            not keep.all()
+        ):  # one row per word, or the word's index would point at its last row and queries list it twice
             again = int(np.argmin(keep))
-            log.warning("%s: %s row(s) repeat a word read before (first: %r, rows %d and %d); the first row of each word is kept, "
-                        "as gensim does", path, f"{int((~keep).sum()):,}", words[again], first[words[again]] + 1, again + 1)  # fmt: skip
+            log.warning(
+                "%s: %s row(s) repeat a word read before (first: %r, rows %d and %d); the first row of each word is kept, "
+                "as gensim does",
+                path,
+                f"{int((~keep).sum()):,}",
+                words[again],
+                first[words[again]] + 1,
+                again + 1,
+            )
             words, vectors = [w for w, k in zip(words, keep) if k], vectors[keep]
         return cls(words, vectors, source=str(path))
 
@@ -169,13 +198,23 @@ class SubwordVectors(WordVectors):
     method answers for words never seen. Stored in fastText's own ``.bin`` format (through gensim's
     writer and reader): fastText, gensim's ``load_facebook_model`` and we read the same file."""
 
-    def __init__(self, words: Sequence[str], word_rows: np.ndarray | torch.Tensor, ngram_vectors: np.ndarray | torch.Tensor,
-                 min_n: int, max_n: int, counts: Sequence[int] | None = None, source: str = "vectors"):  # fmt: skip
+    def __init__(
+        self,
+        words: Sequence[str],
+        word_rows: np.ndarray | torch.Tensor,
+        ngram_vectors: np.ndarray | torch.Tensor,
+        min_n: int,
+        max_n: int,
+        counts: Sequence[int] | None = None,
+        source: str = "vectors",
+    ):
         """From a model's tables: the words' own rows [V, d] and the n-gram table [buckets, d]; each
         vocabulary word's vector is the mean of its row and its n-gram rows."""
         word_rows, ngram_table = (torch.as_tensor(t).float() for t in (word_rows, ngram_vectors))
-        check(ngram_table.ndim == 2 and ngram_table.shape[1:] == word_rows.shape[1:] and len(ngram_table),
-              f"{source}: the n-gram table must have rows of the vectors' size")  # fmt: skip
+        check(
+            ngram_table.ndim == 2 and ngram_table.shape[1:] == word_rows.shape[1:] and len(ngram_table),
+            f"{source}: the n-gram table must have rows of the vectors' size",
+        )
         offsets, rows = (torch.from_numpy(a) for a in ngram_rows(words, min_n, max_n, len(ngram_table)))
         super().__init__(words, mean_vectors(word_rows, ngram_table, rows, offsets.diff()), counts, source)
         self.word_rows = np.ascontiguousarray(word_rows.numpy())  # what fastText's .bin stores
@@ -192,7 +231,9 @@ class SubwordVectors(WordVectors):
             return self.vectors[self.key_to_index[word]]
         rows = word_ngram_rows(word, self.min_n, self.max_n, self.buckets)
         if not len(rows):
-            raise UnknownWordError(f"word {word!r} is not in the vocabulary and has no {self.min_n}..{self.max_n}-character n-grams")
+            raise UnknownWordError(
+                f"word {word!r} is not in the vocabulary and has no {self.min_n}..{self.max_n}-character n-grams"
+            )
         return self.ngram_vectors[rows].mean(axis=0)
 
     __getitem__ = get_vector
@@ -201,7 +242,9 @@ class SubwordVectors(WordVectors):
         vectors = torch.from_numpy(np.stack([self.get_vector(w) for w in words]))
         return unit_rows(vectors).numpy(), [self.key_to_index[w] for w in words if w in self.key_to_index]
 
-    def save_facebook_format(self, path: str | Path, outputs: np.ndarray | torch.Tensor | None = None, **settings) -> None:
+    def save_facebook_format(
+        self, path: str | Path, outputs: np.ndarray | torch.Tensor | None = None, **settings
+    ) -> None:
         """fastText's ``.bin``: the vocabulary with counts, the word rows (before the n-grams are
         averaged in), the n-gram table and ``outputs`` (the output vectors; zeros if not given).
         ``settings`` (window, negative, sample, min_count, epochs, hs) fill fastText's header."""
@@ -213,11 +256,22 @@ class SubwordVectors(WordVectors):
         kv.allocate_vecattrs(attrs=["count"], types=[np.int64])
         kv.expandos["count"][:] = counts
         kv.vectors_vocab, kv.vectors_ngrams = self.word_rows, self.ngram_vectors
-        output = np.zeros_like(self.vectors) if outputs is None else np.ascontiguousarray(torch.as_tensor(outputs).float().numpy())
+        output = (
+            np.zeros_like(self.vectors)
+            if outputs is None
+            else np.ascontiguousarray(torch.as_tensor(outputs).float().numpy())
+        )
         defaults = {"epochs": 5, "window": 5, "negative": 5, "sample": 1e-4, "min_count": 5, "hs": 0}
         # (gensim writes syn1, the inner nodes, as the output matrix of a hierarchical-softmax model: hs=1)
-        model = SimpleNamespace(wv=kv, vector_size=self.vector_size, sg=1, syn1neg=output, syn1=output,
-                                corpus_total_words=int(counts.sum()), **defaults | settings)
+        model = SimpleNamespace(
+            wv=kv,
+            vector_size=self.vector_size,
+            sg=1,
+            syn1neg=output,
+            syn1=output,
+            corpus_total_words=int(counts.sum()),
+            **defaults | settings,
+        )
         save_facebook_model(model, str(path))
 
     @classmethod
@@ -229,7 +283,9 @@ class SubwordVectors(WordVectors):
         try:
             kv = load_facebook_vectors(str(path))
         except Exception as exc:
-            raise Word2VecError(f"{path}: not a readable fastText model ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+            raise Word2VecError(
+                f"{path}: not a readable fastText model ({type(exc).__name__}: {exc})".splitlines()[0]
+            ) from None
         counts = [kv.get_vecattr(w, "count") for w in kv.index_to_key]
         return cls(kv.index_to_key, kv.vectors_vocab, kv.vectors_ngrams, kv.min_n, kv.max_n, counts, str(path))
 
@@ -250,10 +306,13 @@ def check_facebook_file(path: str | Path) -> None:
     size = path.stat().st_size
 
     def damaged(what: str) -> Word2VecError:
-        return Word2VecError(f"{path}: not a complete fastText model ({what}; the file holds {size:,} bytes): "
-                             "a partly copied or damaged file?")
+        return Word2VecError(
+            f"{path}: not a complete fastText model ({what}; the file holds {size:,} bytes): "
+            "a partly copied or damaged file?"
+        )
 
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+
         def unpack(fmt: str, at: int) -> tuple:
             end = at + struct.calcsize(fmt)
             if end > size:
@@ -261,7 +320,7 @@ def check_facebook_file(path: str | Path) -> None:
             return struct.unpack_from(fmt, data, at)
 
         _, version, dim = unpack("<3i", 0)
-        bucket, = unpack("<i", 40)
+        (bucket,) = unpack("<i", 40)
         vocab_size, nwords, nlabels, _, prune = unpack("<3iqq", 64)
         check(version == 12, f"{path}: fastText format version {version}, this reader knows version 12")
         check(nlabels == 0, f"{path}: a supervised fastText model (labels), not word vectors")
@@ -298,8 +357,10 @@ def check_finite(vectors: np.ndarray | torch.Tensor, words: Sequence[str], sourc
     if not bool(finite.all()):
         row = int((~finite).nonzero()[0])
         count = int((~finite).sum())
-        raise Word2VecError(f"{source}: row {row + 1} ({words[row]!r}) holds NaN or infinity "
-                            f"({count:,} of {len(finite):,} rows do); refusing non-finite vectors")  # fmt: skip
+        raise Word2VecError(
+            f"{source}: row {row + 1} ({words[row]!r}) holds NaN or infinity "
+            f"({count:,} of {len(finite):,} rows do); refusing non-finite vectors"
+        )
 
 
 def _read_binary_word(handle, path: Path) -> str:

@@ -121,7 +121,9 @@ class Epochs(IterableDataset):
         s0, s1 = self.chunk_sentences[chunk], self.chunk_sentences[chunk + 1]
         starts = np.asarray(self.starts[s0 : s1 + 1])
         lengths = torch.from_numpy(np.diff(starts)).to(self.device)
-        tokens = torch.from_numpy(self.ids[starts[0] : starts[-1]].astype(np.int32)).to(self.device)  # int32: half the memory
+        tokens = torch.from_numpy(self.ids[starts[0] : starts[-1]].astype(np.int32)).to(
+            self.device
+        )  # int32: half the memory
         release_pages(self.ids, starts[0], starts[-1])  # copied: RSS stays flat however long the corpus
         sentence = torch.repeat_interleave(torch.arange(len(lengths), device=self.device), lengths)
         return subsample(tokens, sentence, self.keep_prob, gen)
@@ -190,13 +192,19 @@ class Epochs(IterableDataset):
         every example of the epoch once, in equal step counts, and W ranks with batch B make exactly
         the updates of one process with batch W x B."""
         carry: tuple[torch.Tensor, ...] | None = None
-        index, start, step = 0, 0, self.batch_size * self.world_size  # start: the pairs of the examples before the buffer
+        index, start, step = (
+            0,
+            0,
+            self.batch_size * self.world_size,
+        )  # start: the pairs of the examples before the buffer
         for chunk in self._chunk_order():
             parts = self._chunk_examples(chunk, generator(self.seed, self.epoch, chunk, device=self.device))
             if carry is not None:
                 parts = tuple(torch.cat([c, p]) for c, p in zip(carry, parts))
             ends = _pair_ends(parts)
-            cuts = _cuts(ends, len(parts[0]), (index + 1) * step - start, step)  # marks at every step x pairs of the epoch
+            cuts = _cuts(
+                ends, len(parts[0]), (index + 1) * step - start, step
+            )  # marks at every step x pairs of the epoch
             for a, b in zip(cuts, cuts[1:]):
                 if index >= self.skip:
                     yield self._step(tuple(p[a:b] for p in parts), index)
@@ -210,7 +218,9 @@ class Epochs(IterableDataset):
         """This rank's share of each update of one step (near-equal slices: a short update may leave
         a rank none); shared negatives are the update's, the same on every rank."""
         n = len(parts[0])
-        size = self.update_size * self.world_size  # (a step of windows may hold a window's worth more: the last update takes it)
+        size = (
+            self.update_size * self.world_size
+        )  # (a step of windows may hold a window's worth more: the last update takes it)
         cuts = _cuts(_pair_ends(parts), n, size, size)[: -(-self.batch_size // self.update_size)]
         cuts += [n] if cuts[-1] < n else []
         gen = generator(self.seed, self.epoch, 1 << 40, index, device=self.device)

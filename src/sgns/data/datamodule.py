@@ -86,23 +86,38 @@ class Word2VecDataModule(L.LightningDataModule):
     ):
         super().__init__()
         for name, value, low in [
-            ("window", window, 1), ("negatives", negatives, 1), ("batch_size", batch_size, 1),
-            ("min_count", min_count, 1), ("chunk_tokens", chunk_tokens, 1),
-            ("max_sentence_length", max_sentence_length, 1), ("shared_negatives", shared_negatives, 0),
-            ("val_max_tokens", val_max_tokens, 1), ("seed", seed, 0),
-        ]:  # fmt: skip
+            ("window", window, 1),
+            ("negatives", negatives, 1),
+            ("batch_size", batch_size, 1),
+            ("min_count", min_count, 1),
+            ("chunk_tokens", chunk_tokens, 1),
+            ("max_sentence_length", max_sentence_length, 1),
+            ("shared_negatives", shared_negatives, 0),
+            ("val_max_tokens", val_max_tokens, 1),
+            ("seed", seed, 0),
+        ]:
             check_int(f"data.{name}", value, low)
-        check(window <= max_sentence_length, f"data.window={window} is wider than the longest sentence allowed "
-                                             f"(data.max_sentence_length={max_sentence_length})")  # fmt: skip
-        for name, value in [("max_vocab_size", max_vocab_size), ("max_tokens", max_tokens), ("num_proc", num_proc),
-                            ("update_size", update_size)]:  # fmt: skip
+        check(
+            window <= max_sentence_length,
+            f"data.window={window} is wider than the longest sentence allowed "
+            f"(data.max_sentence_length={max_sentence_length})",
+        )
+        for name, value in [
+            ("max_vocab_size", max_vocab_size),
+            ("max_tokens", max_tokens),
+            ("num_proc", num_proc),
+            ("update_size", update_size),
+        ]:
             check_int(f"data.{name}", value, optional=True)
         check_number("data.sample", sample, 0)
         check_number("data.val_fraction", val_fraction, 0, 1, high_open=True)
         check_number("data.ns_exponent", ns_exponent)
         check_choice("data.pair_order", pair_order, (None, "sides", "windows", "pairs"))
         check(isinstance(respect_lines, bool), f"data.respect_lines must be true or false, got {respect_lines!r}")
-        check(device == "auto" or _is_device(device), f"data.device must be 'auto', 'cpu' or a torch device such as 'cuda:0', got {device!r}")
+        check(
+            device == "auto" or _is_device(device),
+            f"data.device must be 'auto', 'cpu' or a torch device such as 'cuda:0', got {device!r}",
+        )
         check_tokenizer(tokenizer)
         self.source = Source(path, format, text_column, dataset, dataset_config, split)
         self.save_hyperparameters(logger=False)
@@ -120,10 +135,20 @@ class Word2VecDataModule(L.LightningDataModule):
         if self.corpus is None:
             h = self.hparams
             self.corpus = prepare_corpus(
-                None, h.tokenizer, h.min_count, h.max_vocab_size, h.max_tokens,
-                h.val_fraction, h.val_max_tokens, h.max_sentence_length, h.seed,
-                source=self.source, respect_lines=h.respect_lines, num_proc=h.num_proc, cache_dir=h.cache_dir,
-            )  # fmt: skip
+                None,
+                h.tokenizer,
+                h.min_count,
+                h.max_vocab_size,
+                h.max_tokens,
+                h.val_fraction,
+                h.val_max_tokens,
+                h.max_sentence_length,
+                h.seed,
+                source=self.source,
+                respect_lines=h.respect_lines,
+                num_proc=h.num_proc,
+                cache_dir=h.cache_dir,
+            )
             if self.corpus.train.n_tokens < 2:
                 raise Word2VecError("corpus has fewer than 2 in-vocabulary tokens: nothing to train on")
         return self.corpus
@@ -147,9 +172,19 @@ class Word2VecDataModule(L.LightningDataModule):
 
     def _epochs(self, corpus, **overrides: Any) -> Epochs:
         h = self.hparams
-        negatives = (h.negatives, h.shared_negatives) if self.draws_negatives else (0, 0)  # (none for hierarchical softmax)
-        options = dict(window=h.window, negatives=negatives[0], shared_negatives=negatives[1], batch_size=h.batch_size,
-                       update_size=self.update_size, chunk_tokens=h.chunk_tokens, seed=h.seed, pair_order=self.pair_order)  # fmt: skip
+        negatives = (
+            (h.negatives, h.shared_negatives) if self.draws_negatives else (0, 0)
+        )  # (none for hierarchical softmax)
+        options = dict(
+            window=h.window,
+            negatives=negatives[0],
+            shared_negatives=negatives[1],
+            batch_size=h.batch_size,
+            update_size=self.update_size,
+            chunk_tokens=h.chunk_tokens,
+            seed=h.seed,
+            pair_order=self.pair_order,
+        )
         return Epochs(corpus, self.keep_prob, self.noise, self.example, **{**options, **overrides})
 
     @cached_property
@@ -180,10 +215,15 @@ class Word2VecDataModule(L.LightningDataModule):
         h = self.hparams
         if self.example == "windows":  # a step and an update must hold a whole window
             for name in ("batch_size", "update_size"):
-                check(h[name] is None or h[name] >= 2 * h.window, f"data.{name}={h[name]} pairs cannot hold a window of "
-                                                                  f"2 x data.window={2 * h.window} words")  # fmt: skip
-        check(self.train_set.pairs() > 0, f"{self.source.describe()} gives no (centre, context) pairs to train on: no "
-                                          "line keeps two in-vocabulary words (lower data.min_count or data.sample?)")  # fmt: skip
+                check(
+                    h[name] is None or h[name] >= 2 * h.window,
+                    f"data.{name}={h[name]} pairs cannot hold a window of 2 x data.window={2 * h.window} words",
+                )
+        check(
+            self.train_set.pairs() > 0,
+            f"{self.source.describe()} gives no (centre, context) pairs to train on: no "
+            "line keeps two in-vocabulary words (lower data.min_count or data.sample?)",
+        )
 
     def follow_model(self, model: L.LightningModule) -> None:
         """Make what the model's family trains on: its kind of example, updates no larger than it
@@ -193,7 +233,10 @@ class Word2VecDataModule(L.LightningDataModule):
         self.draws_negatives = getattr(model, "needs_negatives", True)
         self.cap_update_size(family.max_update_size)
         if self.hparams.pair_order is None and family.pair_order != self.pair_order:
-            log.info("data.pair_order=null gives the model's order: %s (set data.pair_order to choose another)", family.pair_order)
+            log.info(
+                "data.pair_order=null gives the model's order: %s (set data.pair_order to choose another)",
+                family.pair_order,
+            )
             self.pair_order = family.pair_order
 
     def share_updates(self, workers: int) -> None:
@@ -208,15 +251,24 @@ class Word2VecDataModule(L.LightningDataModule):
             configured = self.hparams.update_size or self.hparams.batch_size
             self.update_size = min(self.update_size or configured, -(-configured // workers))
             self.shared_by = workers
-            log.info("%d lock-free workers take updates of %s pairs each (data.update_size=%s in flight together)",
-                     workers, f"{self.update_size:,}", f"{configured:,}")
+            log.info(
+                "%d lock-free workers take updates of %s pairs each (data.update_size=%s in flight together)",
+                workers,
+                f"{self.update_size:,}",
+                f"{configured:,}",
+            )
 
     def cap_update_size(self, most: int | None) -> None:
         """Take updates of at most ``most`` pairs (a family's limit), saying so when that lowers
         ``data.update_size``. Before the steps are first made."""
         h = self.hparams
         if most is not None and (self.update_size or h.batch_size) > most:
-            log.info("data.update_size=%s lowered to %d: the model takes updates of at most %d pairs", h.update_size, most, most)
+            log.info(
+                "data.update_size=%s lowered to %d: the model takes updates of at most %d pairs",
+                h.update_size,
+                most,
+                most,
+            )
             self.update_size = most
 
     def train_dataloader(self) -> DataLoader:
@@ -228,8 +280,17 @@ class Word2VecDataModule(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=None) if self.val_set else []
 
     # -- checkpoints -------------------------------------------------------------------------
-    BATCH_KEYS = ("window", "negatives", "shared_negatives", "ns_exponent", "sample", "batch_size", "update_size",
-                  "chunk_tokens", "seed")  # fmt: skip (and the order of pairs, resolved)
+    BATCH_KEYS = (  # (and the order of pairs, resolved)
+        "window",
+        "negatives",
+        "shared_negatives",
+        "ns_exponent",
+        "sample",
+        "batch_size",
+        "update_size",
+        "chunk_tokens",
+        "seed",
+    )
 
     def resume_settings(self, world_size: int, device_type: str, cpu_workers: int = 1) -> dict[str, Any]:
         """What decides an epoch's steps besides the corpus (by config key): a resumed run skips the

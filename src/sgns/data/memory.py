@@ -81,7 +81,9 @@ def run_apart(work: Callable[[], None], leftover: Callable[[int], None] = lambda
     finally:
         process.join()
     if error is EOFError:
-        error = Word2VecError(f"corpus preparation stopped without a result (exit code {process.exitcode}; out of memory?)")
+        error = Word2VecError(
+            f"corpus preparation stopped without a result (exit code {process.exitcode}; out of memory?)"
+        )
     if error is not None:
         raise error
 
@@ -118,7 +120,11 @@ def page_out(column: pa.Array | pa.ChunkedArray) -> None:
         if data is None:
             continue
         offsets = np.frombuffer(offsets_buffer, dtype=np.int64 if pa.types.is_large_string(chunk.type) else np.int32)
-        _advise_pages_inside(data.address + int(offsets[chunk.offset]), data.address + int(offsets[chunk.offset + len(chunk)]), _MADV_PAGEOUT)
+        _advise_pages_inside(
+            data.address + int(offsets[chunk.offset]),
+            data.address + int(offsets[chunk.offset + len(chunk)]),
+            _MADV_PAGEOUT,
+        )
 
 
 def _advise_pages_inside(start: int, end: int, advice: int) -> None:

@@ -33,6 +33,7 @@ from sgns.errors import check
 
 log = logging.getLogger("sgns")
 
+
 def _split_long(lengths: np.ndarray, cap: int) -> np.ndarray:
     """Split sentences longer than ``cap`` tokens into pieces (gensim caps at 10,000)."""
     pieces = np.maximum(1, -(-lengths // cap))
@@ -69,8 +70,17 @@ def prepare_corpus(
     """
     check_tokenizer(tokenizer)
     source = source or Source(path=path)
-    settings = Settings(tokenizer, min_count, max_vocab_size, max_tokens, val_fraction, val_max_tokens,
-                        max_sentence_length, respect_lines, seed if val_fraction > 0 else 0)  # fmt: skip
+    settings = Settings(
+        tokenizer,
+        min_count,
+        max_vocab_size,
+        max_tokens,
+        val_fraction,
+        val_max_tokens,
+        max_sentence_length,
+        respect_lines,
+        seed if val_fraction > 0 else 0,
+    )
     key = source.key()
     dataset = None
     if key is None:  # Hub: the fingerprint of the loaded dataset is its content key
@@ -81,14 +91,20 @@ def prepare_corpus(
         log.warning("corpus: cache entry %s is damaged (%s); preparing it again", entry, problem)
         shutil.rmtree(entry)
     if not entry.exists():
-        run_apart(lambda: _build(dataset if dataset is not None else load(source), settings, entry, num_proc, source.describe()),
-               leftover=lambda pid: shutil.rmtree(temporary(entry, pid), ignore_errors=True))
+        run_apart(
+            lambda: _build(
+                dataset if dataset is not None else load(source), settings, entry, num_proc, source.describe()
+            ),
+            leftover=lambda pid: shutil.rmtree(temporary(entry, pid), ignore_errors=True),
+        )
     else:
         log.info("corpus: cached preparation %s", entry)
     return open_entry(entry)
 
 
-def _tokens(batch: pa.Table, indices: list[int], tokenizer: str, limit: tuple[int, int] | None) -> tuple[pa.Array, np.ndarray]:
+def _tokens(
+    batch: pa.Table, indices: list[int], tokenizer: str, limit: tuple[int, int] | None
+) -> tuple[pa.Array, np.ndarray]:
     """A batch's flat tokens and line lengths; the line ``limit[0]`` (the last one read) keeps ``limit[1]`` tokens."""
     flat, lengths = tokenize_batch(batch["text"], tokenizer)
     page_out(batch["text"])
@@ -119,12 +135,18 @@ def _count_batch(batch: pa.Table, indices: list[int], tokenizer: str, limit, see
     flat, lengths = _tokens(batch, indices, tokenizer, limit)
     counts = pc.value_counts(flat)
     rows = np.asarray(indices)
-    candidates = _held_out_candidates(rows, seed, fraction) & (lengths > 0) if fraction > 0 else np.zeros(len(rows), bool)
-    return pa.table({
-        "words": _one_row(counts.field("values")), "counts": _one_row(counts.field("counts")),
-        "candidates": _one_row(rows[candidates].astype(np.int64)), "lengths": _one_row(lengths[candidates]),
-        "lines": pa.array([int((lengths > 0).sum())], pa.int64()),
-    })  # fmt: skip
+    candidates = (
+        _held_out_candidates(rows, seed, fraction) & (lengths > 0) if fraction > 0 else np.zeros(len(rows), bool)
+    )
+    return pa.table(
+        {
+            "words": _one_row(counts.field("values")),
+            "counts": _one_row(counts.field("counts")),
+            "candidates": _one_row(rows[candidates].astype(np.int64)),
+            "lengths": _one_row(lengths[candidates]),
+            "lines": pa.array([int((lengths > 0).sum())], pa.int64()),
+        }
+    )
 
 
 def _encode_batch(batch: pa.Table, indices: list[int], tokenizer: str, limit, words: pa.Array) -> pa.Table:
@@ -181,7 +203,9 @@ class _CountMerger:
 def _auto_num_proc(ds, num_proc: int | None) -> int | None:
     if num_proc is None:  # processes pay off from a few tens of MB of text
         num_proc = min(os.cpu_count() or 1, max(1, ds.data.nbytes // (32 << 20)))
-    check(isinstance(num_proc, int) and num_proc >= 1, f"data.num_proc must be null or an integer >= 1, got {num_proc!r}")
+    check(
+        isinstance(num_proc, int) and num_proc >= 1, f"data.num_proc must be null or an integer >= 1, got {num_proc!r}"
+    )
     return num_proc if num_proc > 1 else None
 
 
@@ -199,10 +223,15 @@ def _build(ds, s: Settings, entry: Path, num_proc: int | None, name: str) -> Non
         ds = ds.with_format("arrow")  # map functions get and return pyarrow tables
         common = dict(batched=True, with_indices=True, num_proc=procs, remove_columns=["text"])
         counted = ds.map(
-            _count_batch, batch_size=10_000, fn_kwargs=dict(tokenizer=s.tokenizer, limit=limit, seed=s.seed, fraction=s.val_fraction),
-            cache_file_name=str(tmp / "passes" / "count.arrow"), new_fingerprint=f"{entry.name}-count", desc="count words",
-            writer_batch_size=4, **common,  # each output row holds a whole batch's counts: flush them often
-        )  # fmt: skip
+            _count_batch,
+            batch_size=10_000,
+            fn_kwargs=dict(tokenizer=s.tokenizer, limit=limit, seed=s.seed, fraction=s.val_fraction),
+            cache_file_name=str(tmp / "passes" / "count.arrow"),
+            new_fingerprint=f"{entry.name}-count",
+            desc="count words",
+            writer_batch_size=4,
+            **common,  # each output row holds a whole batch's counts: flush them often
+        )
         merger, candidates, candidate_lengths, lines = _CountMerger(), [], [], 0
         for rows in _read_batches(counted):
             merger.add(pc.list_flatten(rows["words"]), pc.list_flatten(rows["counts"]))
@@ -214,8 +243,13 @@ def _build(ds, s: Settings, entry: Path, num_proc: int | None, name: str) -> Non
         raw_tokens = int(counts.sum())
         check(raw_tokens > 0, f"corpus is empty (no tokens found): {name}")
 
-        val_lines = _held_out_lines(np.concatenate(candidates), np.concatenate(candidate_lengths),
-                                    s.val_fraction * raw_tokens, s.val_max_tokens, s.seed)  # fmt: skip
+        val_lines = _held_out_lines(
+            np.concatenate(candidates),
+            np.concatenate(candidate_lengths),
+            s.val_fraction * raw_tokens,
+            s.val_max_tokens,
+            s.seed,
+        )
         val_lines = val_lines[: lines - 1]  # never hold out every line
         if len(val_lines):  # the vocabulary is counted on training lines only
             held = ds.select(val_lines).with_format("arrow")[:]
@@ -229,9 +263,14 @@ def _build(ds, s: Settings, entry: Path, num_proc: int | None, name: str) -> Non
         pa.default_memory_pool().release_unused()  # the encode workers fork from this process
 
         encoded = ds.map(
-            _encode_batch, batch_size=10_000, fn_kwargs=dict(tokenizer=s.tokenizer, limit=limit, words=pa.array(vocab.words, pa.string())),
-            cache_file_name=str(tmp / "passes" / "encode.arrow"), new_fingerprint=f"{entry.name}-encode", desc="encode", **common,
-        )  # fmt: skip
+            _encode_batch,
+            batch_size=10_000,
+            fn_kwargs=dict(tokenizer=s.tokenizer, limit=limit, words=pa.array(vocab.words, pa.string())),
+            cache_file_name=str(tmp / "passes" / "encode.arrow"),
+            new_fingerprint=f"{entry.name}-encode",
+            desc="encode",
+            **common,
+        )
         _write_ids(encoded, val_lines, s, tmp)
         del encoded
         vocab.save(tmp / "vocab.txt")
@@ -299,7 +338,9 @@ def _write_ids(encoded, val_lines: np.ndarray, s: Settings, out: Path) -> None:
     np.save(out / "val_ids.npy", np.concatenate(val_ids).astype(np.int32) if val_ids else np.empty(0, np.int32))
 
 
-def _held_out_lines(candidates: np.ndarray, lengths: np.ndarray, budget: float, max_tokens: int, seed: int) -> np.ndarray:
+def _held_out_lines(
+    candidates: np.ndarray, lengths: np.ndarray, budget: float, max_tokens: int, seed: int
+) -> np.ndarray:
     """Candidate lines in a seeded random order, taken while their tokens fit the budget."""
     if len(candidates) == 0 or budget <= 0:
         return np.empty(0, dtype=np.int64)

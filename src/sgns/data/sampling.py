@@ -66,7 +66,10 @@ def subsample(
     tokens: torch.Tensor, sentence: torch.Tensor, keep_prob: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop each token independently with 1 - keep_prob[token]; windows are formed afterwards."""
-    keep = torch.rand(len(tokens), generator=generator, dtype=torch.float64, device=tokens.device) < keep_prob[tokens.long()]
+    keep = (
+        torch.rand(len(tokens), generator=generator, dtype=torch.float64, device=tokens.device)
+        < keep_prob[tokens.long()]
+    )
     return tokens[keep], sentence[keep]
 
 

@@ -42,7 +42,10 @@ class Source:
     split: str = "train"
 
     def __post_init__(self) -> None:
-        check(self.format in (None, "text", "json", "parquet"), f"data.format must be text, json, parquet or null, got {self.format!r}")
+        check(
+            self.format in (None, "text", "json", "parquet"),
+            f"data.format must be text, json, parquet or null, got {self.format!r}",
+        )
         check(not (self.path and self.dataset), "set either data.path (local files) or data.dataset (Hub), not both")
 
     @property
@@ -66,9 +69,15 @@ class Source:
             else:
                 path = Path(pattern)
                 check(path.exists(), f"corpus file not found: {path}")
-                check(not path.is_dir(), f"corpus path is a directory, not a file: {path} (use a glob such as {path}/*.txt)")
-                check(path.is_file(), f"corpus path is not a regular file: {path} (a named pipe or a device is read "
-                                      "more than once; write the text to a file first)")  # fmt: skip
+                check(
+                    not path.is_dir(),
+                    f"corpus path is a directory, not a file: {path} (use a glob such as {path}/*.txt)",
+                )
+                check(
+                    path.is_file(),
+                    f"corpus path is not a regular file: {path} (a named pipe or a device is read "
+                    "more than once; write the text to a file first)",
+                )
                 files.append(path)
         return distinct_files(files)
 
@@ -84,7 +93,9 @@ class Source:
         if self.is_hub:
             return None
         files = self.files
-        compression = ",".join(f.suffix.lower() if f.suffix.lower() in COMPRESSED else "-" for f in files)  # how the bytes are read
+        compression = ",".join(
+            f.suffix.lower() if f.suffix.lower() in COMPRESSED else "-" for f in files
+        )  # how the bytes are read
         return f"files:{self.file_format(files)}:{self.text_column}:{compression}:{content_key(files)}"
 
     def describe(self) -> str:
@@ -107,8 +118,12 @@ def distinct_files(files: list[Path]) -> list[Path]:
             seen.add((stat.st_dev, stat.st_ino))
             kept.append(path)
     if repeats:
-        log.warning("corpus: %d path(s) reach a file already read (through links or named twice) and are skipped, "
-                    "e.g. %s; each file counts once (to weigh a file more, copy it)", len(repeats), repeats[0])
+        log.warning(
+            "corpus: %d path(s) reach a file already read (through links or named twice) and are skipped, "
+            "e.g. %s; each file counts once (to weigh a file more, copy it)",
+            len(repeats),
+            repeats[0],
+        )
     return kept
 
 
@@ -150,9 +165,15 @@ def check_not_binary(path: Path) -> None:
             head = raw.read(1 << 16)
     except Exception as exc:
         raise Word2VecError(f"cannot read corpus {path}: {_first_line(exc)}") from None
-    for encoding, marks in (("UTF-32", (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)), ("UTF-16", (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))):
-        check(not head.startswith(marks), f"corpus {path} is {encoding} text (it begins with a {encoding} byte-order mark); "
-                                          f"save it as UTF-8 (for example: iconv -f {encoding} -t UTF-8)")  # fmt: skip
+    for encoding, marks in (
+        ("UTF-32", (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)),
+        ("UTF-16", (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)),
+    ):
+        check(
+            not head.startswith(marks),
+            f"corpus {path} is {encoding} text (it begins with a {encoding} byte-order mark); "
+            f"save it as UTF-8 (for example: iconv -f {encoding} -t UTF-8)",
+        )
     check(b"\0" not in head, f"corpus {path} looks like a binary file (NUL bytes), not text")
 
 
@@ -175,7 +196,10 @@ def _damage(files: list[Path], kind: str) -> str | None:
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hub endpoint accepts a TCP connection (datasets itself retries for ~25 s)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+    if (
+        os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    ):
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
@@ -227,10 +251,16 @@ def load(source: Source):
             cause = exc.__cause__ if exc.__cause__ is not None else exc  # datasets wraps the reader's error
             raise Word2VecError(f"cannot read corpus {source.describe()} as {kind}: {_first_line(cause)}") from None
         column = "text" if kind == "text" else source.text_column
-    check(column in ds.column_names, f"{source.describe()} has no column {column!r}; its columns are {ds.column_names} (set data.text_column)")
+    check(
+        column in ds.column_names,
+        f"{source.describe()} has no column {column!r}; its columns are {ds.column_names} (set data.text_column)",
+    )
     dtype = getattr(ds.features[column], "dtype", None)
-    check(dtype in ("string", "large_string"), f"column {column!r} of {source.describe()} holds {dtype or 'lists or records'}, "
-                                               f"not text (its columns: {ds.column_names}; set data.text_column)")  # fmt: skip
+    check(
+        dtype in ("string", "large_string"),
+        f"column {column!r} of {source.describe()} holds {dtype or 'lists or records'}, "
+        f"not text (its columns: {ds.column_names}; set data.text_column)",
+    )
     ds = ds.select_columns([column])
     return ds.rename_column(column, "text") if column != "text" else ds
 

@@ -21,7 +21,9 @@ _SPLIT = {"lower": r"[^\p{L}\p{N}]+", "text8": r"[^\p{L}]+"}  # RE2: what separa
 def _jieba_lists(texts: list[str | None]) -> pa.Array:
     import jieba
 
-    return pa.array([[w.lower() for w in jieba.lcut(t) if _WORD.search(w)] if t else [] for t in texts], pa.list_(pa.string()))
+    return pa.array(
+        [[w.lower() for w in jieba.lcut(t) if _WORD.search(w)] if t else [] for t in texts], pa.list_(pa.string())
+    )
 
 
 def tokenize_batch(texts: pa.Array | pa.ChunkedArray, tokenizer: str) -> tuple[pa.Array, np.ndarray]:
@@ -55,7 +57,9 @@ def _one_line(tokenizer: str) -> Callable[[str], list[str]]:
     return tokenize
 
 
-TOKENIZERS: dict[str, Callable[[str], list[str]]] = {name: _one_line(name) for name in ("lower", "text8", "whitespace", "jieba")}
+TOKENIZERS: dict[str, Callable[[str], list[str]]] = {
+    name: _one_line(name) for name in ("lower", "text8", "whitespace", "jieba")
+}
 
 
 def check_tokenizer(name: str) -> None:

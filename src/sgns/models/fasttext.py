@@ -39,10 +39,18 @@ def note_table_size(buckets: int, dim: int, used: int, words: int) -> None:
     if megabytes < 100 or used * 20 > buckets:
         return
     smaller = min(buckets, max(100_000, math.ceil(10 * used / 100_000) * 100_000))
-    log.warning("fastText: model.net.buckets=%s rows of %d values make a %s MB n-gram table, and last.ckpt and fasttext.bin "
-                "about as large; this vocabulary's %s words use %s of the rows. For a corpus this small, "
-                "model.net.buckets=%d makes them about %s MB", f"{buckets:,}", dim, f"{megabytes:,.0f}", f"{words:,}",
-                f"{used:,}", smaller, f"{smaller * dim * 4 / 1e6:,.0f}")
+    log.warning(
+        "fastText: model.net.buckets=%s rows of %d values make a %s MB n-gram table, and last.ckpt and fasttext.bin "
+        "about as large; this vocabulary's %s words use %s of the rows. For a corpus this small, "
+        "model.net.buckets=%d makes them about %s MB",
+        f"{buckets:,}",
+        dim,
+        f"{megabytes:,.0f}",
+        f"{words:,}",
+        f"{used:,}",
+        smaller,
+        f"{smaller * dim * 4 / 1e6:,.0f}",
+    )
 
 
 class FastText(WordModel):
@@ -57,8 +65,17 @@ class FastText(WordModel):
     # speed at a point or two of analogy (docs/benchmarks.md); data.pair_order=sides gets those back
     pair_order = "windows"
 
-    def __init__(self, vocab_size: int, embedding_dim: int = 100, words: Sequence[str] | None = None, min_n: int = 3,
-                 max_n: int = 6, buckets: int = 2_000_000, sparse: bool = False, objective=None):
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int = 100,
+        words: Sequence[str] | None = None,
+        min_n: int = 3,
+        max_n: int = 6,
+        buckets: int = 2_000_000,
+        sparse: bool = False,
+        objective=None,
+    ):
         super().__init__(vocab_size, embedding_dim, sparse, objective)
         check_int("model.net.min_n", min_n)
         check_int("model.net.max_n", max_n)
@@ -81,7 +98,9 @@ class FastText(WordModel):
         start, count = self.ngram_offsets[words], self.ngram_offsets[words + 1] - self.ngram_offsets[words]
         first = torch.cumsum(count, 0) - count  # where each word's rows begin in the flat list
         total = int(count.sum())
-        flat = torch.arange(total, device=words.device) + torch.repeat_interleave(start - first, count, output_size=total)
+        flat = torch.arange(total, device=words.device) + torch.repeat_interleave(
+            start - first, count, output_size=total
+        )
         return self.ngram_rows[flat], count
 
     def bag(self, batch: Batch, grouped: bool) -> Bag:
@@ -94,8 +113,13 @@ class FastText(WordModel):
         else:
             centres, owner, runs = batch.center, None, None
         rows, count = self._ngrams(centres)
-        return Bag([(self.center_embed, centres, None), (self.ngram_embed, rows, count)], batch.context, size=count + 1,
-                   owner=owner, runs=runs)
+        return Bag(
+            [(self.center_embed, centres, None), (self.ngram_embed, rows, count)],
+            batch.context,
+            size=count + 1,
+            owner=owner,
+            runs=runs,
+        )
 
     def _inputs(self, words: torch.Tensor) -> torch.Tensor:
         """h [N, d] of ``words`` [N]: the mean of each one's row and its n-gram rows."""

@@ -72,10 +72,11 @@ def summarise(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_summary(sweep_dir: str | Path) -> str:
-    """Write summary.csv and summary.md into the sweep directory; return the Markdown table."""
+def write_summary(sweep_dir: str | Path, rows: list[dict[str, Any]] | None = None) -> str:
+    """Write summary.csv and summary.md of ``rows`` (default: ``summarise``) into the sweep
+    directory; return the Markdown table."""
     sweep_dir = Path(sweep_dir)
-    rows = summarise(sweep_dir)
+    rows = summarise(sweep_dir) if rows is None else rows
     if not rows:
         return ""
 
@@ -122,10 +123,10 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         logging.getLogger(_OPTUNA_LOG).removeFilter(getattr(self, "_filter", None))
         sweep_dir = Path(config.hydra.sweep.dir)
-        table = write_summary(sweep_dir)
+        rows = summarise(sweep_dir)
+        table = write_summary(sweep_dir, rows)
         if table:
             print(f"\nsweep summary ({sweep_dir / 'summary.csv'}):\n{table}", flush=True)
-        rows = summarise(sweep_dir)
         failed = [row for row in rows if row["status"] != "ok"]
         if failed:
             every = "every one" if len(failed) == len(rows) else f"{len(failed)}"

@@ -39,6 +39,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="Lightning steps of 65,536 pairs to time")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--torch-form",
+        dest="in_place",
+        action="store_false",
+        help="the objective's torch form even where training uses its compiled update (kernels.py)",
+    )
     args = parser.parse_args()
     if not args.corpus.is_file():
         parser.error(f"corpus not found: {args.corpus} (run compare_gensim.py once, or give --corpus)")
@@ -70,7 +76,7 @@ def main() -> None:
             for size in sizes if r % 2 == 0 else sizes[::-1]:
                 started = time.perf_counter()
                 for update in cut[size]:
-                    apply_sgd(None, module.net.row_gradients(update, -0.001, False)[1])
+                    apply_sgd(None, module.net.row_gradients(update, -0.001, False, in_place=args.in_place)[1])
                 seconds[size].append((time.perf_counter() - started) / pairs * 1e6)
     print(f"{args.model}, {pairs:,} pairs, {args.threads} thread(s): seconds per 1M pairs")
     for size in sizes:

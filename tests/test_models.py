@@ -126,7 +126,10 @@ def test_every_cbow_window_word_receives_the_hidden_layers_gradient():
         words = batch.context[0][batch.mask[0]]
         h = net.center_embed.weight[words].mean(0) if family == "cbow" else net.center_embed.weight[words].sum(0)
         h = h.detach().requires_grad_()
-        u_c, u_neg = net.outside_embed.weight[batch.center[0]].detach(), net.outside_embed.weight[batch.negatives[0]].detach()
+        u_c, u_neg = (
+            net.outside_embed.weight[batch.center[0]].detach(),
+            net.outside_embed.weight[batch.negatives[0]].detach(),
+        )
         sgns_loss((h @ u_c).reshape(1), (u_neg @ h).reshape(1, -1), batch.neg_weight).sum().backward()
         expected = h.grad if family == "cbow" else h.grad / len(words)
         net.loss(batch).sum().backward()
@@ -157,9 +160,39 @@ def test_row_gradients_equal_autograd(family, negatives, scale, objective):
     assert fused.row_gradients(batch, with_loss=False)[0] is None
 
 
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("negatives", ["shared", "runs"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_in_place_steps_are_the_same_sgd_update(family, negatives, objective):
+    """With CPU SGD in one process, the compiled steps (kernels.py) land in place: a bag's rows
+    (CBOW's window, fastText's n-grams) and HS's inner nodes are not returned, and the
+    tables and loss are those of the returned rows applied by apply_sgd."""
+    rows_net, in_place_net = _pair(family, objective=objective)
+    for step in range(3):
+        batch = _batch(family, negatives, seed=step)
+        loss, updates = rows_net.row_gradients(batch, scale=-0.2)
+        apply_sgd(None, updates)
+        fused_loss, fused_updates = in_place_net.row_gradients(batch, scale=-0.2, in_place=True)
+        returned = {id(table) for table, _, _ in fused_updates}
+        assert (id(in_place_net.outside_embed.weight) in returned) == (objective == "ns")
+        one_row_each = family in ("skipgram", "fasttext")  # the word's own row: returned as before
+        assert (id(in_place_net.center_embed.weight) in returned) == one_row_each
+        if family == "fasttext":
+            assert id(in_place_net.ngram_embed.weight) not in returned
+        apply_sgd(None, fused_updates)
+        assert fused_loss.item() == pytest.approx(loss.item(), rel=1e-12)
+    start = _net(family, objective=objective)
+    for a, b, c in zip(rows_net.parameters(), in_place_net.parameters(), start.parameters()):
+        assert torch.allclose(a, b, atol=1e-12)
+        assert not torch.allclose(b, c)  # every table moved
+
+
 def _run(family, negatives, optimizer_cls, apply, steps=5, objective="ns", **kwargs):
     reference, fused = _pair(family, objective=objective)
-    ref_opt, fused_opt = optimizer_cls(list(reference.parameters()), **kwargs), optimizer_cls(list(fused.parameters()), **kwargs)
+    ref_opt, fused_opt = (
+        optimizer_cls(list(reference.parameters()), **kwargs),
+        optimizer_cls(list(fused.parameters()), **kwargs),
+    )
     for step in range(steps):
         batch = _batch(family, negatives, seed=step)
         ref_opt.zero_grad()
@@ -248,7 +281,9 @@ def test_the_fasttext_input_is_the_mean_of_the_word_and_its_ngram_rows():
         assert torch.allclose(net.word_vectors()[c], h.detach())
     one = Batch(batch.center[:1], batch.context[:1], batch.negatives, 1.0)
     h = net.word_vectors()[one.center[0]].clone().requires_grad_()
-    sgns_loss((h @ Uw[one.context[0]].detach()).reshape(1), (Uw[one.negatives[0]].detach() @ h).reshape(1, -1)).sum().backward()
+    sgns_loss(
+        (h @ Uw[one.context[0]].detach()).reshape(1), (Uw[one.negatives[0]].detach() @ h).reshape(1, -1)
+    ).sum().backward()
     _, updates = net.row_gradients(one)
     assert torch.allclose(updates[0][2][0], h.grad) and all(torch.allclose(g, h.grad) for g in updates[1][2])
     assert len(updates[1][1]) == len(ft_ngram_hashes(WORDS[int(one.center[0])], 2, 4, 13))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgns.errors import check_int
+from sgns.kernels import bag_sgd
 from sgns.models.objectives import NegativeSampling, Objective
 
 Update = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (table, rows, gradient rows); repeated rows add up
@@ -142,26 +143,28 @@ class WordModel(nn.Module):
 
     @torch.no_grad()
     def row_gradients(
-        self, batch: Batch, scale: float = 1.0, with_loss: bool = True
+        self, batch: Batch, scale: float = 1.0, with_loss: bool = True, in_place: bool = False
     ) -> tuple[torch.Tensor | None, list[Update]]:
         """Mean loss and the rows' updates of ``scale`` × the summed loss, in closed form: h once per
         input of the bag, the objective's gradients, and every row of the bag receiving its input's
-        dL/dh (repeated rows add up)."""
+        dL/dh (repeated rows add up). ``in_place``: plain SGD (``scale`` = -lr) on the CPU in one
+        process; a bag's rows (and an objective's rows where it can) take their compiled steps here
+        (``kernels.py``) instead of being returned."""
         bag = self.bag(batch, grouped=True)
         h = self.hidden(bag)
         loss, grad_h, outputs = self.objective.gradients(
-            h, bag.targets, bag.owner, bag.runs, batch, self.outside_embed.weight, scale, with_loss
+            h, bag.targets, bag.owner, bag.runs, batch, self.outside_embed.weight, scale, with_loss, in_place
         )
         if bag.size is not None and not bag.mean:
             grad_h /= bag.size.clamp_min(1).unsqueeze(1).to(grad_h.dtype)
-        inputs = [
-            (
-                table.weight,
-                rows,
-                grad_h if sizes is None else grad_h.repeat_interleave(sizes, dim=0, output_size=len(rows)),
-            )
-            for table, rows, sizes in bag.segments
-        ]
+        inputs = []
+        for table, rows, sizes in bag.segments:
+            if sizes is None:
+                inputs.append((table.weight, rows, grad_h))
+            elif in_place:  # (everything above is computed: the step may land now)
+                bag_sgd(table.weight, rows, sizes, grad_h)
+            else:
+                inputs.append((table.weight, rows, grad_h.repeat_interleave(sizes, dim=0, output_size=len(rows))))
         return loss, inputs + outputs
 
     def word_vectors(self) -> torch.Tensor:

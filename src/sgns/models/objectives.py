@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgns.errors import check, check_choice
+from sgns.kernels import hs_sgd
 
 if TYPE_CHECKING:
     from sgns.models.base import Batch, Update
@@ -109,7 +110,10 @@ class Objective(nn.Module):
         output: torch.Tensor,
         scale: float,
         with_loss: bool,
+        in_place: bool = False,
     ) -> Gradients:
+        """``in_place``: the caller applies plain SGD (``scale`` = -lr) on the CPU in one process, so the
+        objective may step its output rows itself and return no updates for them."""
         raise NotImplementedError
 
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
@@ -126,7 +130,7 @@ class NegativeSampling(Objective):
         u_neg = output(batch.negatives.reshape(-1)).view(G, K, output.embedding_dim)
         return sgns_loss((h * output(targets)).sum(dim=-1), negative_scores(h, u_neg), batch.neg_weight)
 
-    def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss):
+    def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss, in_place=False):
         G, K = batch.negatives.shape
         u_neg = output.index_select(0, batch.negatives.reshape(-1)).view(G, K, output.shape[1])
         u_o = output.index_select(0, targets)
@@ -221,7 +225,10 @@ class HierarchicalSoftmax(Objective):
         decisions = -F.logsigmoid((1 - 2 * codes).to(scores.dtype) * scores)  # code 0: σ(x), code 1: σ(-x)
         return torch.zeros(len(targets), dtype=scores.dtype, device=scores.device).index_add(0, which, decisions)
 
-    def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss):
+    def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss, in_place=False):
+        if in_place:  # the same update, fused (kernels.py): no [E, d] temporaries
+            loss, grad_h = hs_sgd(h, owner, targets, self.points, self.codes, self.lengths, output, scale, with_loss)
+            return loss, grad_h, []
         h_t = h if owner is None else h.index_select(0, owner)  # [P, d]
         which, nodes, codes = self._paths(targets)
         h_e, u = h_t.index_select(0, which), output.index_select(0, nodes)  # [E, d]

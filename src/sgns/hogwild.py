@@ -41,6 +41,7 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
+from sgns import kernels
 from sgns.errors import Word2VecError, check
 from sgns.lightning_internals import Launcher
 from sgns.module import check_finite, wants_sparse_gradients
@@ -143,6 +144,7 @@ class WorkerPool:
         self.epoch, self.started = epoch, time.monotonic()
         self.finished.zero_()
         parent = os.getpid()
+        kernels.load()  # once here, not again in every worker
         for rank in range(1, self.size):
             self.positions[rank] = skips[rank]
             if skips[rank] >= limits[rank]:

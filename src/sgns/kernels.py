@@ -8,8 +8,11 @@ batched update in two passes over the path rows, a target's h staying in cache:
    share of dL/dh added to ``grad_h``;
 2. every inner node's SGD step, g × h, added in place.
 It is the same update as the torch form, to float rounding (tests compare the two); it runs on one
-thread, so in a lock-free worker nothing waits. Used on the CPU with SGD and one process (a DDP
-rank sends its rows to the others instead), else the torch form.
+thread, so in a lock-free worker nothing waits. ``bag_sgd`` adds a CBOW window's or a fastText
+word's dL/dh to each of its rows without the [E, d] copy that ``scatter_add_`` needs. Used with
+SGD in one process on the CPU (a DDP rank sends its rows to the others instead), on the updates
+whose loss is not read (a checked update that diverges stops the run before its step lands);
+elsewhere the torch form.
 
 numba is imported at the first call, so commands that never train do not pay for it, and the
 compiled loop is cached next to this file (``cache=True``).
@@ -33,8 +36,7 @@ def _compile():
     import numba
 
     @numba.njit(nogil=True, cache=True, fastmath=True)
-    def hs_sgd(h, owner, targets, points, codes, lengths, output, scale, grad_h, g, with_loss):
-        loss = 0.0
+    def hs_sgd(h, owner, targets, points, codes, lengths, output, scale, grad_h, g):
         e = 0
         for p in range(len(targets)):  # 1: scores and dL/dh from the snapshot
             t = targets[p]
@@ -44,9 +46,6 @@ def _compile():
                 f = h_p[0] * 0  # (the tables' precision: float32 products vectorise)
                 for k in range(len(row)):
                     f += h_p[k] * row[k]
-                x = f if codes[t, j] == 0 else -f  # code 0: log σ(f); code 1: log σ(-f)
-                if with_loss:
-                    loss -= min(x, 0.0) - math.log1p(math.exp(-abs(x)))
                 # d(scale × loss) / d f: word2vec.c's -(1 - code - σ(f))
                 g[e] = (1.0 / (1.0 + math.exp(-f)) - 1.0 + codes[t, j]) * scale
                 step = g[e]  # (in the tables' precision)
@@ -70,7 +69,6 @@ def _compile():
             row = output[first_hot + i]
             for k in range(len(row)):
                 row[k] += hot[i, k]
-        return loss
 
     @numba.njit(nogil=True, cache=True, fastmath=True)
     def bag_sgd(table, rows, sizes, grad):
@@ -86,7 +84,8 @@ def _compile():
     return hs_sgd, bag_sgd
 
 
-def _kernels():
+def load():
+    """The compiled loops (numba imported, and compiled or read from its cache, at the first call)."""
     global _compiled
     if _compiled is None:
         _compiled = _compile()
@@ -102,16 +101,15 @@ def hs_sgd(
     lengths: torch.Tensor,
     output: torch.Tensor,
     scale: float,
-    with_loss: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
+) -> torch.Tensor:
     """Hierarchical softmax's SGD update of ``output`` [V-1, d] in place, for inputs h [N, d] and
-    targets [P] (target p's input ``owner[p]``; None: p). Returns the mean loss (None unless
-    ``with_loss``) and dL/dh [N, d] of ``scale`` × the summed loss, for the bag's rows."""
+    targets [P] (target p's input ``owner[p]``; None: p). Returns dL/dh [N, d] of ``scale`` × the
+    summed loss, for the bag's rows."""
     h = h.contiguous()
     owner = torch.arange(len(targets)) if owner is None else owner
     grad_h = torch.zeros_like(h)
     g = np.empty(int(lengths[targets].sum()), dtype=h.numpy().dtype)
-    loss = _kernels()[0](
+    load()[0](
         h.numpy(),
         owner.numpy(),
         targets.numpy(),
@@ -122,14 +120,12 @@ def hs_sgd(
         float(scale),
         grad_h.numpy(),
         g,
-        with_loss,
     )
-    mean = torch.tensor(loss / max(1, len(targets)), dtype=h.dtype) if with_loss else None
-    return mean, grad_h
+    return grad_h
 
 
 def bag_sgd(table: torch.Tensor, rows: torch.Tensor, sizes: torch.Tensor, steps: torch.Tensor) -> None:
     """Add ``steps[b]`` [N, d] to each of bag b's rows of ``table`` in place (``rows`` [E], bag by bag,
     ``sizes`` [N]): the SGD step of a CBOW window's or a fastText word's rows without the [E, d] copy
     of every row's step that ``scatter_add_`` needs."""
-    _kernels()[1](table.detach().numpy(), rows.numpy(), sizes.numpy(), steps.contiguous().numpy())
+    load()[1](table.detach().numpy(), rows.numpy(), sizes.numpy(), steps.contiguous().numpy())

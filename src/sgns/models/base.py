@@ -148,7 +148,7 @@ class WordModel(nn.Module):
         """Mean loss and the rows' updates of ``scale`` × the summed loss, in closed form: h once per
         input of the bag, the objective's gradients, and every row of the bag receiving its input's
         dL/dh (repeated rows add up). ``in_place``: plain SGD (``scale`` = -lr) on the CPU in one
-        process; a bag's rows (and an objective's rows where it can) take their compiled steps here
+        process, no loss wanted; a bag's rows (and an objective's rows where it can) take their compiled steps here
         (``kernels.py``) instead of being returned."""
         bag = self.bag(batch, grouped=True)
         h = self.hidden(bag)

@@ -112,8 +112,9 @@ class Objective(nn.Module):
         with_loss: bool,
         in_place: bool = False,
     ) -> Gradients:
-        """``in_place``: the caller applies plain SGD (``scale`` = -lr) on the CPU in one process, so the
-        objective may step its output rows itself and return no updates for them."""
+        """``in_place``: the caller applies plain SGD (``scale`` = -lr) on the CPU in one process and
+        reads no loss (``with_loss`` false), so the objective may step its output rows itself and
+        return no updates for them."""
         raise NotImplementedError
 
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
@@ -226,9 +227,8 @@ class HierarchicalSoftmax(Objective):
         return torch.zeros(len(targets), dtype=scores.dtype, device=scores.device).index_add(0, which, decisions)
 
     def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss, in_place=False):
-        if in_place:  # the same update, fused (kernels.py): no [E, d] temporaries
-            loss, grad_h = hs_sgd(h, owner, targets, self.points, self.codes, self.lengths, output, scale, with_loss)
-            return loss, grad_h, []
+        if in_place:  # the same update, compiled (kernels.py): no [E, d] temporaries
+            return None, hs_sgd(h, owner, targets, self.points, self.codes, self.lengths, output, scale), []
         h_t = h if owner is None else h.index_select(0, owner)  # [P, d]
         which, nodes, codes = self._paths(targets)
         h_e, u = h_t.index_select(0, which), output.index_select(0, nodes)  # [E, d]

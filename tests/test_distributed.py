@@ -73,7 +73,8 @@ def test_ddp_sim_two_processes_train_like_one_process_with_the_double_batch(plan
     centre = state["net.center_embed.weight"]
     import hashlib
 
-    tables = b"".join(name[4:].encode() + state[name].numpy().tobytes() for name in ("net.center_embed.weight", "net.outside_embed.weight"))
+    roles = {"vectors": "net.center_embed.weight", "outputs": "net.outside_embed.weight"}
+    tables = b"".join(role.encode() + state[key].numpy().tobytes() for role, key in roles.items())
     assert hashlib.sha256(tables).hexdigest() == digests[0]
     exported = WordVectors.load_word2vec_format(tmp_path / "two" / "vectors.bin", binary=True)
     assert np.array_equal(exported.vectors, centre.numpy())

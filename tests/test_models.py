@@ -309,3 +309,14 @@ def test_a_fasttext_table_far_larger_than_its_vocabulary_uses_is_announced(caplo
     with caplog.at_level("WARNING", logger="sgns"):
         FastText(3, 16, words, buckets=200_000)  # 13 MB: not worth a line
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_table_is_declared(family, objective):
+    """A family's TABLES name all its parameters, so the digest, export and checkpoint keys miss none."""
+    net = _net(family, objective=objective)
+    assert {name for name, _ in net.named_parameters()} == {f"{a}.weight" for a in net.TABLES.values()}
+    assert all(table is getattr(net, net.TABLES[role]).weight for role, table in net.tables().items())
+    state = {f"net.{name}": value for name, value in net.state_dict().items()}
+    assert all(net.state_key(role) in state for role in net.TABLES)

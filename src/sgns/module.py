@@ -358,11 +358,10 @@ class Word2VecModule(L.LightningModule):
 
     @torch.no_grad()
     def weights_digest(self) -> bytes:
-        """SHA-256 of every table's bytes, in the net's order (centre, outside, then a family's own:
-        fastText's n-gram table was never compared across ranks)."""
+        """SHA-256 of every declared table's bytes (``WordModel.TABLES``: fastText's n-gram table too)."""
         digest = hashlib.sha256()
-        for name, table in self.net.named_parameters():
-            digest.update(name.encode() + table.detach().cpu().contiguous().numpy().tobytes())
+        for role, table in self.net.tables().items():
+            digest.update(role.encode() + table.detach().cpu().contiguous().numpy().tobytes())
         return digest.digest()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -372,7 +371,7 @@ class Word2VecModule(L.LightningModule):
         net, net_kwargs = _unpack(self.net_factory)  # the net's constructor arguments (nanoGPT's model_args)
         checkpoint["model_args"] = {
             "net": net.__name__,
-            "vocab_size": self.net.center_embed.num_embeddings,
+            "vocab_size": len(self.net.tables()["vectors"]),
             **{k: _plain(v) for k, v in net_kwargs.items()},
         }
 

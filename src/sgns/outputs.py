@@ -15,6 +15,8 @@ from lightning.fabric.plugins import TorchCheckpointIO
 
 from sgns.data.corpus import Vocabulary
 from sgns.errors import Word2VecError, check
+from sgns.models.base import WordModel
+from sgns.models.fasttext import FastText
 from sgns.vectors import SubwordVectors, WordVectors
 
 log = logging.getLogger("sgns")
@@ -77,9 +79,10 @@ def _export_run(
     if not hasattr(net, "ngram_vectors"):
         vectors = WordVectors(vocab.words, module.word_vectors(), vocab.counts)
         return vectors, export(vectors, vocab, output_dir, text, binary)
+    tables = net.tables()
     vectors = SubwordVectors(
         vocab.words,
-        net.center_embed.weight.detach().float().cpu(),
+        tables["vectors"].detach().float().cpu(),
         net.ngram_vectors().float().cpu(),
         net.min_n,
         net.max_n,
@@ -99,7 +102,7 @@ def _export_run(
     }
     if net.objective.name == "hs":  # the output rows are the Huffman tree's inner nodes
         settings |= {"hs": 1, "negative": 0}
-    outputs = net.outside_embed.weight.detach().float().cpu()
+    outputs = tables["outputs"].detach().float().cpu()
     model = write_atomically(
         Path(output_dir) / "fasttext.bin", lambda p: vectors.save_facebook_format(p, outputs, **settings)
     )
@@ -123,8 +126,8 @@ def export(
     return written
 
 
-VECTORS_KEY = "net.center_embed.weight"  # the word vectors, in a checkpoint's state_dict
-NGRAMS_KEY = "net.ngram_embed.weight"  # a subword model's n-gram table
+VECTORS_KEY = WordModel.state_key("vectors")  # the word vectors, in a checkpoint's state_dict
+NGRAMS_KEY = FastText.state_key("ngrams")  # a subword model's n-gram table
 DATA_KEY = "Word2VecDataModule"  # the data module's state: the vocabulary and the batch settings
 
 

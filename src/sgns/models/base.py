@@ -81,6 +81,10 @@ class WordModel(nn.Module):
     target = "context"  # the word an example predicts: its context (skip-gram, fastText) or its centre (CBOW)
     max_update_size: int | None = None  # the most pairs one update may hold (None: data.update_size decides)
     pair_order = "sides"  # the order of pairs data.pair_order=null gives this family (sides, windows or pairs)
+    # The family's tables, declared once (role -> attribute): the weights digest, the export, the
+    # checkpoint's keys and the ``sgns`` CLI read them from here. "outputs": the words' output rows,
+    # or the Huffman tree's inner nodes (model.objective=hs).
+    TABLES = {"vectors": "center_embed", "outputs": "outside_embed"}
 
     def __init__(
         self, vocab_size: int, embedding_dim: int = 100, sparse: bool = False, objective: Objective | None = None
@@ -92,6 +96,15 @@ class WordModel(nn.Module):
         nn.init.uniform_(self.center_embed.weight, -0.5 / embedding_dim, 0.5 / embedding_dim)
         nn.init.zeros_(self.outside_embed.weight)
         self.objective = objective if objective is not None else NegativeSampling()
+
+    @classmethod
+    def state_key(cls, role: str) -> str:
+        """Where a table's weights are in a checkpoint's ``state_dict`` (the module holds the net as ``net``)."""
+        return f"net.{cls.TABLES[role]}.weight"
+
+    def tables(self) -> dict[str, torch.Tensor]:
+        """Every declared table's weights, by role."""
+        return {role: getattr(self, name).weight for role, name in self.TABLES.items()}
 
     # -- what a family declares ------------------------------------------------------------------
     def bag(self, batch: Batch, grouped: bool) -> Bag:

@@ -104,3 +104,15 @@ def test_no_negatives_are_drawn_for_hierarchical_softmax(corpus, tmp_path):
     data.prepare()
     step = next(iter(data.train_set))
     assert all(update.negatives.numel() == 0 for update in step)
+
+
+def test_cbow_alpha_follows_its_objective_unless_given(tmp_path):
+    """CBOW's measured alphas: 0.1 with negative sampling, 0.05 (word2vec.c's) with HS; a given one stays."""
+    alpha = {
+        (): 0.1,
+        ("model.objective=hs",): 0.05,
+        ("model.objective=hs", "model.alpha=0.07"): 0.07,
+    }
+    for overrides, expected in alpha.items():
+        assert compose_train(tmp_path, ["model=cbow", *overrides]).model.alpha == expected
+    assert compose_train(tmp_path, ["model.objective=hs"]).model.alpha == 0.025  # skip-gram: word2vec's

@@ -23,3 +23,11 @@ def _run_stamp() -> str:
 
 # conf/hydra/default.yaml: hydra.run.dir=outputs/runs/${run_stamp:}, unique per process
 OmegaConf.register_new_resolver("run_stamp", _run_stamp, replace=True)
+
+
+def _per_objective(objective: str, ns: float, hs: float) -> float:
+    return hs if objective == "hs" else ns  # (an unknown objective is refused, with its line, when the model is made)
+
+
+# conf/model/cbow.yaml: alpha=${per_objective:${.objective},0.1,0.05}, a default measured for each output layer
+OmegaConf.register_new_resolver("per_objective", _per_objective, replace=True)

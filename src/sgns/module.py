@@ -236,14 +236,8 @@ class Word2VecModule(L.LightningModule):
             return loss, len(update)
         if not len(update) and world == 1:
             return None, 0
-        # plain SGD in one process on the CPU: compiled steps land in place (kernels.py), except on the
-        # updates whose loss is checked, which stop a diverging run before their step lands
-        in_place = (
-            not with_loss
-            and world == 1
-            and isinstance(optimizer, torch.optim.SGD)
-            and update.center.device.type == "cpu"
-        )
+        # plain SGD in one process on the CPU: some rows' steps come compiled (kernels.py)
+        in_place = world == 1 and isinstance(optimizer, torch.optim.SGD) and update.center.device.type == "cpu"
         loss, rows = self.net.row_gradients(update, gradient_scale(optimizer), with_loss, in_place)
         n = len(update)
         if world > 1:  # (every rank joins every exchange, even with nothing to send)

@@ -16,16 +16,19 @@ Tests check the second against autograd on the first, for every family and objec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sgns.errors import check_int
-from sgns.kernels import bag_sgd
+from sgns.kernels import bag_step
 from sgns.models.objectives import NegativeSampling, Objective
 
-Update = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (table, rows, gradient rows); repeated rows add up
+# (table, rows, gradient rows), repeated rows adding up; or, for plain SGD on the CPU, a compiled
+# step (kernels.py) that apply_sgd runs
+Update = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | Callable[[], None]
 
 
 @dataclass
@@ -161,8 +164,8 @@ class WordModel(nn.Module):
         """Mean loss and the rows' updates of ``scale`` × the summed loss, in closed form: h once per
         input of the bag, the objective's gradients, and every row of the bag receiving its input's
         dL/dh (repeated rows add up). ``in_place``: plain SGD (``scale`` = -lr) on the CPU in one
-        process, no loss wanted; a bag's rows (and an objective's rows where it can) take their compiled steps here
-        (``kernels.py``) instead of being returned."""
+        process; a bag's rows (and an objective's rows where it can) come as compiled steps
+        (``kernels.py``) that ``apply_sgd`` runs, instead of rows."""
         bag = self.bag(batch, grouped=True)
         h = self.hidden(bag)
         loss, grad_h, outputs = self.objective.gradients(
@@ -174,8 +177,8 @@ class WordModel(nn.Module):
         for table, rows, sizes in bag.segments:
             if sizes is None:
                 inputs.append((table.weight, rows, grad_h))
-            elif in_place:  # (everything above is computed: the step may land now)
-                bag_sgd(table.weight, rows, sizes, grad_h)
+            elif in_place:
+                inputs.append(bag_step(table.weight, rows, sizes, grad_h))
             else:
                 inputs.append((table.weight, rows, grad_h.repeat_interleave(sizes, dim=0, output_size=len(rows))))
         return loss, inputs + outputs

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgns.errors import check, check_choice
-from sgns.kernels import hs_sgd
+from sgns.kernels import hs_gradients
 
 if TYPE_CHECKING:
     from sgns.models.base import Batch, Update
@@ -112,9 +112,9 @@ class Objective(nn.Module):
         with_loss: bool,
         in_place: bool = False,
     ) -> Gradients:
-        """``in_place``: the caller applies plain SGD (``scale`` = -lr) on the CPU in one process and
-        reads no loss (``with_loss`` false), so the objective may step its output rows itself and
-        return no updates for them."""
+        """``in_place``: the caller applies plain SGD (``scale`` = -lr) on the CPU in one process, so
+        the objective may return its output rows' step as a compiled step (a callable that
+        ``optim.apply_sgd`` runs) instead of rows."""
         raise NotImplementedError
 
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
@@ -228,7 +228,10 @@ class HierarchicalSoftmax(Objective):
 
     def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss, in_place=False):
         if in_place:  # the same update, compiled (kernels.py): no [E, d] temporaries
-            return None, hs_sgd(h, owner, targets, self.points, self.codes, self.lengths, output, scale), []
+            loss, grad_h, step = hs_gradients(
+                h, owner, targets, self.points, self.codes, self.lengths, output, scale, with_loss
+            )
+            return loss, grad_h, [step]
         h_t = h if owner is None else h.index_select(0, owner)  # [P, d]
         which, nodes, codes = self._paths(targets)
         h_e, u = h_t.index_select(0, which), output.index_select(0, nodes)  # [E, d]

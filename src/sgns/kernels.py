@@ -21,7 +21,7 @@ compiled loop is cached next to this file (``cache=True``).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

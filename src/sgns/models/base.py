@@ -15,8 +15,9 @@ Tests check the second against autograd on the first, for every family and objec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +88,7 @@ class WordModel(nn.Module):
     # The family's tables, declared once (role -> attribute): the weights digest, the export, the
     # checkpoint's keys and the ``sgns`` CLI read them from here. "outputs": the words' output rows,
     # or the Huffman tree's inner nodes (model.objective=hs).
-    TABLES = {"vectors": "center_embed", "outputs": "outside_embed"}
+    TABLES: ClassVar[dict[str, str]] = {"vectors": "center_embed", "outputs": "outside_embed"}
 
     def __init__(
         self, vocab_size: int, embedding_dim: int = 100, sparse: bool = False, objective: Objective | None = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class FastText(WordModel):
     # its pairs on it where fastText applies them one at a time: 4,096-pair updates diverged at
     # alpha 0.025 on the 10M-token benchmark slice, 1,024 beat gensim's analogy (docs/benchmarks.md)
     max_update_size = 1024
-    TABLES = {**WordModel.TABLES, "ngrams": "ngram_embed"}
+    TABLES: ClassVar[dict[str, str]] = {**WordModel.TABLES, "ngrams": "ngram_embed"}
     # A centre's input vector (about 20 n-gram rows) is made, and its rows updated, once per
     # distinct centre of an update: whole windows halve the distinct centres, for 1.4-1.5x the
     # speed at a point or two of analogy (docs/benchmarks.md); data.pair_order=sides gets those back

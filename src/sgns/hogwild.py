@@ -311,9 +311,8 @@ class HogwildStrategy(SingleDeviceStrategy):
         trainer, module = self.lightning_module.trainer, self.lightning_module
         self._threads = torch.get_num_threads()
         if self.workers == 1:
-            tuned = any(
-                getattr(c, "tunes_threads", False) and c.enabled for c in trainer.callbacks
-            )  # (callbacks.ThreadTuner)
+            # (callbacks.ThreadTuner: read by attribute, since callbacks.py imports this module)
+            tuned = any(getattr(c, "tunes_threads", False) and c.enabled for c in trainer.callbacks)
             if not tuned and "OMP_NUM_THREADS" not in os.environ:
                 # without the tuner, one thread: torch's default of one per core met at every small
                 # operation, and beside a busy process an epoch took 10-25x as long

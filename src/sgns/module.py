@@ -191,9 +191,8 @@ class Word2VecModule(L.LightningModule):
         trainer, optimizer = self.trainer, self.optimizers()
         # the loss costs as much as a tenth of an update: computed where it is read, on the steps the
         # logger writes and on the epoch's last step (so the loss reported at the end is the last epoch's)
-        wanted = (self.global_step + 1) % max(
-            1, trainer.log_every_n_steps
-        ) == 0 or batch_idx == trainer.num_training_batches - 1
+        logged = (self.global_step + 1) % max(1, trainer.log_every_n_steps) == 0
+        wanted = logged or batch_idx == trainer.num_training_batches - 1
         result = (0.0, 0)
 
         def closure() -> None:  # every update of the step; Lightning counts one optimiser step

@@ -238,9 +238,8 @@ class HierarchicalSoftmax(Objective):
         scores = (h_e * u).sum(dim=1)
         codes = codes.to(scores.dtype)
         loss = -F.logsigmoid((1 - 2 * codes) * scores).sum() / max(1, len(targets)) if with_loss else None
-        g = (
-            torch.sigmoid(scores).sub_(1).add_(codes).mul_(scale)
-        )  # d(scale × loss) / d score: word2vec.c's -(1 - code - f)
+        # d(scale × loss) / d score: word2vec.c's -(1 - code - f)
+        g = torch.sigmoid(scores).sub_(1).add_(codes).mul_(scale)
         grad_t = torch.zeros_like(h_t).index_add_(0, which, g.unsqueeze(1) * u)
         grad_h = grad_t if owner is None else torch.zeros_like(h).index_add_(0, owner, grad_t)
         return loss, grad_h, [(output, nodes, g.unsqueeze(1) * h_e)]

@@ -339,7 +339,8 @@ class GracefulStop(L.Callback):
             return  # errors (NaN loss included) keep the last good checkpoint untouched
         checkpoint = self.output_dir / self.checkpoint_name
         trainer.save_checkpoint(checkpoint, weights_only=False)
-        export_run(pl_module, trainer.datamodule.vocab, self.output_dir)
+        corpus = trainer.datamodule.prepare()
+        export_run(pl_module, corpus.vocab, self.output_dir, phrases=corpus.phrases)
         self.stopped = checkpoint
 
     def _restore_handler(self) -> None:

@@ -6,6 +6,7 @@ sgns most-similar vectors.bin king woman --negative man
 sgns similarity vectors.bin monday tuesday
 sgns doesnt-match vectors.bin monday tuesday friday police
 sgns export last.ckpt vectors.txt
+sgns phrases outputs/runs/<time> --top 30                # the phrases its corpus joined (data.phrases)
 """
 
 from __future__ import annotations
@@ -47,6 +48,25 @@ def load_vectors(path: str | Path):
         ngrams = checkpoint["state_dict"][NGRAMS_KEY]
         return SubwordVectors(vocab["words"], weights, ngrams, min_n, max_n, vocab["counts"], str(path))
     return WordVectors(vocab["words"], weights, vocab["counts"], source=str(path))
+
+
+def load_phrases(path: str | Path):
+    """The phrases (``PhraseTable``) a run's corpus joined: from its directory, its checkpoint or a ``phrases.tsv``."""
+    from sgns.data.cache import PHRASES_FILE
+    from sgns.data.phrases import PhraseTable
+    from sgns.outputs import DATA_KEY, read_checkpoint
+
+    path = Path(path)
+    check(path.exists(), f"not found: {path}")
+    if path.is_dir():
+        found = [p for p in (path / PHRASES_FILE, path / "last.ckpt") if p.is_file()]
+        check(bool(found), f"{path} holds neither {PHRASES_FILE} nor last.ckpt: not a run directory")
+        path = found[0]
+    if path.suffix != ".ckpt":
+        return PhraseTable.load(path)
+    state = read_checkpoint(path)[DATA_KEY]
+    check("phrases" in state, f"{path}: its corpus was prepared without phrases (data.phrases=0)")
+    return PhraseTable.from_state(state["phrases"])
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
@@ -161,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     ex = sub.add_parser("export", help="write vectors (e.g. from a checkpoint) in word2vec format")
     ex.add_argument("vectors")
     ex.add_argument("output", type=Path, help=".bin for binary, anything else for text")
+    ph = sub.add_parser("phrases", help="the phrases a run's corpus joined (data.phrases), best first")
+    ph.add_argument("run", help="a run directory, its last.ckpt, or a phrases.tsv")
+    ph.add_argument("--top", type=_positive_int, help="only the N best of each pass")
     args = parser.parse_args(argv)
     try:
         from sgns.outputs import write_atomically
@@ -185,6 +208,14 @@ def main(argv: list[str] | None = None) -> int:
                 args.output, lambda p: vectors.save_word2vec_format(p, binary=args.output.suffix == ".bin")
             )
             print(args.output)
+        elif args.command == "phrases":
+            table = load_phrases(args.run)
+            print(table.HEADER)
+            shown: dict[int, int] = {}
+            for phrase, score, count, found_in in zip(*table.state().values()):
+                shown[found_in] = shown.get(found_in, 0) + 1
+                if args.top is None or shown[found_in] <= args.top:
+                    print(f"{phrase}\t{score:.6g}\t{count}\t{found_in}")
     except Word2VecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,9 @@ from typing import Any, Callable, Iterator
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
+from sgns.data.cache import PHRASES_FILE
 from sgns.data.corpus import Vocabulary
+from sgns.data.phrases import PhraseTable
 from sgns.errors import Word2VecError, check
 from sgns.models.base import WordModel
 from sgns.models.fasttext import FastText
@@ -48,24 +50,32 @@ def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
 
 
 def export_run(
-    module, vocab: Vocabulary, output_dir: str | Path, text: bool = True, binary: bool = True
+    module,
+    vocab: Vocabulary,
+    output_dir: str | Path,
+    text: bool = True,
+    binary: bool = True,
+    phrases: PhraseTable | None = None,
 ) -> tuple[WordVectors, list[Path]]:
     """Write a run's vocabulary (``word count``) and its model's vectors (``module.word_vectors()``) in
-    the word2vec text and binary formats, and a subword model whole as fastText's ``fasttext.bin``
-    (vectors for any word); returns the vectors and the files written."""
+    the word2vec text and binary formats, a subword model whole as fastText's ``fasttext.bin``
+    (vectors for any word), and the phrases its corpus joined (``phrases.tsv``); returns the vectors
+    and the files written."""
     vectors, written = _export_run(module, vocab, output_dir, text, binary)
+    if phrases is not None:
+        written.append(write_atomically(Path(output_dir) / PHRASES_FILE, phrases.save))
     remove_stale(output_dir, written)
     return vectors, written
 
 
-VECTOR_FILES = ("vectors.txt", "vectors.bin", "fasttext.bin")  # each run's export writes those it is asked for
+RUN_FILES = ("vectors.txt", "vectors.bin", "fasttext.bin", PHRASES_FILE)  # each run's export writes those it has
 
 
 def remove_stale(output_dir: str | Path, written: list[Path]) -> list[Path]:
-    """Delete the vectors files an export did not write (an earlier run's ``fasttext.bin`` after a
+    """Delete the files an export did not write (an earlier run's ``fasttext.bin`` after a
     skip-gram run with overwrite=true, or ``vectors.txt`` after export.text=false): they would hold
-    other vectors under this run's name. Called once the new files are in place."""
-    stale = [p for p in (Path(output_dir) / name for name in VECTOR_FILES) if p.exists() and p not in written]
+    another run's vectors or phrases under this run's name. Called once the new files are in place."""
+    stale = [p for p in (Path(output_dir) / name for name in RUN_FILES) if p.exists() and p not in written]
     for path in stale:
         path.unlink()
         log.info("removed %s: an earlier run's, not rewritten by this one", path)

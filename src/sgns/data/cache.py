@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sgns.data.corpus import EncodedCorpus, PreparedCorpus, Vocabulary
+from sgns.data.phrases import PhraseSettings, PhraseTable
 
 CACHE_VERSION = 4  # raised whenever the same settings would prepare a corpus differently (4: the whitespace tokenizer drops a line-leading U+FEFF)
 
@@ -29,6 +30,7 @@ class Settings:
     max_sentence_length: int = 10_000
     respect_lines: bool = True
     seed: int = 0
+    phrases: PhraseSettings = field(default_factory=PhraseSettings)
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -37,7 +39,10 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 
 def entry_name(key: str, settings: Settings) -> str:
-    text = json.dumps({"version": CACHE_VERSION, "source": key, **asdict(settings)}, sort_keys=True)
+    fields = asdict(settings)
+    if not settings.phrases.passes:  # (the key of a corpus prepared without phrases is as it was before them)
+        del fields["phrases"]
+    text = json.dumps({"version": CACHE_VERSION, "source": key, **fields}, sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
@@ -47,6 +52,7 @@ def temporary(entry: Path, pid: int) -> Path:
 
 
 ENTRY_FILES = ("train_ids.bin", "train_starts.bin", "val_ids.npy", "val_starts.bin", "vocab.txt")
+PHRASES_FILE = "phrases.tsv"  # an entry prepared with data.phrases > 0 has it too
 
 
 def fsync(path: Path) -> None:
@@ -66,7 +72,7 @@ def seal(tmp: Path, meta: dict) -> None:
     """Make a built entry durable and checkable: every file fsynced, then ``meta.json`` (each file's
     size and SHA-256) written and fsynced last, as the completion record, then the directory."""
     files = {}
-    for name in ENTRY_FILES:
+    for name in ENTRY_FILES + ((PHRASES_FILE,) if (tmp / PHRASES_FILE).exists() else ()):
         fsync(tmp / name)
         files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": digest(tmp / name)}
     with open(tmp / "meta.json", "w") as out:
@@ -81,7 +87,7 @@ def damage(entry: Path) -> str | None:
     content), or None when it is whole. About 0.15 s per 40M tokens."""
     try:
         files = json.loads((entry / "meta.json").read_text())["files"]
-        for name in ENTRY_FILES:
+        for name in dict.fromkeys([*ENTRY_FILES, *files]):
             size = (entry / name).stat().st_size
             if size != files[name]["bytes"]:
                 return f"{name} holds {size:,} bytes, {files[name]['bytes']:,} were written"
@@ -102,4 +108,5 @@ def open_entry(entry: Path) -> PreparedCorpus:
 
     train = EncodedCorpus(mapped("train_ids.bin", np.int32), mapped("train_starts.bin", np.int64))
     val = EncodedCorpus(np.load(entry / "val_ids.npy"), np.fromfile(entry / "val_starts.bin", dtype=np.int64))
-    return PreparedCorpus(Vocabulary.load(entry / "vocab.txt"), train, val, raw_tokens=meta["raw_tokens"])
+    phrases = PhraseTable.load(entry / PHRASES_FILE) if (entry / PHRASES_FILE).exists() else None
+    return PreparedCorpus(Vocabulary.load(entry / "vocab.txt"), train, val, meta["raw_tokens"], phrases)

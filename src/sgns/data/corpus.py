@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from sgns.errors import check
+
+if TYPE_CHECKING:
+    from sgns.data.phrases import PhraseTable
 
 
 @dataclass
@@ -72,4 +76,5 @@ class PreparedCorpus:
     vocab: Vocabulary
     train: EncodedCorpus
     val: EncodedCorpus
-    raw_tokens: int  # tokens read, before min_count and the held-out split
+    raw_tokens: int  # tokens read (a joined phrase counting as one), before min_count and the held-out split
+    phrases: PhraseTable | None = None  # the phrases joined before counting (data.phrases > 0)

@@ -6,6 +6,9 @@ as they stream in, so memory holds the vocabulary, not the corpus); the second e
 line as int32 ids of in-vocabulary words. The ids go to flat files of a cache entry
 (``cache.py``) keyed by the source's content and every preparation setting, memory-mapped for
 training: a second run on the same corpus starts in seconds, and a corpus larger than RAM trains.
+With ``data.phrases=N``, N passes before those find phrases (``phrases.py``): each counts words
+and bigram candidates of the text with the earlier passes' phrases joined, and the counting and
+encoding passes read the text with all of them joined.
 
 The vocabulary is sorted by descending count, ties in order of first appearance (gensim's
 order); ``min_count`` and ``max_vocab_size`` apply before sorting is cut.
@@ -24,9 +27,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sgns.data.cache import Settings, cache_root, damage, entry_name, fsync, open_entry, seal, temporary
+from sgns.data.cache import (
+    PHRASES_FILE,
+    Settings,
+    cache_root,
+    damage,
+    entry_name,
+    fsync,
+    open_entry,
+    seal,
+    temporary,
+)
 from sgns.data.corpus import PreparedCorpus, build_vocab
 from sgns.data.memory import page_out, run_apart
+from sgns.data.phrases import MAX_BIGRAMS, PhraseSettings, PhraseTable, count_candidates, join, score
 from sgns.data.sources import Source, load
 from sgns.data.tokenize import check_tokenizer, tokenize_batch
 from sgns.errors import check
@@ -60,6 +74,7 @@ def prepare_corpus(
     respect_lines: bool = True,
     num_proc: int | None = None,
     cache_dir: str | Path | None = None,
+    phrases: PhraseSettings | None = None,
 ) -> PreparedCorpus:
     """Tokenise, count and encode a corpus (one sentence per line), or load it from the cache.
 
@@ -67,6 +82,7 @@ def prepare_corpus(
     ``val_max_tokens`` tokens), drawn at random with ``seed``, are held out for validation;
     the vocabulary is counted on the training lines only. ``respect_lines=False`` lets windows
     run across line ends (the corpus is one stream, cut every ``max_sentence_length`` tokens).
+    ``phrases``: collocations joined into one token before counting (``phrases.py``), none by default.
     """
     check_tokenizer(tokenizer)
     source = source or Source(path=path)
@@ -80,6 +96,7 @@ def prepare_corpus(
         max_sentence_length,
         respect_lines,
         seed if val_fraction > 0 else 0,
+        phrases or PhraseSettings(),
     )
     key = source.key()
     dataset = None
@@ -103,15 +120,23 @@ def prepare_corpus(
 
 
 def _tokens(
-    batch: pa.Table, indices: list[int], tokenizer: str, limit: tuple[int, int] | None
+    batch: pa.Table,
+    indices: list[int],
+    tokenizer: str,
+    limit: tuple[int, int] | None,
+    phrases: tuple[pa.Array, ...] = (),
+    connectors: tuple[str, ...] = (),
 ) -> tuple[pa.Array, np.ndarray]:
-    """A batch's flat tokens and line lengths; the line ``limit[0]`` (the last one read) keeps ``limit[1]`` tokens."""
+    """A batch's flat tokens and line lengths; the line ``limit[0]`` (the last one read) keeps ``limit[1]`` tokens;
+    then each pass's ``phrases`` joined in turn."""
     flat, lengths = tokenize_batch(batch["text"], tokenizer)
     page_out(batch["text"])
     if limit is not None and indices[0] <= limit[0] <= indices[-1]:
         i = limit[0] - indices[0]  # the last line of the selection: its surplus is at the very end
         surplus = int(lengths[i] - min(lengths[i], limit[1]))
         flat, lengths[i] = flat.slice(0, len(flat) - surplus), lengths[i] - surplus
+    for found in phrases:
+        flat, lengths = join(flat, lengths, found, connectors)
     return flat, lengths
 
 
@@ -130,9 +155,11 @@ def _one_row(values: pa.Array | np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)
 
 
-def _count_batch(batch: pa.Table, indices: list[int], tokenizer: str, limit, seed: int, fraction: float) -> pa.Table:
+def _count_batch(
+    batch: pa.Table, indices: list[int], tokenizer: str, limit, seed: int, fraction: float, phrases, connectors
+) -> pa.Table:
     """One row per batch: its word counts (first-appearance order) and its held-out candidates."""
-    flat, lengths = _tokens(batch, indices, tokenizer, limit)
+    flat, lengths = _tokens(batch, indices, tokenizer, limit, phrases, connectors)
     counts = pc.value_counts(flat)
     rows = np.asarray(indices)
     candidates = (
@@ -149,9 +176,26 @@ def _count_batch(batch: pa.Table, indices: list[int], tokenizer: str, limit, see
     )
 
 
-def _encode_batch(batch: pa.Table, indices: list[int], tokenizer: str, limit, words: pa.Array) -> pa.Table:
+def _phrase_count_batch(batch: pa.Table, indices: list[int], tokenizer: str, limit, phrases, connectors) -> pa.Table:
+    """One row per batch: its word counts, its bigram candidates' counts and its token count (a phrase pass)."""
+    flat, lengths = _tokens(batch, indices, tokenizer, limit, phrases, connectors)
+    words, candidates = count_candidates(flat, lengths, connectors)
+    return pa.table(
+        {
+            "words": _one_row(words.field("values")),
+            "counts": _one_row(words.field("counts")),
+            "bigrams": _one_row(candidates.field("values")),
+            "bigram_counts": _one_row(candidates.field("counts")),
+            "tokens": pa.array([len(flat)], pa.int64()),
+        }
+    )
+
+
+def _encode_batch(
+    batch: pa.Table, indices: list[int], tokenizer: str, limit, words: pa.Array, phrases, connectors
+) -> pa.Table:
     """Each line as int32 ids of its in-vocabulary tokens, in order."""
-    flat, lengths = _tokens(batch, indices, tokenizer, limit)
+    flat, lengths = _tokens(batch, indices, tokenizer, limit, phrases, connectors)
     ids = pc.index_in(flat, value_set=words)  # int32, null when out of vocabulary
     known = ids.is_valid().to_numpy(zero_copy_only=False)
     line = np.repeat(np.arange(len(lengths)), lengths)
@@ -175,12 +219,15 @@ def _token_limit(ds, tokenizer: str, max_tokens: int) -> tuple[int, int] | None:
 
 
 class _CountMerger:
-    """Sums per-batch word counts with Arrow's group-by (first appearance order kept)."""
+    """Sums per-batch word counts with Arrow's group-by (first appearance order kept). Beyond ``most``
+    entries, those counted fewer than ``min_reduce`` times are dropped and ``min_reduce`` rises by
+    one, as gensim's Phrases prunes its counts (memory stays bounded; counts of what stays may be low)."""
 
-    def __init__(self, flush_at: int = 2_000_000) -> None:
+    def __init__(self, flush_at: int = 2_000_000, most: int | None = None) -> None:
         self._table = pa.table({"w": pa.array([], pa.string()), "c": pa.array([], pa.int64())})
         self._pending: list[pa.Table] = []
         self._pending_rows, self.flush_at = 0, flush_at
+        self.most, self.min_reduce = most, 1
 
     def add(self, words: pa.Array, counts: pa.Array) -> None:
         self._pending.append(pa.table({"w": words, "c": counts.cast(pa.int64())}))
@@ -192,6 +239,14 @@ class _CountMerger:
         merged = pa.concat_tables([self._table, *self._pending])
         self._table = merged.group_by("w", use_threads=False).aggregate([("c", "sum")]).rename_columns(["w", "c"])
         self._pending, self._pending_rows = [], 0
+        if self.most is not None and len(self._table) > self.most:
+            self._table = self._table.filter(pc.greater_equal(self._table["c"], self.min_reduce))
+            log.warning(
+                "phrases: more than %s bigrams counted; dropped those seen fewer than %d times",
+                f"{self.most:,}",
+                self.min_reduce,
+            )
+            self.min_reduce += 1
 
     @property
     def table(self) -> pa.Table:
@@ -222,10 +277,12 @@ def _build(ds, s: Settings, entry: Path, num_proc: int | None, name: str) -> Non
     try:
         ds = ds.with_format("arrow")  # map functions get and return pyarrow tables
         common = dict(batched=True, with_indices=True, num_proc=procs, remove_columns=["text"])
+        found = _find_phrases(ds, s, limit, common, tmp, entry)
+        joins = dict(phrases=tuple(keys for keys, _, _ in found), connectors=s.phrases.connectors)
         counted = ds.map(
             _count_batch,
             batch_size=10_000,
-            fn_kwargs=dict(tokenizer=s.tokenizer, limit=limit, seed=s.seed, fraction=s.val_fraction),
+            fn_kwargs=dict(tokenizer=s.tokenizer, limit=limit, seed=s.seed, fraction=s.val_fraction, **joins),
             cache_file_name=str(tmp / "passes" / "count.arrow"),
             new_fingerprint=f"{entry.name}-count",
             desc="count words",
@@ -253,7 +310,7 @@ def _build(ds, s: Settings, entry: Path, num_proc: int | None, name: str) -> Non
         val_lines = val_lines[: lines - 1]  # never hold out every line
         if len(val_lines):  # the vocabulary is counted on training lines only
             held = ds.select(val_lines).with_format("arrow")[:]
-            flat, _ = _tokens(held, val_lines.tolist(), s.tokenizer, limit)
+            flat, _ = _tokens(held, val_lines.tolist(), s.tokenizer, limit, **joins)
             held_counts = pc.value_counts(flat)
             at = pc.index_in(held_counts.field("values"), value_set=words).to_numpy()
             np.subtract.at(counts, at, held_counts.field("counts").to_numpy())
@@ -265,7 +322,7 @@ def _build(ds, s: Settings, entry: Path, num_proc: int | None, name: str) -> Non
         encoded = ds.map(
             _encode_batch,
             batch_size=10_000,
-            fn_kwargs=dict(tokenizer=s.tokenizer, limit=limit, words=pa.array(vocab.words, pa.string())),
+            fn_kwargs=dict(tokenizer=s.tokenizer, limit=limit, words=pa.array(vocab.words, pa.string()), **joins),
             cache_file_name=str(tmp / "passes" / "encode.arrow"),
             new_fingerprint=f"{entry.name}-encode",
             desc="encode",
@@ -274,6 +331,8 @@ def _build(ds, s: Settings, entry: Path, num_proc: int | None, name: str) -> Non
         _write_ids(encoded, val_lines, s, tmp)
         del encoded
         vocab.save(tmp / "vocab.txt")
+        if s.phrases.passes:
+            PhraseTable.from_passes(found).save(tmp / PHRASES_FILE)
         shutil.rmtree(tmp / "passes")
         seal(tmp, {"raw_tokens": raw_tokens, "settings": asdict(s), "source": name})
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -285,6 +344,46 @@ def _build(ds, s: Settings, entry: Path, num_proc: int | None, name: str) -> Non
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         pa.default_memory_pool().release_unused()  # Arrow's pool keeps freed batches (about 50 MB per 10M tokens)
+
+
+def _find_phrases(ds, s: Settings, limit, common: dict, tmp: Path, entry: Path) -> list:
+    """``data.phrases`` passes, each over the text with the earlier passes' phrases joined: every
+    pass's phrases (keys, scores, counts; ``phrases.score``)."""
+    found = []
+    for n in range(1, s.phrases.passes + 1):
+        counted = ds.map(
+            _phrase_count_batch,
+            batch_size=10_000,
+            fn_kwargs=dict(
+                tokenizer=s.tokenizer,
+                limit=limit,
+                phrases=tuple(keys for keys, _, _ in found),
+                connectors=s.phrases.connectors,
+            ),
+            cache_file_name=str(tmp / "passes" / f"phrases-{n}.arrow"),
+            new_fingerprint=f"{entry.name}-phrases-{n}",
+            desc=f"phrases, pass {n}",
+            writer_batch_size=4,
+            **common,
+        )
+        words, bigrams, tokens = _CountMerger(), _CountMerger(flush_at=10_000_000, most=MAX_BIGRAMS), 0
+        for rows in _read_batches(counted):
+            words.add(pc.list_flatten(rows["words"]), pc.list_flatten(rows["counts"]))
+            bigrams.add(pc.list_flatten(rows["bigrams"]), pc.list_flatten(rows["bigram_counts"]))
+            tokens += pc.sum(rows["tokens"]).as_py() or 0
+        del counted
+        keys, scores, counts = score(
+            bigrams.table["w"].combine_chunks(),
+            bigrams.table["c"].to_numpy(),
+            words.table["w"].combine_chunks(),
+            words.table["c"].to_numpy(),
+            tokens,
+            s.phrases,
+        )
+        log.info("phrases, pass %d: %s phrases from %s bigrams", n, f"{len(keys):,}", f"{len(bigrams.table):,}")
+        found.append((keys, scores, counts))
+        del words, bigrams
+    return found
 
 
 class _StartsWriter:

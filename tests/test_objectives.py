@@ -48,6 +48,19 @@ def test_frequent_words_get_shorter_paths_and_the_code_is_an_optimal_prefix_code
     assert int((counts * lengths).sum()) == total
 
 
+def test_a_vocabulary_out_of_count_order_gets_each_words_path_of_the_sorted_tree():
+    """init_from keeps the earlier words' ids before the new ones, so counts need not be sorted: each
+    word gets the path it has in the tree of the sorted counts (ties in id order)."""
+    counts = [2, 5, 1, 3, 3]  # sorted: 5 (id 1), 3 (id 3), 3 (id 4), 2 (id 0), 1 (id 2)
+    order = [1, 3, 4, 0, 2]
+    tree = HierarchicalSoftmax(counts)
+    codes, points, lengths = huffman_tree([counts[i] for i in order])
+    for rank, word in enumerate(order):
+        assert tree.lengths[word] == lengths[rank]
+        assert tree.codes[word].tolist() == codes[rank].tolist()
+        assert tree.points[word].tolist() == points[rank].tolist()
+
+
 def test_the_loss_is_the_sum_over_the_path_by_hand():
     counts = [9, 5, 3, 2, 1]
     net = SkipGram(5, 4, objective=HierarchicalSoftmax(counts)).double()

@@ -22,7 +22,8 @@ def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
     if sample <= 0:
         return np.ones_like(counts)
     threshold = sample * counts.sum()
-    return np.minimum(1.0, (np.sqrt(counts / threshold) + 1.0) * threshold / counts)
+    with np.errstate(divide="ignore"):  # (a count of 0, an init_from word absent from the corpus: kept, never seen)
+        return np.minimum(1.0, (np.sqrt(counts / threshold) + 1.0) * threshold / counts)
 
 
 def noise_distribution(counts: np.ndarray, exponent: float = 0.75) -> np.ndarray:

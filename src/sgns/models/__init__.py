@@ -13,4 +13,6 @@ from sgns.models.cbow import CBOW
 from sgns.models.fasttext import FastText
 from sgns.models.skipgram import SkipGram
 
-__all__ = ["Batch", "CBOW", "FastText", "SkipGram", "WordModel"]
+FAMILIES = {family.__name__: family for family in (SkipGram, CBOW, FastText)}  # by the name checkpoints record
+
+__all__ = ["Batch", "CBOW", "FAMILIES", "FastText", "SkipGram", "WordModel"]

@@ -206,7 +206,13 @@ class HierarchicalSoftmax(Objective):
 
     def __init__(self, counts: Sequence[int]):
         super().__init__()
-        codes, points, lengths = huffman_tree(counts)
+        # the tree of the counts sorted from the most frequent word, each word's path put back at its
+        # own id (a vocabulary continued with init_from keeps its old ids before the new words)
+        counts = np.asarray(counts, dtype=np.int64)
+        order = np.argsort(-counts, kind="stable")
+        tree = huffman_tree(counts[order])
+        codes, points, lengths = (np.empty_like(a) for a in tree)
+        codes[order], points[order], lengths[order] = tree
         # derived from the vocabulary's counts: not saved in checkpoints, rebuilt with the model
         self.register_buffer("codes", torch.from_numpy(codes), persistent=False)  # [V, L] int8
         self.register_buffer("points", torch.from_numpy(points), persistent=False)  # [V, L] int32

@@ -119,6 +119,20 @@ CASES = [
     (["data.tokenizer=spacy"], "unknown tokenizer 'spacy'"),
     (["data.format=xml"], "data.format must be text, json, parquet or null"),
     (["data.respect_lines=3"], "data.respect_lines must be true or false"),
+    (["data.phrases=-1"], "data.phrases must be an integer >= 0"),
+    (["data.phrases=1", "data.phrase_scoring=pmi"], "data.phrase_scoring must be one of 'default', 'npmi'"),
+    (["data.phrases=1", "data.phrase_threshold=0"], "data.phrase_threshold must be a finite number > 0"),
+    (["data.phrases=1", "data.phrase_scoring=npmi", "data.phrase_threshold=1"], "data.phrase_threshold must be a finite number > -1 and < 1"),
+    (["data.phrases=1", "data.phrase_min_count=0"], "data.phrase_min_count must be an integer >= 1"),
+    (["data.phrases=1", "data.phrase_connectors=[[of]]"], "data.phrase_connectors must be a word or a list of words"),
+    (["data.update_vocab=3"], "data.update_vocab must be true or false"),
+    # init_from
+    (["init_from={in}/missing.ckpt"], "missing.ckpt: file not found"),
+    (["init_from={in}/truncated.ckpt"], "not a readable sgns checkpoint"),
+    (["init_from={in}/run/last.ckpt", "model.net.embedding_dim=8"], "holds vectors of dimension 16; this run's model.net.embedding_dim is 8"),
+    (["init_from={in}/run/last.ckpt", "model=cbow"], "was trained with model.net=SkipGram; this run has model.net=CBOW: its tables cannot carry over"),
+    (["init_from={in}/run/last.ckpt", "model.objective=hs"], "was trained with model.objective=ns; this run has model.objective=hs"),
+    (["init_from={in}/run/last.ckpt", "data.path={in}/abc.txt"], "the new corpus has fewer than 2 tokens of the earlier vocabulary: add data.update_vocab=true"),
     (["data.nonsense=1"], "Could not override 'data.nonsense'"),
     (["data=nonsense"], "Could not find 'data/nonsense'; choose one of: enwiki, jsonl, lee"),
     # model settings, checked before the corpus is read (the corpus here does not exist)
@@ -281,6 +295,11 @@ def vectors(inputs):
         (["evaluate", "{in}/truncated.ckpt"], "not a readable sgns checkpoint"),
         (["evaluate", "{in}/damaged.ckpt"], "damaged.ckpt is damaged: its record data/0 does not match the CRC-32"),
         (["frobnicate", "{v}"], "argument command: invalid choice: 'frobnicate'"),
+        (["phrases", "{in}/run"], "its corpus was prepared without phrases (data.phrases=0)"),
+        (["phrases", "{in}"], "holds neither phrases.tsv nor last.ckpt: not a run directory"),
+        (["phrases", "{in}/missing"], "not found"),
+        (["phrases", "{in}/small.txt"], "not a phrases file"),
+        (["phrases", "{in}/run", "--top", "0"], "argument --top: invalid integer >= 1 value"),
     ],
 )
 def test_sgns_bad_input_is_one_line(inputs, vectors, capsys, argv, message):

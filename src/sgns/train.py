@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sgns import init_from
 from sgns.callbacks import GracefulStop, raw_words
 from sgns.data.memory import reuse_freed_memory
 from sgns.errors import Diverged, UnknownWordError, Word2VecError, check, check_int, word_list
@@ -111,8 +113,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             run.trainer.strategy.check_model(run.model, cfg.trainer.get("deterministic"))
         run.datamodule.follow_model(run.model)
         checkpoint = check_resume(run, cfg)  # a wrong checkpoint should cost a glance, not a long preparation
+        earlier = continue_from(run, cfg.get("init_from"))
         corpus, prepare_s = prepare(run, checkpoint)
         run.model.build(len(corpus.vocab), corpus.vocab.words, corpus.vocab.counts)
+        if earlier is not None and checkpoint is None:  # (a resumed run's tables come from its checkpoint)
+            init_from.start_from(run.model.net, earlier, run.model.hparams.objective)
         if run.trainer.is_global_zero:  # every check has passed: the run's record and log go to its directory
             save_run_config(run.output_dir, cfg)
             start_run_log()
@@ -187,6 +192,21 @@ def check_resume(run: Run, cfg: DictConfig) -> dict[str, Any] | None:
     return checkpoint
 
 
+def continue_from(run: Run, path: str | None) -> init_from.Earlier | None:
+    """``init_from``: the earlier tables, checked against this run's model; the data module reads the
+    corpus with their vocabulary."""
+    if path is None:
+        return None
+    earlier = init_from.load(path)
+    settings = run.model.resume_settings()
+    dim = settings.get(
+        "model.net.embedding_dim", inspect.signature(run.model.family).parameters["embedding_dim"].default
+    )
+    init_from.check_fits(earlier, settings, dim)
+    run.datamodule.continue_from(earlier.words, earlier.counts)
+    return earlier
+
+
 def prepare(run: Run, checkpoint: dict[str, Any] | None) -> tuple[Any, float]:
     """The prepared corpus (cached after the first run) and the seconds it took; a resumed run's
     vocabulary must be its checkpoint's."""
@@ -205,6 +225,11 @@ def prepare(run: Run, checkpoint: dict[str, Any] | None) -> tuple[Any, float]:
         raise Word2VecError(
             f"checkpoint {run.ckpt_path} was trained on a different vocabulary ({len(words):,} words) "
             f"than this corpus and config give ({len(corpus.vocab):,} words)"
+            + (
+                "; a run started with init_from resumes with the same init_from"
+                if run.datamodule.earlier is None
+                else ""
+            )
         )
     return corpus, prepare_s
 
@@ -233,7 +258,9 @@ def export_and_report(
 ) -> None:
     """The vectors, metrics.json, TensorBoard's HParams and the printed report (rank 0)."""
     trainer, first_step = run.trainer, int(checkpoint["global_step"]) if checkpoint is not None else 0
-    vectors, written = export_run(run.model, corpus.vocab, run.output_dir, **cfg.get("export", {}))
+    vectors, written = export_run(
+        run.model, corpus.vocab, run.output_dir, **cfg.get("export", {}), phrases=corpus.phrases
+    )
     metrics["train/raw_words_per_s"] = (
         raw_words(trainer, trainer.global_step - first_step) / seconds if seconds > 0 else 0.0
     )

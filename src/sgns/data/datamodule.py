@@ -13,7 +13,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from sgns.data.batches import Epochs, Step
+from sgns.data.continued import continued
 from sgns.data.corpus import PreparedCorpus, Vocabulary
+from sgns.data.phrases import PhraseSettings
 from sgns.data.prepare import prepare_corpus
 from sgns.data.sampling import AliasSampler, keep_probabilities, noise_distribution
 from sgns.data.sources import Source
@@ -70,6 +72,12 @@ class Word2VecDataModule(L.LightningDataModule):
         respect_lines: bool = True,
         num_proc: int | None = None,
         cache_dir: str | None = None,
+        phrases: int = 0,
+        phrase_scoring: str = "default",
+        phrase_threshold: float | None = None,
+        phrase_min_count: int = 5,
+        phrase_connectors: str | list[str] = "english",
+        update_vocab: bool = False,
         window: int = 5,
         negatives: int = 5,
         shared_negatives: int = 32,
@@ -114,11 +122,15 @@ class Word2VecDataModule(L.LightningDataModule):
         check_number("data.ns_exponent", ns_exponent)
         check_choice("data.pair_order", pair_order, (None, "sides", "windows", "pairs"))
         check(isinstance(respect_lines, bool), f"data.respect_lines must be true or false, got {respect_lines!r}")
+        check(isinstance(update_vocab, bool), f"data.update_vocab must be true or false, got {update_vocab!r}")
         check(
             device == "auto" or _is_device(device),
             f"data.device must be 'auto', 'cpu' or a torch device such as 'cuda:0', got {device!r}",
         )
         check_tokenizer(tokenizer)
+        self.phrases = PhraseSettings.from_config(
+            phrases, phrase_scoring, phrase_threshold, phrase_min_count, phrase_connectors
+        )
         self.source = Source(path, format, text_column, dataset, dataset_config, split)
         self.save_hyperparameters(logger=False)
         self.corpus: PreparedCorpus | None = None
@@ -128,17 +140,23 @@ class Word2VecDataModule(L.LightningDataModule):
         self.pair_order = pair_order or WordModel.pair_order  # data.pair_order, or (null) the family's
         self.draws_negatives = True  # until follow_model: the model's objective may need none
         self.shared_by = 1  # lock-free workers sharing each update's pairs (share_updates)
+        self.earlier: tuple[list[str], np.ndarray | None] | None = None  # init_from's vocabulary (continue_from)
 
     # -- preparation ---------------------------------------------------------------------
+    def continue_from(self, words: list[str], counts: np.ndarray | None) -> None:
+        """Read the corpus with an earlier vocabulary (``init_from``: ``data/continued.py``). Before ``prepare``."""
+        self.earlier = (words, counts)
+
     def prepare(self) -> PreparedCorpus:
         """Read and encode the corpus once (idempotent); the vocabulary size is known after."""
         if self.corpus is None:
             h = self.hparams
+            every_word = self.earlier is not None  # (continued below with the earlier vocabulary)
             self.corpus = prepare_corpus(
                 None,
                 h.tokenizer,
-                h.min_count,
-                h.max_vocab_size,
+                1 if every_word else h.min_count,
+                None if every_word else h.max_vocab_size,
                 h.max_tokens,
                 h.val_fraction,
                 h.val_max_tokens,
@@ -148,7 +166,10 @@ class Word2VecDataModule(L.LightningDataModule):
                 respect_lines=h.respect_lines,
                 num_proc=h.num_proc,
                 cache_dir=h.cache_dir,
+                phrases=self.phrases,
             )
+            if self.earlier is not None:
+                self.corpus = continued(self.corpus, *self.earlier, h.update_vocab, h.min_count, h.max_vocab_size)
             if self.corpus.train.n_tokens < 2:
                 raise Word2VecError("corpus has fewer than 2 in-vocabulary tokens: nothing to train on")
         return self.corpus
@@ -312,7 +333,10 @@ class Word2VecDataModule(L.LightningDataModule):
         the settings that decide the steps, so a resumed run can check it replays the same ones."""
         world_size = self.trainer.world_size if self.trainer is not None else 1
         settings = self.resume_settings(world_size, self.train_set.device.type, workers(self.trainer))
-        return {"words": self.vocab.words, "counts": self.vocab.counts.tolist(), "settings": settings}
+        state = {"words": self.vocab.words, "counts": self.vocab.counts.tolist(), "settings": settings}
+        if self.prepare().phrases is not None:  # (sgns phrases lists them)
+            state["phrases"] = self.prepare().phrases.state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("words") != self.vocab.words:

@@ -15,6 +15,7 @@ import torch
 
 from sgns.errors import Diverged, Word2VecError, check, check_choice, check_number
 from sgns.models.base import Batch, Update, WordModel
+from sgns.models.device import on_host
 from sgns.models.objectives import OBJECTIVES, make_objective
 from sgns.optim import FUSED_UPDATES, gradient_scale
 
@@ -236,7 +237,7 @@ class Word2VecModule(L.LightningModule):
         if not len(update) and world == 1:
             return None, 0
         # plain SGD in one process on the CPU: some rows' steps come compiled (kernels.py)
-        in_place = world == 1 and isinstance(optimizer, torch.optim.SGD) and update.center.device.type == "cpu"
+        in_place = world == 1 and isinstance(optimizer, torch.optim.SGD) and on_host(update.center)
         loss, rows = self.net.row_gradients(update, gradient_scale(optimizer), with_loss, in_place)
         n = len(update)
         if world > 1:  # (every rank joins every exchange, even with nothing to send)

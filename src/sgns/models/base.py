@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,16 @@ from sgns.models.objectives import NegativeSampling, Objective
 # (table, rows, gradient rows), repeated rows adding up; or, for plain SGD on the CPU, a compiled
 # step (kernels.py) that apply_sgd runs
 Update = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | Callable[[], None]
+
+
+class Segment(NamedTuple):
+    """One input table's part of a bag: ``rows`` [E], input by input; ``sizes`` [N] how many each input
+    has (None: one each); ``weights`` [E] each row's weight in h (None: 1; the device path's padding: 0)."""
+
+    table: nn.Embedding
+    rows: torch.Tensor
+    sizes: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
 
 
 @dataclass
@@ -59,8 +69,7 @@ class Bag:
     """The inputs of an update: N hidden vectors, each the mean (or sum) of a bag of input rows, and
     the P words they predict.
 
-    ``segments``: (table, rows, sizes) per input table: ``rows`` [E] the table's rows of every
-    input, input by input; ``sizes`` [N] how many each input has (None: one each).
+    ``segments``: a ``Segment`` per input table: its rows of every input, and how many each has.
     ``size`` [N]: each input's rows in all segments (None: one). ``mean``: h is their mean, and
     every row receives dL/dh undivided (word2vec's CBOW mean, fastText); else h is their sum and
     every row receives dL/dh / size (word2vec's CBOW sum). ``targets`` [P]: the words predicted;
@@ -68,7 +77,7 @@ class Bag:
     (None: one each), so that an objective may compute a term shared by an input's targets once.
     """
 
-    segments: list[tuple[nn.Embedding, torch.Tensor, torch.Tensor | None]]
+    segments: list[Segment]
     targets: torch.Tensor
     size: torch.Tensor | None = None
     mean: bool = True
@@ -127,8 +136,10 @@ class WordModel(nn.Module):
         """Per-example loss [B], differentiable (the reference path)."""
         bag = self.bag(batch, grouped=False)
         total = None
-        for table, rows, sizes in bag.segments:
+        for table, rows, sizes, weights in bag.segments:
             vectors = table(rows)  # [E, d]
+            if weights is not None:
+                vectors = vectors * weights.unsqueeze(1)
             if sizes is not None:
                 owner = torch.repeat_interleave(
                     torch.arange(len(sizes), device=rows.device), sizes, output_size=len(rows)
@@ -148,11 +159,12 @@ class WordModel(nn.Module):
     def hidden(self, bag: Bag) -> torch.Tensor:
         """h [N, d]: each input's mean (or sum) of its rows (an ``embedding_bag`` per table, no [E, d] temporary)."""
         h = None
-        for table, rows, sizes in bag.segments:
+        for table, rows, sizes, weights in bag.segments:
             if sizes is None:
                 part = table.weight.index_select(0, rows)
             else:
-                part = F.embedding_bag(rows, table.weight, torch.cumsum(sizes, 0) - sizes, mode="sum")
+                offsets = torch.cumsum(sizes, 0) - sizes
+                part = F.embedding_bag(rows, table.weight, offsets, mode="sum", per_sample_weights=weights)
             h = part if h is None else h.add_(part)
         if bag.size is not None and bag.mean:
             h = h / bag.size.unsqueeze(1).to(h.dtype)
@@ -175,13 +187,14 @@ class WordModel(nn.Module):
         if bag.size is not None and not bag.mean:
             grad_h /= bag.size.clamp_min(1).unsqueeze(1).to(grad_h.dtype)
         inputs = []
-        for table, rows, sizes in bag.segments:
+        for table, rows, sizes, weights in bag.segments:
             if sizes is None:
                 inputs.append((table.weight, rows, grad_h))
-            elif in_place:
+            elif in_place and weights is None:
                 inputs.append(bag_step(table.weight, rows, sizes, grad_h))
             else:
-                inputs.append((table.weight, rows, grad_h.repeat_interleave(sizes, dim=0, output_size=len(rows))))
+                steps = grad_h.repeat_interleave(sizes, dim=0, output_size=len(rows))
+                inputs.append((table.weight, rows, steps if weights is None else steps * weights.unsqueeze(1)))
         return loss, inputs + outputs
 
     def word_vectors(self) -> torch.Tensor:

@@ -15,8 +15,11 @@ straight-through term, so both paths make that same update.
 
 from __future__ import annotations
 
+import torch
+
 from sgns.errors import check
-from sgns.models.base import Bag, Batch, WordModel
+from sgns.models.base import Bag, Batch, Segment, WordModel
+from sgns.models.device import on_host
 
 
 class CBOW(WordModel):
@@ -31,7 +34,14 @@ class CBOW(WordModel):
         self.cbow_mean = cbow_mean
 
     def bag(self, batch: Batch, grouped: bool) -> Bag:
-        """The window's words (``batch.mask`` [B, C] tells which slots hold one), centre by centre."""
+        """The window's words (``batch.mask`` [B, C] tells which slots hold one), centre by centre; on
+        a device, every slot, the empty ones weighted 0 (their number would be read back)."""
         count = batch.mask.sum(dim=1)  # [B] words per window (at least one)
-        words = batch.context.masked_select(batch.mask)  # [E] (one pass, no nonzero)
-        return Bag([(self.center_embed, words, count)], batch.center, size=count, mean=self.cbow_mean)
+        if on_host(batch.center):
+            words = batch.context.masked_select(batch.mask)  # [E] (one pass, no nonzero)
+            segment = Segment(self.center_embed, words, count)
+        else:
+            slots = torch.full_like(count, batch.mask.shape[1])
+            weights = batch.mask.reshape(-1).to(self.center_embed.weight.dtype)
+            segment = Segment(self.center_embed, batch.context.reshape(-1), slots, weights)
+        return Bag([segment], batch.center, size=count, mean=self.cbow_mean)

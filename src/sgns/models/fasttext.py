@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from sgns.errors import check, check_int
-from sgns.models.base import Bag, Batch, WordModel
+from sgns.models.base import Bag, Batch, Segment, WordModel
+from sgns.models.device import on_host
 from sgns.subwords import mean_vectors, ngram_rows
 
 
@@ -93,6 +94,8 @@ class FastText(WordModel):
         # derived from the words: not saved in checkpoints, rebuilt with the model
         self.register_buffer("ngram_offsets", torch.from_numpy(offsets), persistent=False)  # [V + 1]
         self.register_buffer("ngram_rows", torch.from_numpy(rows), persistent=False)  # [total]
+        # the device path pads every word's n-gram rows to the vocabulary's longest list
+        self.ngram_slots = int(np.diff(offsets).max(initial=0))
 
     def _ngrams(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The n-gram rows of ``words`` [N], flat [E], and each word's count [N]."""
@@ -107,7 +110,20 @@ class FastText(WordModel):
     def bag(self, batch: Batch, grouped: bool) -> Bag:
         """The centre's own row and its n-gram rows (about 20), their mean. Grouped, h is made once
         per distinct centre of the update (R of them; a word's n-grams are its costliest part) and
-        its gradient, summed over the centre's pairs, reaches the centre's rows once."""
+        its gradient, summed over the centre's pairs, reaches the centre's rows once. On a device,
+        once per pair, each word's n-grams padded to the vocabulary's longest list (weighted 0):
+        the distinct centres and the rows' number would be read back to the host."""
+        if not on_host(batch.center):
+            start = self.ngram_offsets[batch.center]
+            count = self.ngram_offsets[batch.center + 1] - start  # [B]
+            slots = torch.arange(self.ngram_slots, device=count.device)
+            real = slots < count.unsqueeze(1)  # [B, L]
+            rows = self.ngram_rows[torch.where(real, start.unsqueeze(1) + slots, 0)].reshape(
+                -1
+            )  # (padding: row 0, weight 0)
+            weights = real.reshape(-1).to(self.ngram_embed.weight.dtype)
+            ngrams = Segment(self.ngram_embed, rows, torch.full_like(count, self.ngram_slots), weights)
+            return Bag([Segment(self.center_embed, batch.center), ngrams], batch.context, size=count + 1)
         if grouped:
             centres, owner = torch.unique(batch.center, return_inverse=True)  # [R], [B]
             runs = torch.bincount(owner, minlength=len(centres))
@@ -115,7 +131,7 @@ class FastText(WordModel):
             centres, owner, runs = batch.center, None, None
         rows, count = self._ngrams(centres)
         return Bag(
-            [(self.center_embed, centres, None), (self.ngram_embed, rows, count)],
+            [Segment(self.center_embed, centres), Segment(self.ngram_embed, rows, count)],
             batch.context,
             size=count + 1,
             owner=owner,

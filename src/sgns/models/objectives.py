@@ -28,6 +28,7 @@ from torch import nn
 
 from sgns.errors import check, check_choice
 from sgns.kernels import hs_gradients
+from sgns.models.device import on_host
 
 if TYPE_CHECKING:
     from sgns.models.base import Batch, Update
@@ -218,18 +219,24 @@ class HierarchicalSoftmax(Objective):
         self.register_buffer("points", torch.from_numpy(points), persistent=False)  # [V, L] int32
         self.register_buffer("lengths", torch.from_numpy(lengths), persistent=False)  # [V]
 
-    def _paths(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every target's decisions, flat [E]: the target each belongs to, its inner node, its code."""
+    def _paths(self, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every target's decisions, flat [E]: the target each belongs to, its inner node, its code, and
+        its weight (None: 1). On a device every target takes the longest path's L slots, those beyond
+        its own path weighted 0 (their number would be read back to the host)."""
         lengths = self.lengths[targets]  # [P]
         steps = torch.arange(self.points.shape[1], device=targets.device)
         on_path = steps < lengths.unsqueeze(1)  # [P, L]
-        which = torch.arange(len(targets), device=targets.device).unsqueeze(1).expand_as(on_path)[on_path]
-        return which, self.points[targets][on_path].long(), self.codes[targets][on_path]
+        which = torch.arange(len(targets), device=targets.device).unsqueeze(1).expand_as(on_path)
+        if not on_host(targets):
+            weights = on_path.reshape(-1)
+            return which.reshape(-1), self.points[targets].reshape(-1).long(), self.codes[targets].reshape(-1), weights
+        return which[on_path], self.points[targets][on_path].long(), self.codes[targets][on_path], None
 
     def loss(self, h: torch.Tensor, targets: torch.Tensor, batch: Batch, output: nn.Embedding) -> torch.Tensor:
-        which, nodes, codes = self._paths(targets)
+        which, nodes, codes, weights = self._paths(targets)
         scores = (h.index_select(0, which) * output(nodes)).sum(dim=-1)
         decisions = -F.logsigmoid((1 - 2 * codes).to(scores.dtype) * scores)  # code 0: σ(x), code 1: σ(-x)
+        decisions = decisions if weights is None else decisions * weights
         return torch.zeros(len(targets), dtype=scores.dtype, device=scores.device).index_add(0, which, decisions)
 
     def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss, in_place=False):
@@ -239,13 +246,16 @@ class HierarchicalSoftmax(Objective):
             )
             return loss, grad_h, [step]
         h_t = h if owner is None else h.index_select(0, owner)  # [P, d]
-        which, nodes, codes = self._paths(targets)
+        which, nodes, codes, weights = self._paths(targets)
         h_e, u = h_t.index_select(0, which), output.index_select(0, nodes)  # [E, d]
         scores = (h_e * u).sum(dim=1)
         codes = codes.to(scores.dtype)
-        loss = -F.logsigmoid((1 - 2 * codes) * scores).sum() / max(1, len(targets)) if with_loss else None
+        decisions = F.logsigmoid((1 - 2 * codes) * scores)
+        decisions = decisions if weights is None else decisions * weights
+        loss = -decisions.sum() / max(1, len(targets)) if with_loss else None
         # d(scale × loss) / d score: word2vec.c's -(1 - code - f)
         g = torch.sigmoid(scores).sub_(1).add_(codes).mul_(scale)
+        g = g if weights is None else g * weights
         grad_t = torch.zeros_like(h_t).index_add_(0, which, g.unsqueeze(1) * u)
         grad_h = grad_t if owner is None else torch.zeros_like(h).index_add_(0, owner, grad_t)
         return loss, grad_h, [(output, nodes, g.unsqueeze(1) * h_e)]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from sgns.models.base import Bag, Batch, WordModel
+from sgns.models.base import Bag, Batch, Segment, WordModel
+from sgns.models.device import on_host
 
 
 class SkipGram(WordModel):
@@ -26,8 +27,8 @@ class SkipGram(WordModel):
         negatives and their gradients: those are computed once per run of pairs (R runs, about B / 3)
         instead of once per pair. The same gradients, less work. (On a GPU the runs are not looked
         for: counting them would read back to the host.)"""
-        if grouped and len(batch.negatives) == 1 and batch.center.device.type == "cpu":
+        if grouped and len(batch.negatives) == 1 and on_host(batch.center):
             runs, run, length = torch.unique_consecutive(batch.center, return_inverse=True, return_counts=True)
             if 4 * len(runs) <= 3 * len(batch.center):  # runs pay
-                return Bag([(self.center_embed, runs, None)], batch.context, owner=run, runs=length)
-        return Bag([(self.center_embed, batch.center, None)], batch.context)
+                return Bag([Segment(self.center_embed, runs)], batch.context, owner=run, runs=length)
+        return Bag([Segment(self.center_embed, batch.center)], batch.context)

@@ -1,7 +1,8 @@
 # `make train` and `make test` install what they need into .venv first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# CPU wheel by default; GPU users: make install TORCH=torch (a CUDA build), or install their own first
+# torch 2.13.0: from PyPI on Linux a CUDA build (a machine with a local CPU wheel gets that); another
+# build: install it first (a 2.13.0 build is kept), or make install TORCH=...
 TORCH ?= torch==2.13.0
 ARGS ?=
 

@@ -2,6 +2,7 @@
 
     python scripts/gpu_bench.py                        # the first 10M tokens of $SGNS_ENWIKI (or --corpus)
     python scripts/gpu_bench.py --sizes 4096,32768 --models skipgram,cbow
+    python scripts/gpu_bench.py -- model.compile=true       # the compiled update
     python scripts/gpu_bench.py --device cpu --max-tokens 20000 --buckets 5000   # as the tests run it
 
 For each family and update size it trains one epoch (``trainer=gpu`` when CUDA is there, else the

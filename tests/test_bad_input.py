@@ -136,6 +136,9 @@ CASES = [
     (["data.nonsense=1"], "Could not override 'data.nonsense'"),
     (["data=nonsense"], "Could not find 'data/nonsense'; choose one of: enwiki, jsonl, lee"),
     # model settings, checked before the corpus is read (the corpus here does not exist)
+    (["model.compile=3", "data.path={in}/missing.txt"], "model.compile must be true or false"),
+    (["model.compile=true", "model.fused=false", "model/optimizer=adamw", "trainer.devices=1", "data.path={in}/missing.txt"], "model.compile=true compiles the closed-form update: it needs model.fused=true"),
+    (["model.compile=true", "trainer.devices=2", "data.path={in}/missing.txt"], "model.compile=true is for one device (trainer=gpu, or trainer.devices=1 on the CPU)"),
     (["model.net.embedding_dim=0", "data.path={in}/missing.txt"], "model.net.embedding_dim must be an integer >= 1"),
     (["model.alpha=nan", "data.path={in}/missing.txt"], "model.alpha must be a finite number > 0"),
     (["model.alpha=0"], "model.alpha must be a finite number > 0"),

@@ -296,6 +296,11 @@ class HogwildStrategy(SingleDeviceStrategy):
         check(deterministic is not True or self.workers == 1, f"{one}, got trainer.devices={self.workers}")
         if self.workers == 1:
             return
+        check(
+            not module.hparams.get("compile"),
+            f"model.compile=true is for one device (trainer=gpu, or trainer.devices=1 on the CPU); "
+            f"{self.workers} lock-free workers would each compile the update",
+        )
         check(self.root_device.type == "cpu", "lock-free workers train on the CPU: use trainer=gpu or trainer=ddp")
         optimizer = getattr(module.optimizer_factory, "func", module.optimizer_factory).__name__
         dense = (

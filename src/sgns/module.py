@@ -85,6 +85,7 @@ class Word2VecModule(L.LightningModule):
         min_alpha: float = 0.0001,
         fused: bool = True,
         objective: str = "ns",
+        compile: bool = False,
         vocab_size: int | None = None,
         words: Sequence[str] | None = None,
         counts: Sequence[int] | None = None,
@@ -93,6 +94,8 @@ class Word2VecModule(L.LightningModule):
         check_number("model.alpha", alpha, 0, low_open=True)
         check_number("model.min_alpha", min_alpha, 0, alpha)
         check(isinstance(fused, bool), f"model.fused must be true or false, got {fused!r}")
+        check(isinstance(compile, bool), f"model.compile must be true or false, got {compile!r}")
+        check(not compile or fused, "model.compile=true compiles the closed-form update: it needs model.fused=true")
         check_choice("model.objective", objective, OBJECTIVES)
         # the settings are checked now, not after the corpus is prepared: a net of one word is made
         # (its own checks run; on the meta device, so a large table costs nothing) and the
@@ -123,6 +126,7 @@ class Word2VecModule(L.LightningModule):
         self.automatic_optimization = False  # a step is several updates, each its own optimiser step
         self._epoch_loss = [0.0, 0]
         self.shared_progress: Callable[[float], float] | None = None  # (hogwild.py)
+        self._compiled: Callable | None = None  # model.compile: the compiled row_gradients, made at the first update
         if vocab_size is not None:
             self.build(vocab_size, words, counts)
 
@@ -236,9 +240,12 @@ class Word2VecModule(L.LightningModule):
             return loss, len(update)
         if not len(update) and world == 1:
             return None, 0
-        # plain SGD in one process on the CPU: some rows' steps come compiled (kernels.py)
-        in_place = world == 1 and isinstance(optimizer, torch.optim.SGD) and on_host(update.center)
-        loss, rows = self.net.row_gradients(update, gradient_scale(optimizer), with_loss, in_place)
+        if self.hparams.compile:  # (the step as a tensor: alpha's decay recompiles nothing)
+            scale = update.center.new_tensor(gradient_scale(optimizer), dtype=torch.float64)
+            loss, rows = self._compiled_gradients()(update, scale, with_loss)
+        else:  # plain SGD in one process on the CPU: some rows' steps come compiled (kernels.py)
+            in_place = world == 1 and isinstance(optimizer, torch.optim.SGD) and on_host(update.center)
+            loss, rows = self.net.row_gradients(update, gradient_scale(optimizer), with_loss, in_place)
         n = len(update)
         if world > 1:  # (every rank joins every exchange, even with nothing to send)
             loss, rows, n = self._gather_rows(loss, n, rows)
@@ -246,6 +253,16 @@ class Word2VecModule(L.LightningModule):
             self._check_loss(loss, update)
         FUSED_UPDATES[type(optimizer)](optimizer, rows)
         return (None if loss is None else float(loss)), n
+
+    def _compiled_gradients(self) -> Callable:
+        """``model.compile``: the net's closed-form gradients through ``torch.compile`` (inductor: the
+        update's elementwise work fused into fewer kernels). The step is a 0-dim tensor, so that alpha's
+        decay does not recompile; the SGD or SparseAdam step that follows stays eager. Compiled at the
+        first update (a GPU's device path has no data-dependent shapes; on the CPU the host path's
+        selections break the graph). CUDA graphs are not used: not yet measured on a GPU."""
+        if self._compiled is None:
+            self._compiled = torch.compile(self.net.row_gradients)
+        return self._compiled
 
     def _decay(self, optimizer: torch.optim.Optimizer, progress: float) -> None:
         """Linear decay of every group's lr from its initial value (alpha for SGD) to min_alpha / alpha of it."""

@@ -334,8 +334,8 @@ class Word2VecDataModule(L.LightningDataModule):
         world_size = self.trainer.world_size if self.trainer is not None else 1
         settings = self.resume_settings(world_size, self.train_set.device.type, workers(self.trainer))
         state = {"words": self.vocab.words, "counts": self.vocab.counts.tolist(), "settings": settings}
-        if self.prepare().phrases is not None:  # (sgns phrases lists them)
-            state["phrases"] = self.prepare().phrases.state()
+        if (phrases := self.prepare().phrases) is not None:  # (sgns phrases lists them)
+            state["phrases"] = phrases.state()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

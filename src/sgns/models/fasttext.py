@@ -118,9 +118,8 @@ class FastText(WordModel):
             count = self.ngram_offsets[batch.center + 1] - start  # [B]
             slots = torch.arange(self.ngram_slots, device=count.device)
             real = slots < count.unsqueeze(1)  # [B, L]
-            rows = self.ngram_rows[torch.where(real, start.unsqueeze(1) + slots, 0)].reshape(
-                -1
-            )  # (padding: row 0, weight 0)
+            at = torch.where(real, start.unsqueeze(1) + slots, 0)  # (the padding: the first row, weighted 0)
+            rows = self.ngram_rows[at].reshape(-1)
             weights = real.reshape(-1).to(self.ngram_embed.weight.dtype)
             ngrams = Segment(self.ngram_embed, rows, torch.full_like(count, self.ngram_slots), weights)
             return Bag([Segment(self.center_embed, batch.center), ngrams], batch.context, size=count + 1)

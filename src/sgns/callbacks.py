@@ -294,6 +294,8 @@ class LastCheckpoint(Checkpoint):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs:
+            return  # the last epoch: the end of training writes it (with the epoch counted done), once
         self._save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -110,6 +110,20 @@ def test_the_end_of_training_writes_the_checkpoint_once(corpus, tmp_path, monkey
     assert state["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == epochs
 
 
+@pytest.mark.parametrize("max_epochs, saved", [(3, [0, 1]), (-1, [0, 1, 2]), (None, [0, 1, 2])])
+def test_every_epoch_end_but_the_last_writes_the_checkpoint(monkeypatch, max_epochs, saved):
+    """With trainer.max_epochs=-1 (training to max_steps) there is no last epoch: every end writes."""
+    from types import SimpleNamespace
+
+    from sgns.callbacks import LastCheckpoint
+
+    callback, written = LastCheckpoint("unused"), []
+    monkeypatch.setattr(callback, "_save", lambda trainer: written.append(trainer.current_epoch))
+    for epoch in range(3):
+        callback.on_train_epoch_end(SimpleNamespace(max_epochs=max_epochs, current_epoch=epoch), None)
+    assert written == saved
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(corpus, reference, tmp_path, signum, code):
     proc = start_train_py(*_args(corpus, tmp_path))

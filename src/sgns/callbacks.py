@@ -294,9 +294,10 @@ class LastCheckpoint(Checkpoint):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs:
-            return  # the last epoch: the end of training writes it (with the epoch counted done), once
-        self._save(trainer)
+        # the last epoch's end is the end of training, which writes it once, the epoch counted done
+        # (trainer.max_epochs=-1, training to max_steps: every epoch's end writes it)
+        if trainer.current_epoch + 1 != trainer.max_epochs:
+            self._save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer)

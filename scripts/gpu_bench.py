@@ -76,8 +76,7 @@ def sync_check(cfg) -> str:
     original = Word2VecModule.training_step
 
     def training_step(self, step, batch_idx):
-        logged = (self.global_step + 1) % self.trainer.log_every_n_steps == 0
-        if logged or batch_idx == self.trainer.num_training_batches - 1:
+        if self.reads_loss(batch_idx):
             return original(self, step, batch_idx)
         torch.cuda.set_sync_debug_mode("error")
         try:

@@ -35,6 +35,9 @@ import psutil
 
 from sgns.data.phrases import THRESHOLDS
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_gensim import write_slice  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = os.environ.get("SGNS_ENWIKI")  # the 40M-token Wikipedia text of docs/benchmarks.md, or --corpus
 
@@ -129,20 +132,6 @@ def synthetic(path: Path, tokens: int, vocab: int = 500_000, seed: int = 0) -> N
             written += n
 
 
-def _first_tokens(corpus: Path, max_tokens: int, target: Path) -> Path:
-    """The first ``max_tokens`` whitespace tokens of ``corpus``, one line per line, as plain text."""
-    opener = gzip.open if corpus.suffix == ".gz" else open
-    total = 0
-    with opener(corpus, "rt", encoding="utf-8") as inp, open(target, "w", encoding="utf-8") as out:
-        for line in inp:
-            tokens = line.split()[: max_tokens - total]
-            out.write(" ".join(tokens) + "\n")
-            total += len(tokens)
-            if total >= max_tokens:
-                break
-    return target
-
-
 def _compare_phrases(ours_path: Path, gensim_path: Path | None) -> None:
     """Our 30 best phrases of each pass, and the agreement of the two sets, pass by pass."""
     from sgns.data.phrases import PhraseTable
@@ -187,7 +176,8 @@ def main() -> None:
         env = {**os.environ, "SGNS_CACHE_DIR": str(work / "sgns"), "HF_DATASETS_CACHE": str(work / "hf"),
                "PYTHONPATH": str(ROOT / "src"), "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}  # fmt: skip
         if args.max_tokens:
-            corpus = _first_tokens(corpus, args.max_tokens, work / f"first-{args.max_tokens}.txt")
+            write_slice(str(corpus), args.max_tokens, work / f"first-{args.max_tokens}.txt")
+            corpus = work / f"first-{args.max_tokens}.txt"
         procs = str(args.num_proc or "auto")
         ours = [str(corpus), args.tokenizer, procs, "0", ""]
         rows = [(f"ours, first run (num_proc={procs})", measured(OURS, ours, env)),

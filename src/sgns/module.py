@@ -194,12 +194,16 @@ class Word2VecModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_loss = [0.0, 0]  # loss × examples and examples of this epoch's measured steps
 
-    def training_step(self, step: list[Batch], batch_idx: int) -> None:
-        trainer, optimizer = self.trainer, self.optimizers()
-        # the loss costs as much as a tenth of an update: computed where it is read, on the steps the
-        # logger writes and on the epoch's last step (so the loss reported at the end is the last epoch's)
+    def reads_loss(self, batch_idx: int) -> bool:
+        """Whether this step computes its loss and reads it back: the loss costs as much as a tenth of
+        an update, so only the steps the logger writes and the epoch's last step (so that the loss
+        reported at the end is the last epoch's) compute it."""
+        trainer = self.trainer
         logged = (self.global_step + 1) % max(1, trainer.log_every_n_steps) == 0
-        wanted = logged or batch_idx == trainer.num_training_batches - 1
+        return logged or batch_idx == trainer.num_training_batches - 1
+
+    def training_step(self, step: list[Batch], batch_idx: int) -> None:
+        optimizer, wanted = self.optimizers(), self.reads_loss(batch_idx)
         result = (0.0, 0)
 
         def closure() -> None:  # every update of the step; Lightning counts one optimiser step

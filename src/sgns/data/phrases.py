@@ -142,7 +142,7 @@ def join(flat: pa.Array, lengths: np.ndarray, phrases: pa.Array, connectors: tup
     np.add.at(covered, first + 1, 1)
     np.add.at(covered, last + 1, -1)
     keep = np.cumsum(covered[:-1]) == 0
-    joined = pc.replace_substring(_keys(flat, first, last), SEPARATOR, DELIMITER).cast(flat.type)
+    joined = _joined(_keys(flat, first, last)).cast(flat.type)
     source = np.arange(len(flat))
     source[first] = len(flat) + np.arange(len(taken))  # a phrase's first token becomes the phrase
     out = pa.concat_arrays([flat, joined]).take(pa.array(source[keep]))
@@ -183,9 +183,14 @@ def score(
     return keys.take(pa.array(order)), scores[order], counts[order].astype(np.int64)
 
 
+def _joined(keys: pa.Array) -> pa.Array:
+    """Candidates' keys as the tokens they become (``new york`` -> ``new_york``)."""
+    return pc.replace_substring(keys, SEPARATOR, DELIMITER)
+
+
 def display(keys: pa.Array) -> list[str]:
     """Phrases as the tokens they become (``new_york``)."""
-    return pc.replace_substring(keys, SEPARATOR, DELIMITER).to_pylist()
+    return _joined(keys).to_pylist()
 
 
 @dataclass

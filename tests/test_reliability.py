@@ -257,6 +257,26 @@ def test_without_the_thread_tuner_one_process_trains_one_thread(tmp_path, monkey
         torch.set_num_threads(most)
 
 
+def test_beside_lock_free_workers_the_thread_tuner_never_probes_more_threads(tmp_path, monkeypatch):
+    """The tuner's hooks run before the strategy's: with 2 workers it saw torch's 2 threads, and
+    probed them in the trainer's process while the other worker trained on the second core."""
+    corpus = tmp_path / "planted.txt"
+    planted_corpus(corpus, sentences=300)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    most = torch.get_num_threads()
+    ThreadCounts.seen = []
+    try:
+        torch.set_num_threads(2)
+        train(compose_train(tmp_path, [f"data.path={corpus}", "data.min_count=1", "trainer.max_epochs=2", "logger=none",
+                                       "trainer.devices=2", "data.batch_size=64", "callbacks.threads.every_s=0.001",
+                                       "callbacks.threads.probe_s=0.001", "probe_words=[]",
+                                       "+callbacks.counts._target_=test_reliability.ThreadCounts"]))  # fmt: skip
+        assert len(ThreadCounts.seen) > 10 and set(ThreadCounts.seen) == {1}
+        assert torch.get_num_threads() == 2  # given back after training
+    finally:
+        torch.set_num_threads(most)
+
+
 @pytest.mark.parametrize("one_thread_faster", [True, False])
 def test_the_thread_tuner_keeps_the_faster_count(monkeypatch, one_thread_faster):
     """Timed rounds: each candidate runs for probe_s seconds of steps; the fastest per pair is kept."""

@@ -237,10 +237,9 @@ class ThreadCounts(L.Callback):
         ThreadCounts.seen.append(torch.get_num_threads())
 
 
-@pytest.mark.parametrize("callbacks", ["callbacks.threads.enabled=false", "~callbacks.threads"])
-def test_without_the_thread_tuner_one_process_trains_one_thread(tmp_path, monkeypatch, callbacks):
-    """Without the tuner, torch's one thread per core met at every small operation: beside a busy
-    process an epoch of the embedded corpus took 48-104 s instead of about 4 s."""
+def thread_counts_of_a_run(tmp_path, monkeypatch, overrides: list[str]) -> list[int]:
+    """torch's thread count at every step of the trainer's process, starting from 2 threads; checks
+    that training gives the 2 back."""
     corpus = tmp_path / "planted.txt"
     planted_corpus(corpus, sentences=300)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -248,33 +247,28 @@ def test_without_the_thread_tuner_one_process_trains_one_thread(tmp_path, monkey
     ThreadCounts.seen = []
     try:
         torch.set_num_threads(2)
-        train(compose_train(tmp_path, [f"data.path={corpus}", "data.min_count=1", "trainer.max_epochs=1", "logger=none",
-                                       "trainer.deterministic=true", callbacks, "probe_words=[]",
-                                       "+callbacks.counts._target_=test_reliability.ThreadCounts"]))  # fmt: skip
-        assert ThreadCounts.seen and set(ThreadCounts.seen) == {1}
+        train(compose_train(tmp_path, [f"data.path={corpus}", "data.min_count=1", "logger=none", "probe_words=[]",
+                                       "+callbacks.counts._target_=test_reliability.ThreadCounts", *overrides]))  # fmt: skip
         assert torch.get_num_threads() == 2  # given back after training
     finally:
         torch.set_num_threads(most)
+    return ThreadCounts.seen
+
+
+@pytest.mark.parametrize("callbacks", ["callbacks.threads.enabled=false", "~callbacks.threads"])
+def test_without_the_thread_tuner_one_process_trains_one_thread(tmp_path, monkeypatch, callbacks):
+    """Without the tuner, torch's one thread per core met at every small operation: beside a busy
+    process an epoch of the embedded corpus took 48-104 s instead of about 4 s."""
+    seen = thread_counts_of_a_run(tmp_path, monkeypatch, ["trainer.max_epochs=1", "trainer.deterministic=true", callbacks])
+    assert seen and set(seen) == {1}
 
 
 def test_beside_lock_free_workers_the_thread_tuner_never_probes_more_threads(tmp_path, monkeypatch):
     """The tuner's hooks run before the strategy's: with 2 workers it saw torch's 2 threads, and
     probed them in the trainer's process while the other worker trained on the second core."""
-    corpus = tmp_path / "planted.txt"
-    planted_corpus(corpus, sentences=300)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    most = torch.get_num_threads()
-    ThreadCounts.seen = []
-    try:
-        torch.set_num_threads(2)
-        train(compose_train(tmp_path, [f"data.path={corpus}", "data.min_count=1", "trainer.max_epochs=2", "logger=none",
-                                       "trainer.devices=2", "data.batch_size=64", "callbacks.threads.every_s=0.001",
-                                       "callbacks.threads.probe_s=0.001", "probe_words=[]",
-                                       "+callbacks.counts._target_=test_reliability.ThreadCounts"]))  # fmt: skip
-        assert len(ThreadCounts.seen) > 10 and set(ThreadCounts.seen) == {1}
-        assert torch.get_num_threads() == 2  # given back after training
-    finally:
-        torch.set_num_threads(most)
+    seen = thread_counts_of_a_run(tmp_path, monkeypatch, ["trainer.max_epochs=2", "trainer.devices=2", "data.batch_size=64",
+                                                          "callbacks.threads.every_s=0.001", "callbacks.threads.probe_s=0.001"])  # fmt: skip
+    assert len(seen) > 10 and set(seen) == {1}
 
 
 @pytest.mark.parametrize("one_thread_faster", [True, False])

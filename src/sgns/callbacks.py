@@ -160,9 +160,9 @@ class ThreadTuner(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         most = self._initial = torch.get_num_threads()
-        self.candidates = sorted({1, most, *(2**i for i in range(most.bit_length()) if 2**i < most)})
-        if workers(trainer) > 1:  # lock-free workers train one thread each: a second would contend with them
-            self.candidates = []
+        # none beside lock-free workers: they train one thread each, and a second would contend with them
+        powers = {1, most, *(2**i for i in range(most.bit_length()) if 2**i < most)}
+        self.candidates = [] if workers(trainer) > 1 else sorted(powers)
         self.threads = most
         self._next_round = time.perf_counter() + min(1.0, self.every_s)  # a first look soon after the start
         self._queue: list[int] = []

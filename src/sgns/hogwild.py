@@ -44,7 +44,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from sgns import kernels
 from sgns.errors import Word2VecError, check
 from sgns.lightning_internals import Launcher
-from sgns.module import check_finite, wants_sparse_gradients
+from sgns.module import Word2VecModule, check_finite, wants_sparse_gradients
 
 STALL_S = 600.0  # a worker whose position has not moved for this long is taken for hung
 
@@ -144,7 +144,6 @@ class WorkerPool:
         self.epoch, self.started = epoch, time.monotonic()
         self.finished.zero_()
         parent = os.getpid()
-        kernels.load()  # once here, not again in every worker
         for rank in range(1, self.size):
             self.positions[rank] = skips[rank]
             if skips[rank] >= limits[rank]:
@@ -309,6 +308,15 @@ class HogwildStrategy(SingleDeviceStrategy):
         )
         use = "use model/optimizer=sgd or sparse_adam, or one worker (trainer.devices=1)"
         check(wants_sparse_gradients(module.optimizer_factory), f"{dense}: {use}")
+
+    def load_update(self, module: Word2VecModule) -> None:
+        """Load the compiled update (``kernels.py``) for the module's tables once, here, before
+        training: the workers forked at every epoch inherit it instead of each loading it at its
+        first update (about 0.3 s each), as gensim's compiled loops are loaded when it is imported."""
+        optimizer = getattr(module.optimizer_factory, "func", module.optimizer_factory)
+        dtype = module.net.center_embed.weight.dtype
+        if module.hparams.fused and optimizer is torch.optim.SGD and dtype in kernels.DTYPES:  # (what runs compiled)
+            kernels.warm(dtype)
 
     # -- the run ---------------------------------------------------------------------------------
     def on_train_start(self) -> None:

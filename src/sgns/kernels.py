@@ -1,104 +1,127 @@
-"""Compiled CPU loops (numba) for the updates whose torch form is paid in memory passes, not arithmetic.
+"""Compiled CPU loops (numba): the update of plain SGD in one process, without torch's temporaries.
 
-Hierarchical softmax gives every target its own path of about 17 inner nodes, so its torch
-form (``objectives.HierarchicalSoftmax.gradients``) gathers and writes [E, d] temporaries for
-E = every decision of the update, about ten passes over E × d floats. Here the same batched
-update takes two passes over the path rows, a target's h staying in cache:
-1. ``hs_gradients``: every decision's score and gradient from the tables as they are (the
-   update's snapshot), its share of dL/dh added to ``grad_h``, and the loss if asked;
-2. the step it returns: every inner node's SGD step, g × h, added in place (``optim.apply_sgd``
-   runs it with the update's other rows, after the divergence guard has read the loss).
-It is the same update as the torch form, to float rounding (tests compare the two); it runs on one
-thread, so in a lock-free worker nothing waits. ``bag_step`` adds a CBOW window's or a fastText
-word's dL/dh to each of its rows without the [E, d] copy that ``scatter_add_`` needs. Used with
+A torch update is a few dozen operations on [E, d] temporaries; on one thread, for the few
+hundred examples a lock-free worker's update holds, their dispatch and memory passes cost more
+than the arithmetic. Here the same batched update (the update's snapshot read first, its steps
+written after the divergence guard has read the loss) is a handful of loops over the rows:
+- ``bag_hidden``: each input's h, the sum of its bag's rows (a CBOW window's, a fastText word's
+  n-grams'), the rows further on requested from memory while the current ones are summed (their
+  tables are far larger than the caches, so an update waits on memory, not arithmetic);
+- ``ns_positives``: negative sampling's positive pairs, their scores and dL/dh from the snapshot
+  (the negatives shared by an update stay three matrix products, in ``objectives.py``), and
+  ``ns_step``, which adds every output row's step;
+- ``hs_gradients``: hierarchical softmax's decisions along every target's path, then its inner
+  nodes' steps (the 255 nearest the root summed per update and written once);
+- ``bag_step``: dL/dh added to every row of each input's bag, without the [E, d] copy of every
+  row's step that ``scatter_add_`` needs.
+It is the same update as the torch form, to float rounding (tests compare the two for every
+family and objective); it runs on one thread, so in a lock-free worker nothing waits. Used with
 SGD in one process on the CPU (a DDP rank sends its rows to the others instead); elsewhere the
 torch form.
 
 numba is imported at the first call, so commands that never train do not pay for it, and the
-compiled loop is cached next to this file (``cache=True``).
+compiled loops are cached next to this file (``cache=True``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
+from types import ModuleType
 
 import numpy as np
 import torch
 
-_compiled = None
-# Inner nodes whose steps an update sums before writing them: the root and the 254 below it, on
-# nearly every path. Written once per update, the rows other workers read most stop moving between
-# cores at every target (2 workers on one table: 1.3x the updates of one without this, 1.7x with it).
-HOT = 255
+_compiled: ModuleType | None = None
+DTYPES = (torch.float32, torch.float64)  # the tables' types the loops take (numba has no bfloat16)
+LINE = 64  # bytes in a cache line
 
 
-def _compile():
-    import numba
-
-    @numba.njit(nogil=True, cache=True, fastmath=True)
-    def hs_scores(h, owner, targets, points, codes, lengths, output, scale, grad_h, g, with_loss):
-        loss = 0.0
-        e = 0
-        for p in range(len(targets)):  # 1: scores and dL/dh from the snapshot
-            t = targets[p]
-            h_p, grad_p = h[owner[p]], grad_h[owner[p]]  # [d] views
-            for j in range(lengths[t]):
-                row = output[points[t, j]]
-                f = h_p[0] * 0  # (the tables' precision: float32 products vectorise)
-                for k in range(len(row)):
-                    f += h_p[k] * row[k]
-                if with_loss:  # -log σ(f) for code 0, -log σ(-f) for code 1
-                    x = f if codes[t, j] == 0 else -f
-                    loss -= min(x, 0.0) - math.log1p(math.exp(-abs(x)))
-                # d(scale × loss) / d f: word2vec.c's -(1 - code - σ(f))
-                g[e] = (1.0 / (1.0 + math.exp(-f)) - 1.0 + codes[t, j]) * scale
-                step = g[e]  # (in the tables' precision)
-                e += 1
-                for k in range(len(row)):
-                    grad_p[k] += step * row[k]
-        return loss
-
-    @numba.njit(nogil=True, cache=True, fastmath=True)
-    def hs_steps(h, owner, targets, points, lengths, output, g):
-        e = 0
-        hot = np.zeros((HOT, output.shape[1]), dtype=output.dtype)  # the top of the tree's steps, summed here
-        first_hot = output.shape[0] - HOT  # (the inner nodes near the root are the last made)
-        for p in range(len(targets)):  # 2: the inner nodes' steps
-            t = targets[p]
-            h_p = h[owner[p]]
-            for j in range(lengths[t]):
-                node = points[t, j]
-                row = hot[node - first_hot] if node >= first_hot else output[node]
-                step = g[e]
-                e += 1
-                for k in range(len(row)):
-                    row[k] += step * h_p[k]
-        for i in range(max(0, -first_hot), HOT):  # written once per update, not once per target
-            row = output[first_hot + i]
-            for k in range(len(row)):
-                row[k] += hot[i, k]
-
-    @numba.njit(nogil=True, cache=True, fastmath=True)
-    def bag_steps(table, rows, sizes, grad):
-        e = 0
-        for b in range(len(sizes)):
-            g = grad[b]  # [d], read once for the bag's rows
-            for _ in range(sizes[b]):
-                row = table[rows[e]]
-                e += 1
-                for k in range(len(row)):
-                    row[k] += g[k]
-
-    return hs_scores, hs_steps, bag_steps
-
-
-def load():
-    """The compiled loops (numba imported, and compiled or read from its cache, at the first call)."""
+def load() -> ModuleType:
+    """The compiled loops (``loops.py``: numba imported, and each loop compiled or read from its
+    cache, at the first call)."""
     global _compiled
     if _compiled is None:
-        _compiled = _compile()
+        from sgns import loops
+
+        _compiled = loops
     return _compiled
+
+
+_ONE_EACH = np.empty(0, dtype=np.int64)  # a bag's sizes when every input has one row
+
+
+def _owner(owner: torch.Tensor | None) -> np.ndarray:
+    return _ONE_EACH if owner is None else owner.numpy()
+
+
+def bag_hidden(
+    segments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], n: int, mean_of: torch.Tensor | None
+) -> torch.Tensor:
+    """h [n, d]: each input's sum of its rows over the bag's segments ((table, rows [E], sizes [n]
+    or None: one row each), rows input by input), divided by ``mean_of`` [n] (None: the sum)."""
+    first = segments[0][0]
+    h = torch.zeros(n, first.shape[1], dtype=first.dtype)
+    for i, (table, rows, sizes) in enumerate(segments):
+        table_ = table.detach().numpy()
+        sizes_ = _ONE_EACH if sizes is None else sizes.numpy()
+        divide = mean_of.numpy() if mean_of is not None and i == len(segments) - 1 else _ONE_EACH
+        load().bag_sums(table_, rows.numpy(), sizes_, h.numpy(), divide, max(1, LINE // table_.itemsize))
+    return h
+
+
+def bag_step(
+    table: torch.Tensor, rows: torch.Tensor, sizes: torch.Tensor | None, steps: torch.Tensor
+) -> Callable[[], None]:
+    """The step adding ``steps[n]`` [N, d] to each of input n's rows of ``table`` (``rows`` [E],
+    input by input, ``sizes`` [N]; None: one each)."""
+    table_, rows_, steps_ = table.detach().numpy(), rows.numpy(), steps.contiguous().numpy()
+    sizes_ = _ONE_EACH if sizes is None else sizes.numpy()
+    return lambda: load().bag_steps(table_, rows_, sizes_, steps_)
+
+
+def ns_positives(
+    h: torch.Tensor,
+    owner: torch.Tensor | None,
+    targets: torch.Tensor,
+    output: torch.Tensor,
+    scale: float,
+    with_loss: bool,
+) -> tuple[float | None, torch.Tensor, np.ndarray]:
+    """Negative sampling's positive pairs for inputs h [N, d] and targets [P] (target p's input
+    ``owner[p]``; None: p), from the snapshot: their summed loss (None unless ``with_loss``), their
+    part of dL/dh [N, d] of ``scale`` × the loss, and each pair's gradient of its score [P]."""
+    h = h.contiguous()
+    grad_h = torch.zeros_like(h)
+    g = np.empty(len(targets), dtype=h.numpy().dtype)
+    output_ = output.detach().numpy()
+    loss = load().ns_positives(
+        h.numpy(),
+        _owner(owner),
+        targets.numpy(),
+        output_,
+        float(scale),
+        grad_h.numpy(),
+        g,
+        with_loss,
+        max(1, LINE // output_.itemsize),
+    )
+    return (loss if with_loss else None), grad_h, g
+
+
+def ns_step(
+    h: torch.Tensor,
+    owner: torch.Tensor | None,
+    targets: torch.Tensor,
+    g: np.ndarray,
+    output: torch.Tensor,
+    negatives: torch.Tensor,
+    negative_steps: torch.Tensor,
+) -> Callable[[], None]:
+    """The output rows' step: ``g[p]`` × h of its input added to target p's row, and
+    ``negative_steps`` [K, d] to the K negatives' rows."""
+    arrays = (h.contiguous().numpy(), _owner(owner), targets.numpy(), g, output.detach().numpy())
+    negatives_, steps_ = negatives.numpy(), negative_steps.contiguous().numpy()
+    return lambda: load().ns_steps(*arrays, negatives_, steps_)
 
 
 def hs_gradients(
@@ -117,22 +140,27 @@ def hs_gradients(
     ``with_loss``), dL/dh [N, d] of ``scale`` × the summed loss, and the step of the inner nodes,
     to run once the loss has been read."""
     h = h.contiguous()
-    owner = (torch.arange(len(targets)) if owner is None else owner).numpy()
+    owner_ = _owner(owner)
     grad_h = torch.zeros_like(h)
     g = np.empty(int(lengths[targets].sum()), dtype=h.numpy().dtype)
-    scores, steps, _ = load()
+    compiled = load()
     h_, targets_, points_, lengths_ = h.numpy(), targets.numpy(), points.numpy(), lengths.numpy()
     output_ = output.detach().numpy()
-    loss = scores(
-        h_, owner, targets_, points_, codes.numpy(), lengths_, output_, float(scale), grad_h.numpy(), g, with_loss
+    loss = compiled.hs_scores(
+        h_, owner_, targets_, points_, codes.numpy(), lengths_, output_, float(scale), grad_h.numpy(), g, with_loss
     )
     mean = torch.tensor(loss / max(1, len(targets)), dtype=h.dtype) if with_loss else None
-    return mean, grad_h, lambda: steps(h_, owner, targets_, points_, lengths_, output_, g)
+    return mean, grad_h, lambda: compiled.hs_steps(h_, owner_, targets_, points_, lengths_, output_, g)
 
 
-def bag_step(table: torch.Tensor, rows: torch.Tensor, sizes: torch.Tensor, steps: torch.Tensor) -> Callable[[], None]:
-    """The step adding ``steps[b]`` [N, d] to each of bag b's rows of ``table`` (``rows`` [E], bag by
-    bag, ``sizes`` [N]): the SGD step of a CBOW window's or a fastText word's rows without the
-    [E, d] copy of every row's step that ``scatter_add_`` needs."""
-    table_, rows_, sizes_, steps_ = table.detach().numpy(), rows.numpy(), sizes.numpy(), steps.contiguous().numpy()
-    return lambda: load()[2](table_, rows_, sizes_, steps_)
+def warm(dtype: torch.dtype) -> None:
+    """Compile every loop for tables of ``dtype``, or read it from numba's cache, now (about 0.3 s,
+    most of it numba's own start): lock-free workers forked after this inherit the loops instead
+    of each loading them at its first update."""
+    table, rows, one = torch.zeros(2, 1, dtype=dtype), torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long)
+    h = bag_hidden([(table, rows, one)], 1, one)
+    bag_step(table, rows, None, h)()
+    _, grad_h, g = ns_positives(h, None, rows, table, 0.0, True)
+    ns_step(h, rows, rows, g, table, rows, grad_h)()
+    points, codes = torch.zeros(2, 1, dtype=torch.int32), torch.zeros(2, 1, dtype=torch.int8)
+    hs_gradients(h, None, rows, points, codes, one, table, 0.0, True)[2]()

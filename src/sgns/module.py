@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 import lightning as L
 import torch
 
+from sgns import kernels
 from sgns.errors import Diverged, Word2VecError, check, check_choice, check_number
 from sgns.models.base import Batch, Update, WordModel
 from sgns.models.device import on_host
@@ -249,8 +250,13 @@ class Word2VecModule(L.LightningModule):
         if self.hparams.compile:  # (the step as a tensor: alpha's decay recompiles nothing)
             scale = update.center.new_tensor(gradient_scale(optimizer), dtype=torch.float64)
             loss, rows = self._compiled_gradients()(update, scale, with_loss)
-        else:  # plain SGD in one process on the CPU: some rows' steps come compiled (kernels.py)
-            in_place = world == 1 and isinstance(optimizer, torch.optim.SGD) and on_host(update.center)
+        else:  # plain SGD in one process on the CPU: the update runs compiled (kernels.py)
+            in_place = (
+                world == 1
+                and isinstance(optimizer, torch.optim.SGD)
+                and on_host(update.center)
+                and self.net.center_embed.weight.dtype in kernels.DTYPES
+            )
             loss, rows = self.net.row_gradients(update, gradient_scale(optimizer), with_loss, in_place)
         n = len(update)
         if world > 1:  # (every rank joins every exchange, even with nothing to send)

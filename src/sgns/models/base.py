@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgns import kernels
 from sgns.errors import check_int
-from sgns.kernels import bag_step
 from sgns.models.objectives import NegativeSampling, Objective
 
 # (table, rows, gradient rows), repeated rows adding up; or, for plain SGD on the CPU, a compiled
@@ -156,8 +156,24 @@ class WordModel(nn.Module):
             )
         return self.objective.loss(total, bag.targets, batch, self.outside_embed)
 
-    def hidden(self, bag: Bag) -> torch.Tensor:
-        """h [N, d]: each input's mean (or sum) of its rows (an ``embedding_bag`` per table, no [E, d] temporary)."""
+    def hidden(self, bag: Bag, in_place: bool = False) -> torch.Tensor:
+        """h [N, d]: each input's mean (or sum) of its rows (an ``embedding_bag`` per table, no [E, d]
+        temporary; ``in_place``: a compiled loop that asks for the next rows while it sums these)."""
+        mean_of = bag.size if bag.size is not None and bag.mean else None
+        if in_place:
+            segments = [(table.weight, rows, sizes) for table, rows, sizes, _ in bag.segments]
+            return kernels.bag_hidden(segments, self._inputs_of(bag), mean_of)
+        h = self._embedding_bags(bag)
+        return h if mean_of is None else h / mean_of.unsqueeze(1).to(h.dtype)
+
+    @staticmethod
+    def _inputs_of(bag: Bag) -> int:
+        """N: the inputs of a bag (its first segment's sizes, or its rows when each input has one)."""
+        rows, sizes = bag.segments[0].rows, bag.segments[0].sizes
+        return len(rows) if sizes is None else len(sizes)
+
+    @staticmethod
+    def _embedding_bags(bag: Bag) -> torch.Tensor:
         h = None
         for table, rows, sizes, weights in bag.segments:
             if sizes is None:
@@ -166,8 +182,6 @@ class WordModel(nn.Module):
                 offsets = torch.cumsum(sizes, 0) - sizes
                 part = F.embedding_bag(rows, table.weight, offsets, mode="sum", per_sample_weights=weights)
             h = part if h is None else h.add_(part)
-        if bag.size is not None and bag.mean:
-            h = h / bag.size.unsqueeze(1).to(h.dtype)
         return h
 
     @torch.no_grad()
@@ -177,10 +191,11 @@ class WordModel(nn.Module):
         """Mean loss and the rows' updates of ``scale`` × the summed loss, in closed form: h once per
         input of the bag, the objective's gradients, and every row of the bag receiving its input's
         dL/dh (repeated rows add up). ``in_place``: plain SGD (``scale`` = -lr) on the CPU in one
-        process; a bag's rows (and an objective's rows where it can) come as compiled steps
-        (``kernels.py``) that ``apply_sgd`` runs, instead of rows."""
+        process; h is summed by a compiled loop, and the bag's rows (and the objective's, with shared
+        negatives or hierarchical softmax) come as compiled steps (``kernels.py``) that ``apply_sgd``
+        runs, instead of rows."""
         bag = self.bag(batch, grouped=True)
-        h = self.hidden(bag)
+        h = self.hidden(bag, in_place)
         loss, grad_h, outputs = self.objective.gradients(
             h, bag.targets, bag.owner, bag.runs, batch, self.outside_embed.weight, scale, with_loss, in_place
         )
@@ -188,10 +203,10 @@ class WordModel(nn.Module):
             grad_h /= bag.size.clamp_min(1).unsqueeze(1).to(grad_h.dtype)
         inputs = []
         for table, rows, sizes, weights in bag.segments:
-            if sizes is None:
+            if in_place:
+                inputs.append(kernels.bag_step(table.weight, rows, sizes, grad_h))
+            elif sizes is None:
                 inputs.append((table.weight, rows, grad_h))
-            elif in_place and weights is None:
-                inputs.append(bag_step(table.weight, rows, sizes, grad_h))
             else:
                 steps = grad_h.repeat_interleave(sizes, dim=0, output_size=len(rows))
                 inputs.append((table.weight, rows, steps if weights is None else steps * weights.unsqueeze(1)))

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgns import kernels
 from sgns.errors import check, check_choice
-from sgns.kernels import hs_gradients
 from sgns.models.device import on_host
 
 if TYPE_CHECKING:
@@ -47,6 +47,29 @@ def negative_scores(h: torch.Tensor, u_neg: torch.Tensor) -> torch.Tensor:
     return torch.bmm(u_neg, h.unsqueeze(2)).squeeze(2)  # [N, K, d] x [N, d, 1]
 
 
+def negative_terms(
+    h: torch.Tensor,
+    u_neg: torch.Tensor,
+    neg_weight: float,
+    scale: float,
+    with_loss: bool,
+    count: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The negatives' part of negative sampling for inputs h [N, d] against u_neg [G, K, d]: their
+    summed loss -w Σ log σ(-h·u_j) (None unless ``with_loss``) and the gradients of ``scale`` × it
+    with respect to the scores [N, K]. ``count`` [N] (None: ones): how many positives share an
+    input's negative term (skip-gram's runs of one centre), computed once and counted that often."""
+    neg = negative_scores(h, u_neg)  # [N, K]
+    loss = None
+    if with_loss:
+        terms = F.logsigmoid(-neg).sum(dim=1)
+        loss = -neg_weight * (terms if count is None else terms * count).sum()
+    g_neg = torch.sigmoid(neg).mul_(scale * neg_weight)  # d(scale × loss) / d neg
+    if count is not None:
+        g_neg.mul_(count.unsqueeze(1))
+    return loss, g_neg
+
+
 def negative_sampling(
     h: torch.Tensor,
     u_o: torch.Tensor,
@@ -61,22 +84,16 @@ def negative_sampling(
 
     ``h`` [N, d] are the inputs, ``u_o`` [P, d] the positive rows; positive p belongs to input
     ``owner[p]`` (None: p itself, P = N). ``count`` [N] (None: ones) is how many positives share an
-    input's negative term: an input with c positives and the same negatives counts its negatives c
-    times, computed once (skip-gram's runs of one centre). Returns the mean loss (None unless
-    ``with_loss``) and the gradients of h [N, d], u_o [P, d] and the negatives' rows [G·K, d].
+    input's negative term (``negative_terms``). Returns the mean loss (None unless ``with_loss``)
+    and the gradients of h [N, d], u_o [P, d] and the negatives' rows [G·K, d].
     """
     h_pos = h if owner is None else h.index_select(0, owner)  # [P, d]
     pos = (h_pos * u_o).sum(dim=1)
-    neg = negative_scores(h, u_neg)  # [N, K]
+    negative_loss, g_neg = negative_terms(h, u_neg, neg_weight, scale, with_loss, count)
     loss = None
     if with_loss:
-        neg_terms = F.logsigmoid(-neg).sum(dim=1)
-        neg_terms = neg_terms if count is None else neg_terms * count
-        loss = -(F.logsigmoid(pos).sum() + neg_weight * neg_terms.sum()) / max(1, len(u_o))
+        loss = (negative_loss - F.logsigmoid(pos).sum()) / max(1, len(u_o))
     g_pos = torch.sigmoid(pos).sub_(1).mul_(scale)  # d(scale × loss) / d pos
-    g_neg = torch.sigmoid(neg).mul_(scale * neg_weight)  # d(scale × loss) / d neg
-    if count is not None:
-        g_neg.mul_(count.unsqueeze(1))
     grad_pos = g_pos.unsqueeze(1) * u_o  # [P, d]
     grad_h = grad_pos if owner is None else torch.zeros_like(h).index_add_(0, owner, grad_pos)
     G, K, d = u_neg.shape
@@ -134,6 +151,8 @@ class NegativeSampling(Objective):
 
     def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss, in_place=False):
         G, K = batch.negatives.shape
+        if in_place and G == 1:  # the same update, compiled (kernels.py): the positive pairs in a loop
+            return self._in_place(h, targets, owner, runs, batch, output, scale, with_loss)
         u_neg = output.index_select(0, batch.negatives.reshape(-1)).view(G, K, output.shape[1])
         u_o = output.index_select(0, targets)
         if G > 1 and owner is not None:  # k negatives per target: every target its own h, folded back
@@ -146,6 +165,20 @@ class NegativeSampling(Objective):
                 h, u_o, u_neg, batch.neg_weight, scale, with_loss, owner, runs if G == 1 else None
             )
         return loss, grad_h, [(output, targets, grad_o), (output, batch.negatives.reshape(-1), grad_neg)]
+
+    @staticmethod
+    def _in_place(h, targets, owner, runs, batch, output, scale, with_loss) -> Gradients:
+        """Shared negatives with plain SGD on the CPU: the positive pairs' scores and dL/dh in a
+        compiled loop, the negatives' as matrix products (K rows, in cache for the whole update), and
+        every output row's step compiled, to land once the loss has been read."""
+        loss, grad_h, g_pos = kernels.ns_positives(h, owner, targets, output, scale, with_loss)
+        negatives = batch.negatives[0]
+        u_neg = output.index_select(0, negatives)  # [K, d]
+        negative_loss, g_neg = negative_terms(h, u_neg.unsqueeze(0), batch.neg_weight, scale, with_loss, runs)
+        grad_h.addmm_(g_neg, u_neg)
+        step = kernels.ns_step(h, owner, targets, g_pos, output, negatives, g_neg.T @ h)
+        mean = (negative_loss + loss) / max(1, len(targets)) if with_loss else None
+        return mean, grad_h, [step]
 
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
         """(1 + k) ln 2: every score 0 (word2vec starts the output rows at zero)."""
@@ -241,7 +274,7 @@ class HierarchicalSoftmax(Objective):
 
     def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss, in_place=False):
         if in_place:  # the same update, compiled (kernels.py): no [E, d] temporaries
-            loss, grad_h, step = hs_gradients(
+            loss, grad_h, step = kernels.hs_gradients(
                 h, owner, targets, self.points, self.codes, self.lengths, output, scale, with_loss
             )
             return loss, grad_h, [step]

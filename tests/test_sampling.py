@@ -10,12 +10,14 @@ from scipy import stats
 
 from sgns.data.sampling import (
     AliasSampler,
+    cbow_windows,
     keep_probabilities,
     noise_distribution,
     skipgram_pair_count,
     skipgram_pairs,
     subsample,
 )
+from sgns.models import device
 
 COUNTS = np.array([50_000, 20_000, 5_000, 1_000, 300, 40, 7, 5])
 
@@ -125,3 +127,27 @@ def test_pairs_by_side_or_by_window_are_the_same_pairs_together(order):
     assert (step == 1).all() if order == "sides" else ((step == 1) | (step == 2)).all()  # left to right (over the centre)
     first = centres[starts]
     assert not torch.equal(first, first.sort().values)  # shuffled
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_cbow_windows_are_the_pairs_of_the_same_draws_window_by_window(shuffle, monkeypatch):
+    """Each CBOW window holds exactly the contexts that skip-gram pairs its centre with under the
+    same reach draws (a centre without any, at a one-word sentence, left out); shuffled, the same
+    windows in a random order. The CPU's compiled pass and the device path's torch form (run here
+    on the CPU) give the very same windows."""
+    n, window = 3000, 5
+    tokens = torch.arange(n, dtype=torch.int32)  # ids are positions
+    sentence = torch.sort(torch.randint(0, 400, (n,), generator=torch.Generator().manual_seed(0))).values
+    centres, contexts = skipgram_pairs(tokens, sentence, window, torch.Generator().manual_seed(1))
+    expected = {}
+    for c, o in zip(centres.tolist(), contexts.tolist()):
+        expected.setdefault(c, []).append(o)
+    made = cbow_windows(tokens, sentence, window, torch.Generator().manual_seed(1), shuffle)
+    got = {int(c): sorted(w[m].tolist()) for c, w, m in zip(*made)}
+    assert got == {c: sorted(w) for c, w in expected.items()} and len(made[0]) == len(expected)
+    offsets = torch.tensor([*range(-window, 0), *range(1, window + 1)])
+    assert torch.equal(torch.where(made[2], made[0].unsqueeze(1) + offsets, 0), made[1].long())  # slot s: its offset
+    assert (made[0].diff() > 0).all() != shuffle  # in order, or shuffled
+    monkeypatch.setattr(device, "DEVICE_PATH_ON_CPU", True)
+    torch_form = cbow_windows(tokens, sentence, window, torch.Generator().manual_seed(1), shuffle)
+    assert all(torch.equal(a, b) for a, b in zip(made, torch_form))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import ModuleType
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -79,6 +80,17 @@ def bag_step(
     return lambda: load().bag_steps(table_, rows_, sizes_, steps_)
 
 
+class Pairs(NamedTuple):
+    """An update's positive pairs as the loops read them: h [N, d], each target's input (empty: one
+    target each), the targets [P], the gradient of each pair's score [P] and the output table."""
+
+    h: np.ndarray
+    owner: np.ndarray
+    targets: np.ndarray
+    g: np.ndarray
+    output: np.ndarray
+
+
 def ns_positives(
     h: torch.Tensor,
     owner: torch.Tensor | None,
@@ -86,42 +98,26 @@ def ns_positives(
     output: torch.Tensor,
     scale: float,
     with_loss: bool,
-) -> tuple[float | None, torch.Tensor, np.ndarray]:
+) -> tuple[float | None, torch.Tensor, Pairs]:
     """Negative sampling's positive pairs for inputs h [N, d] and targets [P] (target p's input
     ``owner[p]``; None: p), from the snapshot: their summed loss (None unless ``with_loss``), their
-    part of dL/dh [N, d] of ``scale`` × the loss, and each pair's gradient of its score [P]."""
+    part of dL/dh [N, d] of ``scale`` × the loss, and the pairs with each one's gradient of its
+    score, for ``ns_step``."""
     h = h.contiguous()
     grad_h = torch.zeros_like(h)
-    g = np.empty(len(targets), dtype=h.numpy().dtype)
-    output_ = output.detach().numpy()
+    h_, output_ = h.numpy(), output.detach().numpy()
+    pairs = Pairs(h_, _owner(owner), targets.numpy(), np.empty(len(targets), dtype=h_.dtype), output_)
     loss = load().ns_positives(
-        h.numpy(),
-        _owner(owner),
-        targets.numpy(),
-        output_,
-        float(scale),
-        grad_h.numpy(),
-        g,
-        with_loss,
-        max(1, LINE // output_.itemsize),
+        *pairs[:3], output_, float(scale), grad_h.numpy(), pairs.g, with_loss, max(1, LINE // output_.itemsize)
     )
-    return (loss if with_loss else None), grad_h, g
+    return (loss if with_loss else None), grad_h, pairs
 
 
-def ns_step(
-    h: torch.Tensor,
-    owner: torch.Tensor | None,
-    targets: torch.Tensor,
-    g: np.ndarray,
-    output: torch.Tensor,
-    negatives: torch.Tensor,
-    negative_steps: torch.Tensor,
-) -> Callable[[], None]:
-    """The output rows' step: ``g[p]`` × h of its input added to target p's row, and
+def ns_step(pairs: Pairs, negatives: torch.Tensor, negative_steps: torch.Tensor) -> Callable[[], None]:
+    """The output rows' step: each pair's gradient × h of its input added to its target's row, and
     ``negative_steps`` [K, d] to the K negatives' rows."""
-    arrays = (h.contiguous().numpy(), _owner(owner), targets.numpy(), g, output.detach().numpy())
     negatives_, steps_ = negatives.numpy(), negative_steps.contiguous().numpy()
-    return lambda: load().ns_steps(*arrays, negatives_, steps_)
+    return lambda: load().ns_steps(*pairs, negatives_, steps_)
 
 
 def hs_gradients(
@@ -160,7 +156,8 @@ def warm(dtype: torch.dtype) -> None:
     table, rows, one = torch.zeros(2, 1, dtype=dtype), torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long)
     h = bag_hidden([(table, rows, one)], 1, one)
     bag_step(table, rows, None, h)()
-    _, grad_h, g = ns_positives(h, None, rows, table, 0.0, True)
-    ns_step(h, rows, rows, g, table, rows, grad_h)()
+    _, grad_h, pairs = ns_positives(h, None, rows, table, 0.0, True)
+    ns_step(pairs, rows, grad_h)()
+    ns_step(ns_positives(h, rows, rows, table, 0.0, False)[2], rows, grad_h)()  # (with owners)
     points, codes = torch.zeros(2, 1, dtype=torch.int32), torch.zeros(2, 1, dtype=torch.int8)
     hs_gradients(h, None, rows, points, codes, one, table, 0.0, True)[2]()

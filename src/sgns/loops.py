@@ -160,3 +160,15 @@ def hs_steps(h, owner, targets, points, lengths, output, g):
         row = output[first_hot + i]
         for k in range(len(row)):
             row[k] += hot[i, k]
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def cbow_windows(tokens, left, right, chosen, context, mask):
+    window = context.shape[1] // 2
+    for j in range(len(chosen)):  # window j: centre chosen[j]'s, its slots offsets -window..-1, 1..window
+        i = chosen[j]
+        for s in range(2 * window):
+            offset = s - window if s < window else s - window + 1
+            inside = -left[i] <= offset <= right[i]
+            mask[j, s] = inside
+            context[j, s] = tokens[i + offset] if inside else 0

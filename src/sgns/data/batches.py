@@ -31,6 +31,7 @@ from sgns.data.memory import release_pages
 from sgns.data.sampling import AliasSampler, cbow_windows, skipgram_pair_count, skipgram_pairs, subsample
 from sgns.errors import check
 from sgns.models.base import Batch
+from sgns.models.device import on_host
 
 Step = list[Batch]  # a Lightning step: its optimiser updates, in order
 
@@ -136,9 +137,7 @@ class Epochs(IterableDataset):
             if self.pair_order != "plain" or not self.shuffle:
                 return parts
         else:
-            parts = cbow_windows(tokens, sentence, self.window, gen)
-            if not self.shuffle:
-                return parts
+            return cbow_windows(tokens, sentence, self.window, gen, self.shuffle)
         order = torch.randperm(len(parts[0]), generator=gen, device=self.device)
         return tuple(p.index_select(0, order) for p in parts)
 
@@ -221,19 +220,29 @@ class Epochs(IterableDataset):
         size = (
             self.update_size * self.world_size
         )  # (a step of windows may hold a window's worth more: the last update takes it)
-        cuts = _cuts(_pair_ends(parts), n, size, size)[: -(-self.batch_size // self.update_size)]
+        ends = _pair_ends(parts)
+        cuts = _cuts(ends, n, size, size)[: -(-self.batch_size // self.update_size)]
         cuts += [n] if cuts[-1] < n else []
         gen = generator(self.seed, self.epoch, 1 << 40, index, device=self.device)
         shape = (len(cuts) - 1, self.shared_negatives) if self.shared_negatives else (n, self.negatives)
         drawn = self.noise.sample(shape, gen)
-        updates = []
-        for u, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        slices = []  # this rank's examples of each update
+        for a, b in zip(cuts, cuts[1:]):
             base, extra = divmod(b - a, self.world_size)
             lo = a + self.rank * base + min(self.rank, extra)
-            hi = lo + base + (self.rank < extra)
+            slices.append((lo, lo + base + (self.rank < extra)))
+        flat = ends is not None and on_host(parts[0])  # CBOW on the host: the step's window words in one piece
+        if flat:
+            words, sizes = parts[1].masked_select(parts[2]).long(), parts[2].sum(dim=1)
+            bounds = torch.cat([ends.new_zeros(1), ends])[[i for piece in slices for i in piece]].tolist()
+        updates = []
+        for u, (lo, hi) in enumerate(slices):
             negatives = drawn[u : u + 1] if self.shared_negatives else drawn[lo:hi]
             centre, context, *mask = (p[lo:hi] for p in parts)
-            updates.append(Batch(centre.long(), context.long(), negatives, self.neg_weight, mask[0] if mask else None))
+            batch = Batch(centre.long(), context.long(), negatives, self.neg_weight, mask[0] if mask else None)
+            if flat:  # (where the update's windows' words begin and end)
+                batch.words, batch.sizes = words[bounds[2 * u] : bounds[2 * u + 1]], sizes[lo:hi]
+            updates.append(batch)
         return updates
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sgns import kernels
 from sgns.errors import check
+from sgns.models.device import on_host
 
 
 def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
@@ -153,23 +155,39 @@ def skipgram_pairs(
 
 
 def cbow_windows(
-    tokens: torch.Tensor, sentence: torch.Tensor, window: int, generator: torch.Generator
+    tokens: torch.Tensor, sentence: torch.Tensor, window: int, generator: torch.Generator, shuffle: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every centre with the words of its dynamic window, as word2vec.c's CBOW reads them.
 
     Each centre i draws a reach b_i uniformly from 1..window (the same draws as ``skipgram_pairs``)
     and takes the tokens at distance <= b_i on both sides within its sentence. Returns the centres
     [N], the windows [N, 2 x window] (slot s: offset s - window, or s - window + 1 past the centre)
-    and their mask; centres whose window is empty (one-word sentences) are left out.
+    and their mask; centres whose window is empty (one-word sentences) are left out. ``shuffle``:
+    the windows in a random order (drawn next from ``generator``). On the CPU one compiled pass
+    (``loops.py``) writes them, shuffled, with no [N, 2 x window] temporary; the same windows.
     """
     n, device = len(tokens), tokens.device
     slots = 2 * window
     if n < 2:
         return tokens[:0], tokens.new_zeros(0, slots), torch.zeros(0, slots, dtype=torch.bool, device=device)
     left, right = _reaches(sentence, window, generator)
+    if on_host(tokens):  # (a device path reads no size back: below)
+        kept = torch.nonzero((left + right) > 0).squeeze(1)  # [N]
+        order = torch.randperm(len(kept), generator=generator) if shuffle else torch.arange(len(kept))
+        chosen = kept.index_select(0, order)
+        centres, context = tokens.index_select(0, chosen), tokens.new_empty(len(chosen), slots)
+        mask = torch.empty(len(chosen), slots, dtype=torch.bool)
+        kernels.load().cbow_windows(
+            tokens.numpy(), left.numpy(), right.numpy(), chosen.numpy(), context.numpy(), mask.numpy()
+        )
+        return centres, context, mask
     offsets = torch.cat([torch.arange(-window, 0, device=device), torch.arange(1, window + 1, device=device)])  # [2W]
     mask = (offsets >= -left.unsqueeze(1)) & (offsets <= right.unsqueeze(1))  # [n, 2W]
     keep = mask.any(dim=1)
     position = (torch.arange(n, device=device).unsqueeze(1) + offsets).clamp_(0, n - 1)
     context = tokens[position].masked_fill_(~mask, 0)
-    return tokens[keep], context[keep], mask[keep]
+    parts = tokens[keep], context[keep], mask[keep]
+    if not shuffle:
+        return parts
+    order = torch.randperm(len(parts[0]), generator=generator, device=device)
+    return tuple(p.index_select(0, order) for p in parts)

@@ -52,6 +52,8 @@ class Batch:
     ``negatives`` [G, K]: K noise words for each of G groups of consecutive examples: G = 1, shared
     by the whole update (K per update), or G = B (k per example, word2vec's own).
     ``neg_weight``: k / K, so that K negatives stand for the k per example of the objective.
+    ``words`` [E] and ``sizes`` [B]: on the host, windows' words flat, window by window, and each
+    window's count (the data module makes them once per step; None: the family makes them).
     """
 
     center: torch.Tensor
@@ -59,6 +61,8 @@ class Batch:
     negatives: torch.Tensor
     neg_weight: float = 1.0
     mask: torch.Tensor | None = None
+    words: torch.Tensor | None = None
+    sizes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.center)

@@ -34,13 +34,16 @@ class CBOW(WordModel):
         self.cbow_mean = cbow_mean
 
     def bag(self, batch: Batch, grouped: bool) -> Bag:
-        """The window's words (``batch.mask`` [B, C] tells which slots hold one), centre by centre; on
-        a device, every slot, the empty ones weighted 0 (their number would be read back)."""
-        count = batch.mask.sum(dim=1)  # [B] words per window (at least one)
+        """The window's words (``batch.mask`` [B, C] tells which slots hold one; on the host flat,
+        ``batch.words``), centre by centre; on a device, every slot, the empty ones weighted 0 (their
+        number would be read back)."""
         if on_host(batch.center):
-            words = batch.context.masked_select(batch.mask)  # [E] (one pass, no nonzero)
+            words, count = batch.words, batch.sizes  # (the data module makes them with the step)
+            if count is None:
+                words, count = batch.context.masked_select(batch.mask), batch.mask.sum(dim=1)  # [E], [B] (>= 1 each)
             segment = Segment(self.center_embed, words, count)
         else:
+            count = batch.mask.sum(dim=1)
             slots = torch.full_like(count, batch.mask.shape[1])
             weights = batch.mask.reshape(-1).to(self.center_embed.weight.dtype)
             segment = Segment(self.center_embed, batch.context.reshape(-1), slots, weights)

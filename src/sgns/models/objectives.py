@@ -64,7 +64,7 @@ def negative_terms(
     if with_loss:
         terms = F.logsigmoid(-neg).sum(dim=1)
         loss = -neg_weight * (terms if count is None else terms * count).sum()
-    g_neg = torch.sigmoid(neg).mul_(scale * neg_weight)  # d(scale × loss) / d neg
+    g_neg = neg.sigmoid_().mul_(scale * neg_weight)  # d(scale × loss) / d neg (in place: the scores are read)
     if count is not None:
         g_neg.mul_(count.unsqueeze(1))
     return loss, g_neg
@@ -171,12 +171,12 @@ class NegativeSampling(Objective):
         """Shared negatives with plain SGD on the CPU: the positive pairs' scores and dL/dh in a
         compiled loop, the negatives' as matrix products (K rows, in cache for the whole update), and
         every output row's step compiled, to land once the loss has been read."""
-        loss, grad_h, g_pos = kernels.ns_positives(h, owner, targets, output, scale, with_loss)
+        loss, grad_h, pairs = kernels.ns_positives(h, owner, targets, output, scale, with_loss)
         negatives = batch.negatives[0]
         u_neg = output.index_select(0, negatives)  # [K, d]
         negative_loss, g_neg = negative_terms(h, u_neg.unsqueeze(0), batch.neg_weight, scale, with_loss, runs)
         grad_h.addmm_(g_neg, u_neg)
-        step = kernels.ns_step(h, owner, targets, g_pos, output, negatives, g_neg.T @ h)
+        step = kernels.ns_step(pairs, negatives, torch.mm(g_neg.T, h))
         mean = (negative_loss + loss) / max(1, len(targets)) if with_loss else None
         return mean, grad_h, [step]
 

@@ -266,3 +266,15 @@ def test_device_and_example_follow_the_trainer(planted):
     trainer.strategy.connect(Word2VecModule(CBOW, torch.optim.SGD))
     dm.setup("fit")
     assert dm.train_set.device == trainer.strategy.root_device and dm.example == "windows"
+
+
+def test_steps_made_on_the_training_device_are_handed_over_as_they_are(planted):
+    """Batches are made where training runs, so Lightning's transfer to the device hands a step
+    over untouched (its own walk over every tensor of 16 updates cost 3 % of a CPU worker's time);
+    a step made elsewhere is moved, every tensor of it."""
+    path, _ = planted
+    dm = _module(path, example="windows", window=1)
+    step = next(iter(dm.train_dataloader()))
+    assert dm.transfer_batch_to_device(step, torch.device("cpu"), 0) is step
+    moved = dm.transfer_batch_to_device(step, torch.device("meta"), 0)
+    assert all(u.center.is_meta and u.context.is_meta and u.mask.is_meta for u in moved)

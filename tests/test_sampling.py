@@ -10,6 +10,7 @@ from scipy import stats
 
 from sgns.data.sampling import (
     AliasSampler,
+    _reaches,
     cbow_windows,
     keep_probabilities,
     noise_distribution,
@@ -151,3 +152,29 @@ def test_cbow_windows_are_the_pairs_of_the_same_draws_window_by_window(shuffle, 
     monkeypatch.setattr(device, "DEVICE_PATH_ON_CPU", True)
     torch_form = cbow_windows(tokens, sentence, window, torch.Generator().manual_seed(1), shuffle)
     assert all(torch.equal(a, b) for a, b in zip(made, torch_form))
+
+
+def test_the_host_keeps_the_tokens_the_device_path_keeps(monkeypatch):
+    """Subsampling's compiled pass on the host keeps exactly the tokens (and their sentence ids) that
+    the torch form keeps from the same draws."""
+    counts = np.array([5000, 900, 300, 40, 7, 2])
+    keep_prob = torch.as_tensor(keep_probabilities(counts, 1e-2))
+    tokens = torch.randint(0, len(counts), (20_000,), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    sentence = torch.arange(20_000) // 13
+    host = subsample(tokens, sentence, keep_prob, torch.Generator().manual_seed(3))
+    monkeypatch.setattr(device, "DEVICE_PATH_ON_CPU", True)
+    torch_form = subsample(tokens, sentence, keep_prob, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip(host, torch_form))
+    assert 0.05 < len(host[0]) / len(tokens) < 0.9
+
+
+@pytest.mark.parametrize("n", [1, 2, 500])
+def test_the_host_cuts_the_reaches_at_sentence_ends_as_the_device_path(n, monkeypatch):
+    """Each centre's reach, cut at its sentence's ends (how many contexts it has on each side): the
+    host's compiled pass and the torch form give the same from the same draws."""
+    sentence = torch.sort(torch.randint(0, max(1, n // 6), (n,), generator=torch.Generator().manual_seed(n))).values
+    host = _reaches(sentence, 5, torch.Generator().manual_seed(1))
+    monkeypatch.setattr(device, "DEVICE_PATH_ON_CPU", True)
+    torch_form = _reaches(sentence, 5, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip(host, torch_form))
+    assert n < 500 or 0 < int(host[0].sum()) < 5 * n

@@ -172,3 +172,29 @@ def cbow_windows(tokens, left, right, chosen, context, mask):
             inside = -left[i] <= offset <= right[i]
             mask[j, s] = inside
             context[j, s] = tokens[i + offset] if inside else 0
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def subsample(tokens, sentence, draw, keep_prob, kept_tokens, kept_sentence):
+    n = 0
+    for i in range(len(tokens)):  # token i is kept when its draw falls below its word's keep probability
+        if draw[i] < keep_prob[tokens[i]]:
+            kept_tokens[n] = tokens[i]
+            kept_sentence[n] = sentence[i]
+            n += 1
+    return n
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def reaches(sentence, reach, left, right):
+    n = len(sentence)
+    start = 0  # where token i's sentence begins
+    for i in range(n):
+        if i and sentence[i] != sentence[i - 1]:
+            start = i
+        left[i] = min(reach[i], i - start)
+    end = n  # where token i's sentence ends
+    for i in range(n - 1, -1, -1):
+        if i + 1 < n and sentence[i] != sentence[i + 1]:
+            end = i + 1
+        right[i] = min(reach[i], end - 1 - i)

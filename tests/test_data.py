@@ -153,6 +153,9 @@ def test_an_epoch_of_windows_holds_every_centre_once_with_its_window(planted):
     assert masks.any(dim=1).all() and steps[0][0].context.shape[1] == 2
     assert 62 < int(steps[0][0].mask.sum()) <= 64  # a step of 64 pairs: whole windows, up to 64 of their words
     assert int(masks.sum()) == dm.train_set.pairs()  # the pairs of the windows, counted without making them
+    for update in (u for step in steps for u in step):  # on the host, each update's window words also come flat
+        assert torch.equal(update.words, update.context.masked_select(update.mask))
+        assert torch.equal(update.sizes, update.mask.sum(dim=1))
 
 
 @pytest.mark.parametrize("pair_order, runs", [("sides", (2.5, 3.1)), ("windows", (4.5, 6.1)), ("pairs", (1, 1.2))])

@@ -7,9 +7,9 @@ written after the divergence guard has read the loss) is a handful of loops over
 - ``bag_hidden``: each input's h, the sum of its bag's rows (a CBOW window's, a fastText word's
   n-grams'), the rows further on requested from memory while the current ones are summed (their
   tables are far larger than the caches, so an update waits on memory, not arithmetic);
-- ``ns_positives``: negative sampling's positive pairs, their scores and dL/dh from the snapshot
-  (the negatives shared by an update stay three matrix products, in ``objectives.py``), and
-  ``ns_step``, which adds every output row's step;
+- ``ns_positives``: negative sampling's positive pairs, their scores and dL/dh from the snapshot;
+  ``ns_negatives``: the negatives shared by the update, their scores (three matrix products, in
+  ``objectives.py``) turned into gradients in place; ``ns_step``, every output row's step;
 - ``hs_gradients``: hierarchical softmax's decisions along every target's path, then its inner
   nodes' steps (the 255 nearest the root summed per update and written once);
 - ``bag_step``: dL/dh added to every row of each input's bag, without the [E, d] copy of every
@@ -113,6 +113,17 @@ def ns_positives(
     return (loss if with_loss else None), grad_h, pairs
 
 
+def ns_negatives(
+    scores: torch.Tensor, count: torch.Tensor | None, weight: float, scale: float, with_loss: bool
+) -> float | None:
+    """The negatives shared by an update, from the scores [N, K] of its inputs against them, in place:
+    each score becomes the gradient of ``scale`` × its term -w log σ(-f), ``count[n]`` times (None:
+    once); returns their summed loss (None unless ``with_loss``)."""
+    count_ = _ONE_EACH if count is None else count.numpy()
+    loss = load().ns_negatives(scores.numpy(), count_, float(weight), float(scale), with_loss)
+    return loss if with_loss else None
+
+
 def ns_step(pairs: Pairs, negatives: torch.Tensor, negative_steps: torch.Tensor) -> Callable[[], None]:
     """The output rows' step: each pair's gradient × h of its input added to its target's row, and
     ``negative_steps`` [K, d] to the K negatives' rows."""
@@ -157,6 +168,8 @@ def warm(dtype: torch.dtype) -> None:
     h = bag_hidden([(table, rows, one)], 1, one)
     bag_step(table, rows, None, h)()
     _, grad_h, pairs = ns_positives(h, None, rows, table, 0.0, True)
+    ns_negatives(grad_h, None, 1.0, 0.0, True)
+    ns_negatives(grad_h, one, 1.0, 0.0, True)
     ns_step(pairs, rows, grad_h)()
     ns_step(ns_positives(h, rows, rows, table, 0.0, False)[2], rows, grad_h)()  # (with owners)
     points, codes = torch.zeros(2, 1, dtype=torch.int32), torch.zeros(2, 1, dtype=torch.int8)

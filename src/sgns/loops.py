@@ -105,6 +105,20 @@ def ns_positives(h, owner, targets, output, scale, grad_h, g, with_loss, line):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def ns_negatives(scores, count, weight, scale, with_loss):
+    loss = 0.0
+    for n in range(scores.shape[0]):  # input n's scores against the K negatives shared by the update
+        c = 1.0 if len(count) == 0 else float(count[n])  # (its positives sharing them: skip-gram's runs)
+        s_n = scores[n]
+        for k in range(len(s_n)):
+            f = s_n[k]
+            if with_loss:  # -w log σ(-f), c times
+                loss -= c * weight * (min(-f, 0.0) - math.log1p(math.exp(-abs(f))))
+            s_n[k] = c * weight * scale / (1.0 + math.exp(-f))  # d(scale × loss) / d f
+    return loss
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
 def ns_steps(h, owner, targets, g, output, negatives, negative_steps):
     for p in range(len(targets)):
         row, h_p, step = output[targets[p]], h[p if len(owner) == 0 else owner[p]], g[p]
@@ -198,3 +212,16 @@ def reaches(sentence, reach, left, right):
         if i + 1 < n and sentence[i] != sentence[i + 1]:
             end = i + 1
         right[i] = min(reach[i], end - 1 - i)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def window_words(context, mask, words, sizes):
+    e = 0
+    for i in range(context.shape[0]):  # window i's words, left to right, then window i + 1's
+        start = e
+        for s in range(context.shape[1]):
+            if mask[i, s]:
+                words[e] = context[i, s]
+                e += 1
+        sizes[i] = e - start
+    return e

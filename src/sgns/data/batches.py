@@ -29,6 +29,7 @@ from torch.utils.data import IterableDataset
 from sgns.data.corpus import EncodedCorpus
 from sgns.data.memory import release_pages
 from sgns.data.sampling import AliasSampler, cbow_windows, skipgram_pair_count, skipgram_pairs, subsample
+from sgns import kernels
 from sgns.errors import check
 from sgns.models.base import Batch
 from sgns.models.device import on_host
@@ -220,7 +221,12 @@ class Epochs(IterableDataset):
         size = (
             self.update_size * self.world_size
         )  # (a step of windows may hold a window's worth more: the last update takes it)
-        ends = _pair_ends(parts)
+        flat = len(parts) == 3 and on_host(parts[0])  # CBOW on the host: the step's window words in one piece
+        if flat:
+            words, sizes = window_words(parts[1], parts[2])
+            ends = sizes.cumsum(0)
+        else:
+            ends = _pair_ends(parts)
         cuts = _cuts(ends, n, size, size)[: -(-self.batch_size // self.update_size)]
         cuts += [n] if cuts[-1] < n else []
         gen = generator(self.seed, self.epoch, 1 << 40, index, device=self.device)
@@ -231,9 +237,7 @@ class Epochs(IterableDataset):
             base, extra = divmod(b - a, self.world_size)
             lo = a + self.rank * base + min(self.rank, extra)
             slices.append((lo, lo + base + (self.rank < extra)))
-        flat = ends is not None and on_host(parts[0])  # CBOW on the host: the step's window words in one piece
         if flat:
-            words, sizes = parts[1].masked_select(parts[2]).long(), parts[2].sum(dim=1)
             bounds = torch.cat([ends.new_zeros(1), ends])[[i for piece in slices for i in piece]].tolist()
         updates = []
         for u, (lo, hi) in enumerate(slices):
@@ -244,6 +248,14 @@ class Epochs(IterableDataset):
                 batch.words, batch.sizes = words[bounds[2 * u] : bounds[2 * u + 1]], sizes[lo:hi]
             updates.append(batch)
         return updates
+
+
+def window_words(context: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The words of windows [N, C] (on the host), flat [E] int64, window by window, and each window's
+    count [N]: one compiled pass (``masked_select`` took 0.6 ms of a CBOW step's 1.5)."""
+    words, sizes = torch.empty(int(context.numel()), dtype=torch.long), torch.empty(len(context), dtype=torch.long)
+    n = kernels.load().window_words(context.numpy(), mask.numpy(), words.numpy(), sizes.numpy())
+    return words[:n], sizes
 
 
 def _pair_ends(parts: tuple[torch.Tensor, ...]) -> torch.Tensor | None:

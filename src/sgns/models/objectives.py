@@ -169,15 +169,19 @@ class NegativeSampling(Objective):
     @staticmethod
     def _in_place(h, targets, owner, runs, batch, output, scale, with_loss) -> Gradients:
         """Shared negatives with plain SGD on the CPU: the positive pairs' scores and dL/dh in a
-        compiled loop, the negatives' as matrix products (K rows, in cache for the whole update), and
-        every output row's step compiled, to land once the loss has been read."""
+        compiled loop, the negatives' as matrix products (K rows, in cache for the whole update) with
+        their gradients made in a compiled pass, and every output row's step compiled, to land once
+        the loss has been read."""
         loss, grad_h, pairs = kernels.ns_positives(h, owner, targets, output, scale, with_loss)
         negatives = batch.negatives[0]
         u_neg = output.index_select(0, negatives)  # [K, d]
-        negative_loss, g_neg = negative_terms(h, u_neg.unsqueeze(0), batch.neg_weight, scale, with_loss, runs)
+        g_neg = torch.mm(h, u_neg.T)  # [N, K] scores, made their gradients in place:
+        negative_loss = kernels.ns_negatives(g_neg, runs, batch.neg_weight, scale, with_loss)
         grad_h.addmm_(g_neg, u_neg)
         step = kernels.ns_step(pairs, negatives, torch.mm(g_neg.T, h))
-        mean = (negative_loss + loss) / max(1, len(targets)) if with_loss else None
+        mean = None
+        if with_loss:
+            mean = torch.tensor((negative_loss + loss) / max(1, len(targets)), dtype=h.dtype)
         return mean, grad_h, [step]
 
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:

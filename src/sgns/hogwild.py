@@ -134,10 +134,9 @@ class WorkerPool:
             return "before any checkpoint was written"
         return f"the last checkpoint is kept: resume with ckpt_path={self.checkpoint}"
 
-    def progress(self, fraction: float = 0.0) -> float:
-        """Share of the whole run trained by all workers together (``fraction`` of a step more; read
-        at every update, through numpy: a tenth of a torch sum's cost)."""
-        return (int(self.trained.numpy().sum()) + fraction) / self.total
+    def progress(self) -> tuple[int, int]:
+        """Steps trained by all workers together so far, and steps of the whole run."""
+        return int(self.trained.numpy().sum()), self.total
 
     def start(self, epoch: int, run: Callable[[int, int, int], None], skips: list[int], limits: list[int]) -> None:
         """Fork workers 1..W-1 for ``epoch``; worker r runs ``run(r, skip, limit)`` and exits."""

@@ -128,7 +128,8 @@ class Word2VecModule(L.LightningModule):
         self.net: WordModel | None = None
         self.automatic_optimization = False  # a step is several updates, each its own optimiser step
         self._epoch_loss = [0.0, 0]
-        self.shared_progress: Callable[[float], float] | None = None  # (hogwild.py)
+        # lock-free workers (hogwild.py): all workers' steps trained so far, and the whole run's
+        self.shared_progress: Callable[[], tuple[int, int]] | None = None
         self._compiled: Callable | None = None  # model.compile: the compiled row_gradients, made at the first update
         if vocab_size is not None:
             self.build(vocab_size, words, counts)
@@ -221,19 +222,20 @@ class Word2VecModule(L.LightningModule):
         """Every update of one step, each with alpha decayed to the progress of training; returns the
         summed loss of the measured updates and their examples. (Lock-free workers run this alone.)"""
         total, examples = 0.0, 0
+        done, run = self._steps()
         for u, update in enumerate(step):
-            self._decay(optimizer, self._progress(u / len(step)))
+            self._decay(optimizer, (done + u / len(step)) / run)  # the share of the run trained
             loss, n = self._update(optimizer, update, with_loss)
             if loss is not None:
                 total, examples = total + float(loss) * n, examples + n
         return total, examples
 
-    def _progress(self, fraction: float) -> float:
-        """Share of the run trained, ``fraction`` of a step into the current one: this process's
-        steps, or all lock-free workers' together (``shared_progress``, set by their strategy)."""
+    def _steps(self) -> tuple[int, int]:
+        """Steps trained so far and steps of the whole run: this process's, or all lock-free workers'
+        together (``shared_progress``, set by their strategy; read once a step, not at every update)."""
         if self.shared_progress is not None:
-            return self.shared_progress(fraction)
-        return (self.global_step + fraction) / self._total
+            return self.shared_progress()
+        return self.global_step, self._total
 
     def _update(self, optimizer: torch.optim.Optimizer, update: Batch, with_loss: bool) -> tuple[float | None, int]:
         """One optimiser update; its mean loss over all ranks' examples (None unless ``with_loss``) and their number."""

@@ -62,17 +62,31 @@ def write_slice(source: str, max_tokens: int, target: Path) -> int:
 
 
 def run_measured(cmd: list[str], log: Path) -> tuple[int, float, int]:
-    """Run a command; return (exit code, wall seconds, peak RSS in bytes) of that process alone."""
-    code, wall, rss, _ = run_measured_tree(cmd, log, sample_s=None)
+    """Run a command; return (exit code, wall seconds, peak RSS in bytes) of that process alone
+    (its high-water mark, read four times a second: cheap beside the process timed)."""
+    code, wall, rss, _ = run_measured_tree(cmd, log, sample_s=0.25, tree=False)
     return code, wall, rss
 
 
-def _tree_pss(pid: int) -> int:
-    """Proportional set size (bytes) of a process and its descendants: shared pages counted once in
-    all, divided among the processes that map them (RSS would count the shared tables per worker)."""
-    total, todo = 0, [pid]
+def _peak_rss(pid: int) -> int:
+    """A process's own peak RSS in bytes (VmHWM): wait4's ru_maxrss would also carry this script's
+    size into every child, which Linux keeps across fork and exec."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024
+    except (OSError, StopIteration):
+        return 0
+
+
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(Proportional set size of a process and its descendants, the largest peak RSS among them) in
+    bytes. PSS counts shared pages once in all, divided among the processes that map them (RSS
+    would count the shared tables per worker). The peak is each process's own high-water mark
+    (``_peak_rss``)."""
+    total, largest, todo = 0, 0, [pid]
     while todo:
         p = todo.pop()
+        largest = max(largest, _peak_rss(p))
         try:
             with open(f"/proc/{p}/smaps_rollup") as smaps:
                 total += next(int(line.split()[1]) for line in smaps if line.startswith("Pss:")) * 1024
@@ -80,22 +94,25 @@ def _tree_pss(pid: int) -> int:
                 todo += [int(c) for c in children.read().split()]
         except (OSError, StopIteration):
             pass
-    return total
+    return total, largest
 
 
-def run_measured_tree(cmd: list[str], log: Path, sample_s: float | None = 0.2, env: dict | None = None) -> tuple[int, float, int, int]:
+def run_measured_tree(cmd: list[str], log: Path, sample_s: float = 0.1, env: dict | None = None,
+                      tree: bool = True) -> tuple[int, float, int, int]:  # fmt: skip
     """Run a command; return (exit code, wall seconds, peak RSS of its largest process, peak PSS of
-    its whole process tree sampled every ``sample_s`` seconds (0 when not sampled)) in bytes."""
-    started, peak = time.perf_counter(), 0
+    its whole process tree; ``tree=False``: the peak RSS of the command's process, PSS 0), memory
+    sampled every ``sample_s`` seconds, in bytes."""
+    started, pss, rss = time.perf_counter(), 0, 0
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         while True:
-            done, status, usage = os.wait4(proc.pid, 0 if sample_s is None else os.WNOHANG)
+            done, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if done:
                 break
-            peak = max(peak, _tree_pss(proc.pid))
+            total, largest = _tree_memory(proc.pid) if tree else (0, _peak_rss(proc.pid))
+            pss, rss = max(pss, total), max(rss, largest)
             time.sleep(sample_s)
-    return os.waitstatus_to_exitcode(status), time.perf_counter() - started, usage.ru_maxrss * 1024, peak
+    return os.waitstatus_to_exitcode(status), time.perf_counter() - started, rss, pss
 
 
 FLOORS = {"ours": "import torch, lightning, hydra, torchmetrics, datasets", "gensim": "import gensim"}

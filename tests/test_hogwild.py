@@ -16,7 +16,7 @@ from sgns.data.batches import Epochs
 from sgns.data.prepare import prepare_corpus
 from sgns.data.sampling import AliasSampler, keep_probabilities, noise_distribution
 from sgns.errors import Word2VecError
-from sgns.hogwild import WorkerPool, default_workers, share_tables
+from sgns.hogwild import WorkerPool, default_workers, share_parameters, share_tables
 from sgns.train import train
 
 
@@ -25,11 +25,17 @@ def _private_dirty_kb() -> int:
         return int(re.search(r"^Private_Dirty:\s+(\d+) kB", smaps.read(), re.M).group(1))
 
 
-def test_the_tables_are_shared_not_copied():
+@pytest.mark.parametrize("converted", [False, True])
+def test_the_tables_are_shared_not_copied(converted):
     """A forked worker's writes land in the trainer's own table, and writing all of a 64 MB table
-    leaves the worker no private copy of it (copy-on-write memory would)."""
-    net = torch.nn.Embedding(160_000, 100)
+    leaves the worker no private copy of it (copy-on-write memory would). The tables are moved into
+    shared memory when they are made; converted since (trainer.precision=64-true converts them
+    when training starts), they are moved again."""
+    net = torch.nn.Embedding(80_000 if converted else 160_000, 100)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    if converted:
+        share_parameters(net)
+        net.double()
     share_tables(net, optimizer)
     table = net.weight
     assert table is optimizer.param_groups[0]["params"][0]  # the same parameter, its storage moved

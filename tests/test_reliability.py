@@ -15,8 +15,9 @@ import torch
 from gensim.models import KeyedVectors
 
 from conftest import compose_train, planted_corpus, start_train_py
-from sgns.errors import Word2VecError
+from sgns.errors import Diverged, Word2VecError
 from sgns.lightning_internals import request_stop_as_on_sigterm
+from sgns.module import check_finite
 from sgns.train import Stopped, train
 from sgns.vectors import WordVectors
 
@@ -356,3 +357,17 @@ def _ctrl_c_at_fit_start(tmp_path):
         train(cfg)
     assert stop.value.exit_code == 130
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] <= 1  # at the first step boundary
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])
+def test_the_check_before_a_checkpoint_finds_nan_and_inf_and_nothing_else(bad):
+    """A table with one NaN or infinite value anywhere is refused; a finite one passes, even with
+    values near float32's largest, whose float32 sum would overflow to inf."""
+    table = torch.full((4096, 64), 3e38)
+    table[::2] = -3e38
+    if bad is not None:
+        table[2777, 41] = bad
+        with pytest.raises(Diverged, match="NaN/inf"):
+            check_finite([("net.center_embed.weight", table)], step=7)
+    else:
+        check_finite([("net.center_embed.weight", table)], step=7)

@@ -75,15 +75,22 @@ def shared_copy(tensor: torch.Tensor) -> torch.Tensor:
     return shared.view(tensor.shape).copy_(tensor)
 
 
+def share_parameters(module: torch.nn.Module) -> None:
+    """Move every parameter into shared memory, in place (the parameters stay the same objects),
+    unless it is there already: a parameter is shared while its data is the copy this made (a
+    conversion since, to another precision, makes new data, shared again here)."""
+    for param in module.parameters():
+        if getattr(param, "_sgns_shared", None) != param.data_ptr():
+            param.data = shared_copy(param.data)
+            param._sgns_shared = param.data_ptr()
+
+
 def share_tables(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Move every parameter, and every tensor of the optimiser's state, into shared memory, in
     place: the parameters stay the same objects (the optimiser holds them). SparseAdam's moments
     are made now (zero, as its first step would make them), so that all workers share them; its
     step count, which only corrects the first steps' bias, stays each worker's own."""
-    for param in module.parameters():
-        if not getattr(param, "_sgns_shared", False):
-            param.data = shared_copy(param.data)
-            param._sgns_shared = True
+    share_parameters(module)
     for group in optimizer.param_groups:
         for param in group["params"]:
             state = optimizer.state[param]
@@ -309,10 +316,13 @@ class HogwildStrategy(SingleDeviceStrategy):
         use = "use model/optimizer=sgd or sparse_adam, or one worker (trainer.devices=1)"
         check(wants_sparse_gradients(module.optimizer_factory), f"{dense}: {use}")
 
-    def load_update(self, module: Word2VecModule) -> None:
-        """Load the compiled update (``kernels.py``) for the module's tables once, here, before
-        training: the workers forked at every epoch inherit it instead of each loading it at its
-        first update (about 0.3 s each), as gensim's compiled loops are loaded when it is imported."""
+    def prepare_tables(self, module: Word2VecModule) -> None:
+        """Once the tables are made, before training (as gensim allocates its tables when it builds
+        its vocabulary): move them into shared memory (fastText's 800 MB n-gram table: 0.3 s), and
+        load the compiled update (``kernels.py``) for them once, here, so that the workers forked at
+        every epoch inherit it instead of each loading it at its first update (about 0.3 s each)."""
+        if self.workers > 1:
+            share_parameters(module)
         optimizer = getattr(module.optimizer_factory, "func", module.optimizer_factory)
         dtype = module.net.center_embed.weight.dtype
         if module.hparams.fused and optimizer is torch.optim.SGD and dtype in kernels.DTYPES:  # (what runs compiled)

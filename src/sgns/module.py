@@ -50,11 +50,12 @@ def wants_sparse_gradients(optimizer: OptimizerFactory) -> bool:
 
 
 def check_finite(tables: Iterable[tuple[str, torch.Tensor]], step: int) -> None:
-    """Raise Diverged before a checkpoint is written from tables that hold NaN or inf: the sum of a
-    float32 or bf16 table in float64 is finite exactly when its values are (one pass, no [V, d]
-    temporary: 0.03 s against 0.9 s for ``isfinite(table).all()`` on 2M x 100 rows)."""
+    """Raise Diverged before a checkpoint is written from tables that hold NaN or inf: a table's
+    least and greatest values are both finite exactly when all its values are (NaN propagates to
+    both). One pass, no [V, d] temporary: on one thread, 0.09 s for fastText's 2M x 100 n-gram
+    table, against 0.7 s for its sum in float64 and 1.2 s for ``isfinite(table).all()``."""
     for name, table in tables:
-        if not torch.isfinite(table.sum(dtype=torch.float64)):
+        if not all(torch.isfinite(bound) for bound in torch.aminmax(table.detach())):
             kept = "not saving a checkpoint (the last one is kept)"
             raise Diverged(f"{name} holds NaN/inf at step {step}; {kept}. Lower model.alpha or data.update_size.")
 

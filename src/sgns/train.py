@@ -117,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         corpus, prepare_s = prepare(run, checkpoint)
         run.model.build(len(corpus.vocab), corpus.vocab.words, corpus.vocab.counts)
         if isinstance(run.trainer.strategy, HogwildStrategy):
-            run.trainer.strategy.load_update(run.model)
+            run.trainer.strategy.prepare_tables(run.model)
         if earlier is not None and checkpoint is None:  # (a resumed run's tables come from its checkpoint)
             init_from.start_from(run.model.net, earlier, run.model.hparams.objective)
         if run.trainer.is_global_zero:  # every check has passed: the run's record and log go to its directory

@@ -323,10 +323,8 @@ class HogwildStrategy(SingleDeviceStrategy):
         every epoch inherit it instead of each loading it at its first update (about 0.3 s each)."""
         if self.workers > 1:
             share_parameters(module)
-        optimizer = getattr(module.optimizer_factory, "func", module.optimizer_factory)
-        dtype = module.net.center_embed.weight.dtype
-        if module.hparams.fused and optimizer is torch.optim.SGD and dtype in kernels.DTYPES:  # (what runs compiled)
-            kernels.warm(dtype)
+        if module.compiled_on_cpu():
+            kernels.warm(module.net.center_embed.weight.dtype)
 
     # -- the run ---------------------------------------------------------------------------------
     def on_train_start(self) -> None:

@@ -51,8 +51,9 @@ def load() -> ModuleType:
 _ONE_EACH = np.empty(0, dtype=np.int64)  # a bag's sizes when every input has one row
 
 
-def _owner(owner: torch.Tensor | None) -> np.ndarray:
-    return _ONE_EACH if owner is None else owner.numpy()
+def _each(counts: torch.Tensor | None) -> np.ndarray:
+    """A per-input array for the loops (owners, sizes, counts); None: the empty one, "one each"."""
+    return _ONE_EACH if counts is None else counts.numpy()
 
 
 def bag_hidden(
@@ -64,9 +65,8 @@ def bag_hidden(
     h = torch.zeros(n, first.shape[1], dtype=first.dtype)
     for i, (table, rows, sizes) in enumerate(segments):
         table_ = table.detach().numpy()
-        sizes_ = _ONE_EACH if sizes is None else sizes.numpy()
-        divide = mean_of.numpy() if mean_of is not None and i == len(segments) - 1 else _ONE_EACH
-        load().bag_sums(table_, rows.numpy(), sizes_, h.numpy(), divide, max(1, LINE // table_.itemsize))
+        divide = _each(mean_of if i == len(segments) - 1 else None)
+        load().bag_sums(table_, rows.numpy(), _each(sizes), h.numpy(), divide, max(1, LINE // table_.itemsize))
     return h
 
 
@@ -76,7 +76,7 @@ def bag_step(
     """The step adding ``steps[n]`` [N, d] to each of input n's rows of ``table`` (``rows`` [E],
     input by input, ``sizes`` [N]; None: one each)."""
     table_, rows_, steps_ = table.detach().numpy(), rows.numpy(), steps.contiguous().numpy()
-    sizes_ = _ONE_EACH if sizes is None else sizes.numpy()
+    sizes_ = _each(sizes)
     return lambda: load().bag_steps(table_, rows_, sizes_, steps_)
 
 
@@ -106,7 +106,7 @@ def ns_positives(
     h = h.contiguous()
     grad_h = torch.zeros_like(h)
     h_, output_ = h.numpy(), output.detach().numpy()
-    pairs = Pairs(h_, _owner(owner), targets.numpy(), np.empty(len(targets), dtype=h_.dtype), output_)
+    pairs = Pairs(h_, _each(owner), targets.numpy(), np.empty(len(targets), dtype=h_.dtype), output_)
     loss = load().ns_positives(
         *pairs[:3], output_, float(scale), grad_h.numpy(), pairs.g, with_loss, max(1, LINE // output_.itemsize)
     )
@@ -119,8 +119,7 @@ def ns_negatives(
     """The negatives shared by an update, from the scores [N, K] of its inputs against them, in place:
     each score becomes the gradient of ``scale`` × its term -w log σ(-f), ``count[n]`` times (None:
     once); returns their summed loss (None unless ``with_loss``)."""
-    count_ = _ONE_EACH if count is None else count.numpy()
-    loss = load().ns_negatives(scores.numpy(), count_, float(weight), float(scale), with_loss)
+    loss = load().ns_negatives(scores.numpy(), _each(count), float(weight), float(scale), with_loss)
     return loss if with_loss else None
 
 
@@ -147,7 +146,7 @@ def hs_gradients(
     ``with_loss``), dL/dh [N, d] of ``scale`` × the summed loss, and the step of the inner nodes,
     to run once the loss has been read."""
     h = h.contiguous()
-    owner_ = _owner(owner)
+    owner_ = _each(owner)
     grad_h = torch.zeros_like(h)
     g = np.empty(int(lengths[targets].sum()), dtype=h.numpy().dtype)
     compiled = load()

@@ -254,12 +254,7 @@ class Word2VecModule(L.LightningModule):
             scale = update.center.new_tensor(gradient_scale(optimizer), dtype=torch.float64)
             loss, rows = self._compiled_gradients()(update, scale, with_loss)
         else:  # plain SGD in one process on the CPU: the update runs compiled (kernels.py)
-            in_place = (
-                world == 1
-                and isinstance(optimizer, torch.optim.SGD)
-                and on_host(update.center)
-                and self.net.center_embed.weight.dtype in kernels.DTYPES
-            )
+            in_place = world == 1 and on_host(update.center) and self.compiled_on_cpu()
             loss, rows = self.net.row_gradients(update, gradient_scale(optimizer), with_loss, in_place)
         n = len(update)
         if world > 1:  # (every rank joins every exchange, even with nothing to send)
@@ -268,6 +263,15 @@ class Word2VecModule(L.LightningModule):
             self._check_loss(loss, update)
         FUSED_UPDATES[type(optimizer)](optimizer, rows)
         return (None if loss is None else float(loss)), n
+
+    def compiled_on_cpu(self) -> bool:
+        """Whether this module's update, on the CPU in one process, runs compiled (``kernels.py``):
+        the closed form with plain SGD, on tables of a type numba takes."""
+        return (
+            self.hparams.fused
+            and _unpack(self.optimizer_factory)[0] is torch.optim.SGD
+            and self.net.center_embed.weight.dtype in kernels.DTYPES
+        )
 
     def _compiled_gradients(self) -> Callable:
         """``model.compile``: the net's closed-form gradients through ``torch.compile`` (inductor: the

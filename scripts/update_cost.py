@@ -41,9 +41,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--torch-form",
-        dest="in_place",
+        dest="compiled",
         action="store_false",
-        help="the objective's torch form even where training uses its compiled update (kernels.py)",
+        help="the torch form of the update even where training runs it compiled (kernels.py)",
     )
     args = parser.parse_args()
     if not args.corpus.is_file():
@@ -76,7 +76,10 @@ def main() -> None:
             for size in sizes if r % 2 == 0 else sizes[::-1]:
                 started = time.perf_counter()
                 for update in cut[size]:
-                    apply_sgd(None, module.net.row_gradients(update, -0.001, False, in_place=args.in_place)[1])
+                    if args.compiled:
+                        module.net.sgd_update(update, -0.001, False, guard=None)
+                    else:
+                        apply_sgd(None, module.net.row_gradients(update, -0.001, False)[1])
                 seconds[size].append((time.perf_counter() - started) / pairs * 1e6)
     print(f"{args.model}, {pairs:,} pairs, {args.threads} thread(s): seconds per 1M pairs")
     for size in sizes:

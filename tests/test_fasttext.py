@@ -108,8 +108,8 @@ def test_updates_keep_to_the_familys_limit(run, tmp_path, monkeypatch, caplog):
     """data.update_size above the subword family's 1,024 pairs is lowered, and said so: its
     n-gram rows would sum too many pairs' gradients (they diverge at 4,096 on real corpora)."""
     sizes = []
-    step = FastText.row_gradients
-    monkeypatch.setattr(FastText, "row_gradients", lambda self, batch, *a, **k: (sizes.append(len(batch)), step(self, batch, *a, **k))[1])
+    bag = FastText.bag  # (every update makes its bag once)
+    monkeypatch.setattr(FastText, "bag", lambda self, batch, *a, **k: (sizes.append(len(batch)), bag(self, batch, *a, **k))[1])
     out = run[0].parent
     with caplog.at_level(logging.INFO, logger="sgns.data.datamodule"):
         train(compose_train(tmp_path / "run", [

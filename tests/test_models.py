@@ -163,29 +163,44 @@ def test_row_gradients_equal_autograd(family, negatives, scale, objective):
 @pytest.mark.parametrize("objective", OBJECTIVES)
 @pytest.mark.parametrize("negatives", NEGATIVES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_in_place_steps_are_the_same_sgd_update(family, negatives, objective):
-    """With CPU SGD in one process, h is summed by a compiled loop and compiled steps (kernels.py)
-    replace the returned rows: the bag's rows (the centre's, CBOW's window, fastText's n-grams),
-    negative sampling's output rows when the update shares its negatives, HS's inner nodes. They
-    land when apply_sgd runs them, not before (the divergence guard reads the loss first), and give
-    the same tables and loss as the rows of the torch form."""
-    rows_net, in_place_net = _pair(family, objective=objective)
-    for step in range(3):
+def test_the_compiled_update_is_the_same_sgd_update(family, negatives, objective):
+    """With CPU SGD in one process the update runs compiled whole (``sgd_update``, kernels.py): the
+    same tables and loss as the torch form's rows applied by ``apply_sgd``, with the loss (read by
+    the guard while every table is still as it was) and without it (one call)."""
+    rows_net, compiled_net = _pair(family, objective=objective)
+    for step, with_loss in enumerate([True, False, True, False]):
         batch = _batch(family, negatives, seed=step)
         loss, updates = rows_net.row_gradients(batch, scale=-0.2)
         apply_sgd(None, updates)
-        before = [table.clone() for table in in_place_net.parameters()]
-        fused_loss, fused_updates = in_place_net.row_gradients(batch, scale=-0.2, in_place=True)
-        assert all(torch.equal(a, b) for a, b in zip(before, in_place_net.parameters()))
-        returned = {id(update[0]) for update in fused_updates if not callable(update)}
-        torch_form = objective == "ns" and negatives == "per_example"  # k negatives per example: rows, as before
-        assert returned == ({id(in_place_net.outside_embed.weight)} if torch_form else set())
-        apply_sgd(None, fused_updates)
-        assert fused_loss.item() == pytest.approx(loss.item(), rel=1e-12)
+        before, read = [table.clone() for table in compiled_net.parameters()], []
+
+        def guard(value, before=before, read=read):
+            assert all(torch.equal(a, b) for a, b in zip(before, compiled_net.parameters()))
+            read.append(value)
+
+        compiled_loss = compiled_net.sgd_update(batch, -0.2, with_loss, guard)
+        assert read == ([compiled_loss] if with_loss else []) and (compiled_loss is None) != with_loss
+        if with_loss:
+            assert compiled_loss == pytest.approx(loss.item(), rel=1e-12)
     start = _net(family, objective=objective)
-    for a, b, c in zip(rows_net.parameters(), in_place_net.parameters(), start.parameters()):
+    for a, b, c in zip(rows_net.parameters(), compiled_net.parameters(), start.parameters()):
         assert torch.allclose(a, b, atol=1e-12)
         assert not torch.allclose(b, c)  # every table moved
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_compiled_update_lands_nothing_the_guard_stops(family, objective):
+    """A guard that raises (the divergence guard) leaves every table as it was."""
+    net = _net(family, objective=objective)
+    before = [table.clone() for table in net.parameters()]
+
+    def guard(value):
+        raise ArithmeticError(value)
+
+    with pytest.raises(ArithmeticError):
+        net.sgd_update(_batch(family), -0.2, True, guard)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
 
 
 def _run(family, negatives, optimizer_cls, apply, steps=5, objective="ns", **kwargs):

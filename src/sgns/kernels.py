@@ -1,40 +1,51 @@
-"""Compiled CPU loops (numba): the update of plain SGD in one process, without torch's temporaries.
+"""The update of plain SGD in one process on the CPU, compiled whole (numba): one call per update.
 
 A torch update is a few dozen operations on [E, d] temporaries; on one thread, for the few
 hundred examples a lock-free worker's update holds, their dispatch and memory passes cost more
-than the arithmetic. Here the same batched update (the update's snapshot read first, its steps
-written after the divergence guard has read the loss) is a handful of loops over the rows:
-- ``bag_hidden``: each input's h, the sum of its bag's rows (a CBOW window's, a fastText word's
-  n-grams'), the rows a few further on requested from memory while the current ones are summed
-  (fastText's 800 MB n-gram table is far larger than the caches: 1.55x on its gather alone);
-- ``ns_positives``: negative sampling's positive pairs, their scores and dL/dh from the snapshot;
-  ``ns_negatives``: the negatives shared by the update, their scores (three matrix products, in
-  ``objectives.py``) turned into gradients in place; ``ns_step``, every output row's step;
-- ``hs_gradients``: hierarchical softmax's decisions along every target's path, then its inner
-  nodes' steps (the 255 nearest the root summed per update and written once);
-- ``bag_step``: dL/dh added to every row of each input's bag, without the [E, d] copy of every
-  row's step that ``scatter_add_`` needs.
-It is the same update as the torch form, to float rounding (tests compare the two for every
-family and objective); it runs on one thread, so in a lock-free worker nothing waits. Used with
-SGD in one process on the CPU (a DDP rank sends its rows to the others instead); elsewhere the
-torch form.
+than the arithmetic, and so did the Python between a dozen separate compiled loops. Here the same
+batched update is one compiled call (``loops.ns_update``, ``loops.hs_update``) over the rows:
+- h, each input's sum (or mean) of its bag's rows (a CBOW window's, a fastText word's n-grams'),
+  the rows a few further on requested from memory while the current ones are summed (fastText's
+  800 MB n-gram table is far larger than the caches: 1.55x on its gather alone);
+- negative sampling's positive pairs, their scores and dL/dh; the negatives shared by the update
+  as three matrix products by torch's own BLAS (the ``gemm`` that ``torch.mm`` calls, so with
+  torch's threads: one in a lock-free worker), their scores turned into gradients in place;
+  or k negatives per target in a loop, as word2vec.c's;
+- hierarchical softmax's decisions along every target's path, its inner nodes' steps (the 255
+  nearest the root summed per update and written once);
+- dL/dh added to every row of each input's bag, without the [E, d] copy of every row's step that
+  ``scatter_add_`` needs.
+Every value is read before any row moves; when the loss is read, the divergence guard reads it
+between the two (``COMPUTE``, then ``APPLY``), else one call does both. It is the same update as
+the torch form, to float rounding (tests compare the two for every family and objective); it runs
+on one thread, so in a lock-free worker nothing waits. Used with SGD in one process on the CPU
+(a DDP rank sends its rows to the others instead), on tables of a type numba takes, where torch's
+BLAS is found; elsewhere the torch form.
 
-The loops themselves are in ``loops.py``. numba is imported at the first call, so commands that
-never train do not pay for it, and the compiled loops are cached next to them (``cache=True``).
+The loops are in ``loops.py``. numba is imported at the first call, so commands that never train
+do not pay for it, and the compiled loops are cached next to them (``cache=True``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from sgns.models.base import Bag
+
 _compiled: ModuleType | None = None
 DTYPES = (torch.float32, torch.float64)  # the tables' types the loops take (numba has no bfloat16)
 LINE = 64  # bytes in a cache line
+_GEMM = {torch.float32: "sgemm_", torch.float64: "dgemm_"}
+_EMPTY = np.empty(0, dtype=np.int64)  # an absent per-input array: "one each", "none"
 
 
 def load() -> ModuleType:
@@ -48,128 +59,141 @@ def load() -> ModuleType:
     return _compiled
 
 
-_ONE_EACH = np.empty(0, dtype=np.int64)  # a bag's sizes when every input has one row
+@functools.cache
+def blas(dtype: torch.dtype) -> int | None:
+    """The address of the BLAS ``gemm`` that torch links (MKL's, in ``libtorch_cpu``) for tables of
+    ``dtype``, checked on a small product; None where there is none (the update keeps torch's form)."""
+    if dtype not in _GEMM:
+        return None
+    try:
+        library = ctypes.CDLL(str(next((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*"))))
+        address = ctypes.cast(getattr(library, _GEMM[dtype]), ctypes.c_void_p).value
+    except (StopIteration, OSError, AttributeError):
+        return None
+    numpy_type = torch.empty(0, dtype=dtype).numpy().dtype
+    a, b = np.arange(6, dtype=numpy_type).reshape(2, 3), np.arange(12, dtype=numpy_type).reshape(4, 3)
+    c = np.ones((2, 4), dtype=numpy_type)
+    load().matmul(address, a, False, b, True, c, 1.0)
+    return address if np.array_equal(c, a @ b.T + 1) else None
 
 
-def _each(counts: torch.Tensor | None) -> np.ndarray:
-    """A per-input array for the loops (owners, sizes, counts); None: the empty one, "one each"."""
-    return _ONE_EACH if counts is None else counts.numpy()
+def available(dtype: torch.dtype) -> bool:
+    """Whether the update of tables of ``dtype`` can run compiled."""
+    return dtype in DTYPES and blas(dtype) is not None
 
 
-def bag_hidden(
-    segments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], n: int, mean_of: torch.Tensor | None
-) -> torch.Tensor:
-    """h [n, d]: each input's sum of its rows over the bag's segments ((table, rows [E], sizes [n]
-    or None: one row each), rows input by input), divided by ``mean_of`` [n] (None: the sum)."""
-    first = segments[0][0]
-    h = torch.zeros(n, first.shape[1], dtype=first.dtype)
-    for i, (table, rows, sizes) in enumerate(segments):
-        table_ = table.detach().numpy()
-        divide = _each(mean_of if i == len(segments) - 1 else None)
-        load().bag_sums(table_, rows.numpy(), _each(sizes), h.numpy(), divide, max(1, LINE // table_.itemsize))
-    return h
+_buffers: dict[tuple[str, np.dtype], np.ndarray] = {}
 
 
-def bag_step(
-    table: torch.Tensor, rows: torch.Tensor, sizes: torch.Tensor | None, steps: torch.Tensor
-) -> Callable[[], None]:
-    """The step adding ``steps[n]`` [N, d] to each of input n's rows of ``table`` (``rows`` [E],
-    input by input, ``sizes`` [N]; None: one each)."""
-    table_, rows_, steps_ = table.detach().numpy(), rows.numpy(), steps.contiguous().numpy()
-    sizes_ = _each(sizes)
-    return lambda: load().bag_steps(table_, rows_, sizes_, steps_)
+def _buffer(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A scratch array of this process, reused by every update (grown when too small)."""
+    size = shape[0] * (shape[1] if len(shape) > 1 else 1)
+    buffer = _buffers.get((name, dtype))
+    if buffer is None or len(buffer) < size:
+        buffer = _buffers[name, dtype] = np.empty(max(size, 2 * (0 if buffer is None else len(buffer))), dtype=dtype)
+    return buffer[:size].reshape(shape)
 
 
-class Pairs(NamedTuple):
-    """An update's positive pairs as the loops read them: h [N, d], each target's input (empty: one
-    target each), the targets [P], the gradient of each pair's score [P] and the output table."""
+def _scratch(dtype: np.dtype, d: int, inputs: int, decisions: int, scored: int, k: int) -> tuple[np.ndarray, ...]:
+    """h and dL/dh [inputs, d], each decision's gradient [decisions], the shared negatives' rows
+    [k, d], the negatives' scores [scored, k] and the shared negatives' steps [k, d]."""
+    return (
+        _buffer("h", (inputs, d), dtype),
+        _buffer("grad_h", (inputs, d), dtype),
+        _buffer("g", (decisions,), dtype),
+        _buffer("u", (k, d), dtype),
+        _buffer("scores", (scored, k), dtype),
+        _buffer("steps", (k, d), dtype),
+    )
 
-    h: np.ndarray
-    owner: np.ndarray
-    targets: np.ndarray
-    g: np.ndarray
-    output: np.ndarray
+
+def _array(values: torch.Tensor | None) -> np.ndarray:
+    """A tensor as the loops take it (C-contiguous); None: the empty array, "one each"."""
+    return _EMPTY if values is None else np.ascontiguousarray(values.numpy())
 
 
-def ns_positives(
-    h: torch.Tensor,
-    owner: torch.Tensor | None,
-    targets: torch.Tensor,
+def _bag(bag: Bag) -> tuple[tuple[np.ndarray, ...], int]:
+    """The bag's segments as the loops take them (two, the second's rows empty when it has one) and
+    its number of inputs."""
+    arrays = []
+    for table, rows, sizes, _ in bag.segments:  # (on the host every row weighs 1)
+        arrays += [table.weight.detach().numpy(), _array(rows), _array(sizes)]
+    if len(bag.segments) == 1:
+        arrays += [arrays[0], _EMPTY, _EMPTY]
+    first = bag.segments[0]
+    return tuple(arrays), len(first.rows) if first.sizes is None else len(first.sizes)
+
+
+def _run(update: Callable[[int], float], targets: int, with_loss: bool, guard: Callable[[float], object]) -> float | None:
+    """The update's phases: with the loss, computed, read by ``guard`` (which raises to stop the
+    run) and then applied; without, both in one call. Returns the mean loss (None unless read)."""
+    loops = load()
+    if not with_loss:
+        update(loops.BOTH)
+        return None
+    mean = update(loops.COMPUTE) / max(1, targets)
+    guard(mean)
+    update(loops.APPLY)
+    return mean
+
+
+def ns_update(
+    bag: Bag,
+    negatives: torch.Tensor,
+    weight: float,
     output: torch.Tensor,
     scale: float,
     with_loss: bool,
-) -> tuple[float | None, torch.Tensor, Pairs]:
-    """Negative sampling's positive pairs for inputs h [N, d] and targets [P] (target p's input
-    ``owner[p]``; None: p), from the snapshot: their summed loss (None unless ``with_loss``), their
-    part of dL/dh [N, d] of ``scale`` × the loss, and the pairs with each one's gradient of its
-    score, for ``ns_step``."""
-    h = h.contiguous()
-    grad_h = torch.zeros_like(h)
-    h_, output_ = h.numpy(), output.detach().numpy()
-    pairs = Pairs(h_, _each(owner), targets.numpy(), np.empty(len(targets), dtype=h_.dtype), output_)
-    loss = load().ns_positives(
-        *pairs[:3], output_, float(scale), grad_h.numpy(), pairs.g, with_loss, max(1, LINE // output_.itemsize)
-    )
-    return (loss if with_loss else None), grad_h, pairs
-
-
-def ns_negatives(
-    scores: torch.Tensor, count: torch.Tensor | None, weight: float, scale: float, with_loss: bool
+    guard: Callable[[float], object],
 ) -> float | None:
-    """The negatives shared by an update, from the scores [N, K] of its inputs against them, in place:
-    each score becomes the gradient of ``scale`` × its term -w log σ(-f), ``count[n]`` times (None:
-    once); returns their summed loss (None unless ``with_loss``)."""
-    loss = load().ns_negatives(scores.numpy(), _each(count), float(weight), float(scale), with_loss)
-    return loss if with_loss else None
+    """Negative sampling's SGD update (``scale`` = -lr) of a bag's inputs against their targets and
+    ``negatives`` [G, K] (G = 1: shared by the update, each input's term counted ``bag.runs`` times;
+    else one row of k per target), each weighing ``weight``."""
+    segments, n = _bag(bag)
+    output_ = output.detach().numpy()
+    G, K = negatives.shape
+    targets = _array(bag.targets)
+    scratch = _scratch(output_.dtype, output_.shape[1], n, len(targets), n if G == 1 else G, K)
+    args = (scratch, segments, _array(bag.size), bag.mean, targets, _array(bag.owner), _array(bag.runs))
+    args += (_array(negatives), float(weight), output_, float(scale), with_loss)
+    gemm, line = blas(output.dtype), max(1, LINE // output_.itemsize)
+    return _run(lambda phase: load().ns_update(*args, phase, gemm, line), len(targets), with_loss, guard)
 
 
-def ns_step(pairs: Pairs, negatives: torch.Tensor, negative_steps: torch.Tensor) -> Callable[[], None]:
-    """The output rows' step: each pair's gradient × h of its input added to its target's row, and
-    ``negative_steps`` [K, d] to the K negatives' rows."""
-    negatives_, steps_ = negatives.numpy(), negative_steps.contiguous().numpy()
-    return lambda: load().ns_steps(*pairs, negatives_, steps_)
-
-
-def hs_gradients(
-    h: torch.Tensor,
-    owner: torch.Tensor | None,
-    targets: torch.Tensor,
+def hs_update(
+    bag: Bag,
     points: torch.Tensor,
     codes: torch.Tensor,
     lengths: torch.Tensor,
     output: torch.Tensor,
     scale: float,
     with_loss: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor, Callable[[], None]]:
-    """Hierarchical softmax's SGD update for inputs h [N, d] and targets [P] (target p's input
-    ``owner[p]``; None: p) on the inner nodes ``output`` [V-1, d]: the mean loss (None unless
-    ``with_loss``), dL/dh [N, d] of ``scale`` × the summed loss, and the step of the inner nodes,
-    to run once the loss has been read."""
-    h = h.contiguous()
-    owner_ = _each(owner)
-    grad_h = torch.zeros_like(h)
-    g = np.empty(int(lengths[targets].sum()), dtype=h.numpy().dtype)
-    compiled = load()
-    h_, targets_, points_, lengths_ = h.numpy(), targets.numpy(), points.numpy(), lengths.numpy()
+    guard: Callable[[float], object],
+) -> float | None:
+    """Hierarchical softmax's SGD update (``scale`` = -lr) of a bag's inputs against their targets'
+    paths (``points``, ``codes`` [V, L], ``lengths`` [V]) on the inner nodes ``output`` [V-1, d]."""
+    segments, n = _bag(bag)
     output_ = output.detach().numpy()
-    loss = compiled.hs_scores(
-        h_, owner_, targets_, points_, codes.numpy(), lengths_, output_, float(scale), grad_h.numpy(), g, with_loss
-    )
-    mean = torch.tensor(loss / max(1, len(targets)), dtype=h.dtype) if with_loss else None
-    return mean, grad_h, lambda: compiled.hs_steps(h_, owner_, targets_, points_, lengths_, output_, g)
+    targets = _array(bag.targets)
+    scratch = _scratch(output_.dtype, output_.shape[1], n, len(targets) * points.shape[1], 0, 0)
+    args = (scratch, segments, _array(bag.size), bag.mean, targets, _array(bag.owner))
+    args += (points.numpy(), codes.numpy(), lengths.numpy(), output_, float(scale), with_loss)
+    line = max(1, LINE // output_.itemsize)
+    return _run(lambda phase: load().hs_update(*args, phase, line), len(targets), with_loss, guard)
 
 
 def warm(dtype: torch.dtype) -> None:
     """Compile every loop for tables of ``dtype``, or read it from numba's cache, now (about 0.3 s,
     most of it numba's own start): lock-free workers forked after this inherit the loops instead
     of each loading them at its first update."""
-    table, rows, one = torch.zeros(2, 1, dtype=dtype), torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long)
-    h = bag_hidden([(table, rows, one)], 1, one)
-    bag_step(table, rows, None, h)()
-    _, grad_h, pairs = ns_positives(h, None, rows, table, 0.0, True)
-    ns_negatives(grad_h, None, 1.0, 0.0, True)
-    ns_negatives(grad_h, one, 1.0, 0.0, True)
-    ns_step(pairs, rows, grad_h)()
-    ns_step(ns_positives(h, rows, rows, table, 0.0, False)[2], rows, grad_h)()  # (with owners)
+    from sgns.models.base import Bag, Segment
+
+    if not available(dtype):
+        return
+    table = torch.nn.Embedding(2, 1).to(dtype)
+    one, ones = torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long)
     points, codes = torch.zeros(2, 1, dtype=torch.int32), torch.zeros(2, 1, dtype=torch.int8)
-    hs_gradients(h, None, rows, points, codes, one, table, 0.0, True)[2]()
+    for bag in (Bag([Segment(table, one)], one), Bag([Segment(table, one), Segment(table, one, ones)], one, ones)):
+        for with_loss in (False, True):
+            ns_update(bag, one.view(1, 1), 1.0, table.weight, 0.0, with_loss, lambda _: None)
+            hs_update(bag, points, codes, ones, table.weight, 0.0, with_loss, lambda _: None)

@@ -54,8 +54,70 @@ def fetch(table, row, line):
         prefetch(table, row, k)
 
 
+@intrinsic
+def blas_gemm(typingctx, address, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Call the BLAS ``?gemm_`` at ``address`` (Fortran's interface: every argument by pointer;
+    C = alpha op(A) op(B) + beta C, column-major) on the arrays' data."""
+
+    def codegen(context, builder, signature, args):
+        byte, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        real = context.get_value_type(signature.args[12].dtype)
+
+        def by_pointer(value, kind, as_type):
+            slot = cgutils.alloca_once(builder, as_type)
+            if as_type is real:
+                value = context.cast(builder, value, kind, signature.args[12].dtype)
+            elif as_type is byte:
+                value = builder.trunc(value, byte)
+            else:  # (zero-extended to 64 bits: an LP64 BLAS reads the low half, an ILP64 one the whole)
+                value = builder.zext(builder.trunc(value, i32), as_type)
+            builder.store(value, slot)
+            return builder.bitcast(slot, byte.as_pointer())
+
+        def data(index):
+            array = context.make_array(signature.args[index])(context, builder, args[index])
+            return builder.bitcast(array.data, byte.as_pointer())
+
+        kinds = signature.args
+        pointers = [
+            by_pointer(args[1], kinds[1], byte),
+            by_pointer(args[2], kinds[2], byte),
+            *(by_pointer(args[i], kinds[i], i64) for i in (3, 4, 5)),
+            by_pointer(args[6], kinds[6], real),
+            data(7),
+            by_pointer(args[8], kinds[8], i64),
+            data(9),
+            by_pointer(args[10], kinds[10], i64),
+            by_pointer(args[11], kinds[11], real),
+            data(12),
+            by_pointer(args[13], kinds[13], i64),
+        ]
+        function = ir.FunctionType(ir.VoidType(), [byte.as_pointer()] * 13)
+        builder.call(builder.inttoptr(args[0], function.as_pointer()), pointers)
+        return context.get_dummy_value()
+
+    return types.void(address, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc), codegen
+
+
+N_, T_ = ord("N"), ord("T")
+COMPUTE, APPLY, BOTH = 0, 1, 2  # the phases of an update (ns_update, hs_update)
+
+
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
-def bag_sums(table, rows, sizes, h, divide, line):
+def matmul(gemm, a, a_t, b, b_t, c, beta):
+    """c [M, N] = a (or a^T) @ b (or b^T) + beta c, row-major C-contiguous arrays, by the BLAS at
+    ``gemm``: a row-major matrix is its transpose in column-major, so this asks for c^T = b^T a^T."""
+    M, N = c.shape
+    inner = a.shape[0] if a_t else a.shape[1]
+    if M == 0 or N == 0 or inner == 0:  # (BLAS refuses a leading dimension of 0)
+        if beta == 0.0:
+            c[:] = 0
+        return
+    blas_gemm(gemm, T_ if b_t else N_, T_ if a_t else N_, N, M, inner, 1.0, b, b.shape[1], a, a.shape[1], beta, c, N)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def bag_sums(table, rows, sizes, h, line):
     e = 0
     for n in range(h.shape[0]):
         h_n = h[n]
@@ -66,10 +128,6 @@ def bag_sums(table, rows, sizes, h, divide, line):
             e += 1
             for k in range(len(row)):
                 h_n[k] += row[k]
-        if len(divide):  # the bag's last segment: its mean
-            inverse = 1.0 / divide[n]
-            for k in range(len(h_n)):
-                h_n[k] *= inverse
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
@@ -85,6 +143,42 @@ def bag_steps(table, rows, sizes, grad):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def hidden(h, grad_h, bag, size, mean, line):
+    """h [N, d] of the bag's segments ((table, rows, sizes) twice; the second's rows empty: none),
+    each input's mean of its ``size`` rows (``mean``; no sizes: one row) or their sum; dL/dh zeroed."""
+    table, rows, sizes, table2, rows2, sizes2 = bag
+    h[:] = 0
+    grad_h[:] = 0
+    bag_sums(table, rows, sizes, h, line)
+    if len(rows2):
+        bag_sums(table2, rows2, sizes2, h, line)
+    if mean and len(size):
+        for n in range(h.shape[0]):
+            inverse = 1.0 / size[n]
+            for k in range(h.shape[1]):
+                h[n, k] *= inverse
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def bag_update(grad_h, bag, size, mean):
+    """Every row of each input's bag moves by its dL/dh (word2vec's CBOW sum: dL/dh / its size)."""
+    table, rows, sizes, table2, rows2, sizes2 = bag
+    if not mean and len(size):
+        for n in range(grad_h.shape[0]):
+            inverse = 1.0 / max(size[n], 1)
+            for k in range(grad_h.shape[1]):
+                grad_h[n, k] *= inverse
+    bag_steps(table, rows, sizes, grad_h)
+    if len(rows2):
+        bag_steps(table2, rows2, sizes2, grad_h)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def log_sigmoid(x):
+    return min(x, 0.0) - math.log1p(math.exp(-abs(x)))
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
 def ns_positives(h, owner, targets, output, scale, grad_h, g, with_loss, line):
     loss = 0.0
     for p in range(len(targets)):
@@ -95,8 +189,8 @@ def ns_positives(h, owner, targets, output, scale, grad_h, g, with_loss, line):
         f = h_p[0] * 0  # (the tables' precision: float32 products vectorise)
         for k in range(len(row)):
             f += h_p[k] * row[k]
-        if with_loss:  # -log σ(f)
-            loss -= min(f, 0.0) - math.log1p(math.exp(-abs(f)))
+        if with_loss:
+            loss -= log_sigmoid(f)
         g[p] = (1.0 / (1.0 + math.exp(-f)) - 1.0) * scale  # d(scale × loss) / d f
         step = g[p]
         for k in range(len(row)):
@@ -105,75 +199,130 @@ def ns_positives(h, owner, targets, output, scale, grad_h, g, with_loss, line):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
-def ns_negatives(scores, count, weight, scale, with_loss):
+def ns_shared(h, negatives, count, weight, output, scale, grad_h, u, scores, steps, with_loss, gemm):
+    """The K negatives shared by the update: three matrix products (BLAS) around the scores turned
+    into gradients in place, each input's ``count`` times (skip-gram's runs; none: once)."""
+    for i in range(len(negatives)):
+        u[i] = output[negatives[i]]  # [K, d], contiguous for the products
+    matmul(gemm, h, False, u, True, scores, 0.0)  # [N, K]
     loss = 0.0
-    for n in range(scores.shape[0]):  # input n's scores against the K negatives shared by the update
-        c = 1.0 if len(count) == 0 else float(count[n])  # (its positives sharing them: skip-gram's runs)
+    for n in range(scores.shape[0]):
+        c = 1.0 if len(count) == 0 else float(count[n])
         s_n = scores[n]
         for k in range(len(s_n)):
             f = s_n[k]
-            if with_loss:  # -w log σ(-f), c times
-                loss -= c * weight * (min(-f, 0.0) - math.log1p(math.exp(-abs(f))))
+            if with_loss:
+                loss -= c * weight * log_sigmoid(-f)
             s_n[k] = c * weight * scale / (1.0 + math.exp(-f))  # d(scale × loss) / d f
+    matmul(gemm, scores, False, u, False, grad_h, 1.0)  # dL/dh += [N, K] @ [K, d]
+    matmul(gemm, scores, True, h, False, steps, 0.0)  # the negatives' steps [K, d]
     return loss
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
-def ns_steps(h, owner, targets, g, output, negatives, negative_steps):
-    for p in range(len(targets)):
-        row, h_p, step = output[targets[p]], h[p if len(owner) == 0 else owner[p]], g[p]
-        for k in range(len(row)):
-            row[k] += step * h_p[k]
-    for i in range(len(negatives)):
-        row, step_i = output[negatives[i]], negative_steps[i]
-        for k in range(len(row)):
-            row[k] += step_i[k]
-
-
-@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
-def hs_scores(h, owner, targets, points, codes, lengths, output, scale, grad_h, g, with_loss):
+def ns_own(h, owner, negatives, weight, output, scale, grad_h, scores, with_loss):
+    """k negatives per target (word2vec's own): each target's input against its own negatives."""
     loss = 0.0
-    e = 0
-    for p in range(len(targets)):  # 1: scores and dL/dh from the snapshot
-        t = targets[p]
+    for p in range(negatives.shape[0]):
         n = p if len(owner) == 0 else owner[p]
-        h_p, grad_p = h[n], grad_h[n]  # [d] views
-        for j in range(lengths[t]):
-            row = output[points[t, j]]
+        h_p, grad_p = h[n], grad_h[n]
+        for j in range(negatives.shape[1]):
+            row = output[negatives[p, j]]
             f = h_p[0] * 0
             for k in range(len(row)):
                 f += h_p[k] * row[k]
-            if with_loss:  # -log σ(f) for code 0, -log σ(-f) for code 1
-                x = f if codes[t, j] == 0 else -f
-                loss -= min(x, 0.0) - math.log1p(math.exp(-abs(x)))
-            # d(scale × loss) / d f: word2vec.c's -(1 - code - σ(f))
-            g[e] = (1.0 / (1.0 + math.exp(-f)) - 1.0 + codes[t, j]) * scale
-            step = g[e]  # (in the tables' precision)
-            e += 1
+            if with_loss:
+                loss -= weight * log_sigmoid(-f)
+            step = weight * scale / (1.0 + math.exp(-f))
+            scores[p, j] = step
             for k in range(len(row)):
                 grad_p[k] += step * row[k]
     return loss
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
-def hs_steps(h, owner, targets, points, lengths, output, g):
-    e = 0
-    hot = np.zeros((HOT, output.shape[1]), dtype=output.dtype)  # the top of the tree's steps, summed here
-    first_hot = output.shape[0] - HOT  # (the inner nodes near the root are the last made)
-    for p in range(len(targets)):  # 2: the inner nodes' steps
-        t = targets[p]
-        h_p = h[p if len(owner) == 0 else owner[p]]
-        for j in range(lengths[t]):
-            node = points[t, j]
-            row = hot[node - first_hot] if node >= first_hot else output[node]
-            step = g[e]
-            e += 1
+def ns_update(scratch, bag, size, mean, targets, owner, count, negatives, weight, output, scale, with_loss, phase, gemm, line):
+    """Negative sampling's SGD update of one batch, with its bag: phase ``COMPUTE`` reads the tables
+    (every value read before any row moves) and returns the summed loss (0 unless ``with_loss``);
+    ``APPLY`` then lands its steps, from what the first call left in ``scratch``; ``BOTH`` does both."""
+    h, grad_h, g, u, scores, steps = scratch
+    shared = negatives.shape[0] == 1
+    loss = 0.0
+    if phase != APPLY:
+        hidden(h, grad_h, bag, size, mean, line)
+        loss = ns_positives(h, owner, targets, output, scale, grad_h, g, with_loss, line)
+        if shared:
+            loss += ns_shared(h, negatives[0], count, weight, output, scale, grad_h, u, scores, steps, with_loss, gemm)
+        else:
+            loss += ns_own(h, owner, negatives, weight, output, scale, grad_h, scores, with_loss)
+    if phase != COMPUTE:
+        for p in range(len(targets)):
+            row, h_p, step = output[targets[p]], h[p if len(owner) == 0 else owner[p]], g[p]
             for k in range(len(row)):
                 row[k] += step * h_p[k]
-    for i in range(max(0, -first_hot), HOT):  # written once per update, not once per target
-        row = output[first_hot + i]
-        for k in range(len(row)):
-            row[k] += hot[i, k]
+        if shared:
+            for j in range(negatives.shape[1]):
+                row = output[negatives[0, j]]
+                for k in range(len(row)):
+                    row[k] += steps[j, k]
+        else:
+            for p in range(negatives.shape[0]):
+                h_p = h[p if len(owner) == 0 else owner[p]]
+                for j in range(negatives.shape[1]):
+                    row, step = output[negatives[p, j]], scores[p, j]
+                    for k in range(len(row)):
+                        row[k] += step * h_p[k]
+        bag_update(grad_h, bag, size, mean)
+    return loss
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def hs_update(scratch, bag, size, mean, targets, owner, points, codes, lengths, output, scale, with_loss, phase, line):
+    """Hierarchical softmax's SGD update of one batch, in the phases of ``ns_update``: the decisions
+    along every target's path, then the inner nodes' steps (the ``HOT`` nearest the root summed and
+    written once per update) and the bag's."""
+    h, grad_h, g = scratch[0], scratch[1], scratch[2]
+    loss = 0.0
+    if phase != APPLY:
+        hidden(h, grad_h, bag, size, mean, line)
+        e = 0
+        for p in range(len(targets)):
+            t = targets[p]
+            n = p if len(owner) == 0 else owner[p]
+            h_p, grad_p = h[n], grad_h[n]  # [d] views
+            for j in range(lengths[t]):
+                row = output[points[t, j]]
+                f = h_p[0] * 0
+                for k in range(len(row)):
+                    f += h_p[k] * row[k]
+                if with_loss:  # -log σ(f) for code 0, -log σ(-f) for code 1
+                    loss -= log_sigmoid(f if codes[t, j] == 0 else -f)
+                # d(scale × loss) / d f: word2vec.c's -(1 - code - σ(f))
+                g[e] = (1.0 / (1.0 + math.exp(-f)) - 1.0 + codes[t, j]) * scale
+                step = g[e]  # (in the tables' precision)
+                e += 1
+                for k in range(len(row)):
+                    grad_p[k] += step * row[k]
+    if phase != COMPUTE:
+        e = 0
+        hot = np.zeros((HOT, output.shape[1]), dtype=output.dtype)  # the top of the tree's steps, summed here
+        first_hot = output.shape[0] - HOT  # (the inner nodes near the root are the last made)
+        for p in range(len(targets)):
+            t = targets[p]
+            h_p = h[p if len(owner) == 0 else owner[p]]
+            for j in range(lengths[t]):
+                node = points[t, j]
+                row = hot[node - first_hot] if node >= first_hot else output[node]
+                step = g[e]
+                e += 1
+                for k in range(len(row)):
+                    row[k] += step * h_p[k]
+        for i in range(max(0, -first_hot), HOT):  # written once per update, not once per target
+            row = output[first_hot + i]
+            for k in range(len(row)):
+                row[k] += hot[i, k]
+        bag_update(grad_h, bag, size, mean)
+    return loss
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")

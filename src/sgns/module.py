@@ -224,9 +224,10 @@ class Word2VecModule(L.LightningModule):
         summed loss of the measured updates and their examples. (Lock-free workers run this alone.)"""
         total, examples = 0.0, 0
         done, run = self._steps()
+        compiled = bool(step) and self._compiled_update(step[0])  # (the same for every update of a step)
         for u, update in enumerate(step):
             self._decay(optimizer, (done + u / len(step)) / run)  # the share of the run trained
-            loss, n = self._update(optimizer, update, with_loss)
+            loss, n = self._update(optimizer, update, with_loss, compiled)
             if loss is not None:
                 total, examples = total + float(loss) * n, examples + n
         return total, examples
@@ -238,8 +239,16 @@ class Word2VecModule(L.LightningModule):
             return self.shared_progress()
         return self.global_step, self._total
 
-    def _update(self, optimizer: torch.optim.Optimizer, update: Batch, with_loss: bool) -> tuple[float | None, int]:
-        """One optimiser update; its mean loss over all ranks' examples (None unless ``with_loss``) and their number."""
+    def _update(
+        self, optimizer: torch.optim.Optimizer, update: Batch, with_loss: bool, compiled: bool = False
+    ) -> tuple[float | None, int]:
+        """One optimiser update; its mean loss over all ranks' examples (None unless ``with_loss``) and
+        their number. ``compiled``: it runs as one compiled call (``_compiled_update``)."""
+        if compiled:
+            if not len(update):
+                return None, 0
+            guard = functools.partial(self._check_loss, update=update)
+            return self.net.sgd_update(update, gradient_scale(optimizer), with_loss, guard), len(update)
         world = self.trainer.world_size
         if not self.hparams.fused:
             losses = self.net.loss(update)
@@ -253,9 +262,8 @@ class Word2VecModule(L.LightningModule):
         if self.hparams.compile:  # (the step as a tensor: alpha's decay recompiles nothing)
             scale = update.center.new_tensor(gradient_scale(optimizer), dtype=torch.float64)
             loss, rows = self._compiled_gradients()(update, scale, with_loss)
-        else:  # plain SGD in one process on the CPU: the update runs compiled (kernels.py)
-            in_place = world == 1 and on_host(update.center) and self.compiled_on_cpu()
-            loss, rows = self.net.row_gradients(update, gradient_scale(optimizer), with_loss, in_place)
+        else:
+            loss, rows = self.net.row_gradients(update, gradient_scale(optimizer), with_loss)
         n = len(update)
         if world > 1:  # (every rank joins every exchange, even with nothing to send)
             loss, rows, n = self._gather_rows(loss, n, rows)
@@ -264,13 +272,19 @@ class Word2VecModule(L.LightningModule):
         FUSED_UPDATES[type(optimizer)](optimizer, rows)
         return (None if loss is None else float(loss)), n
 
+    def _compiled_update(self, update: Batch) -> bool:
+        """Whether this update runs as one compiled call (``kernels.py``): on the host, in one process,
+        unless ``model.compile`` asks for torch's compiler."""
+        h = self.hparams
+        return not h.compile and self.trainer.world_size == 1 and on_host(update.center) and self.compiled_on_cpu()
+
     def compiled_on_cpu(self) -> bool:
         """Whether this module's update, on the CPU in one process, runs compiled (``kernels.py``):
         the closed form with plain SGD, on tables of a type numba takes."""
         return (
             self.hparams.fused
             and _unpack(self.optimizer_factory)[0] is torch.optim.SGD
-            and self.net.center_embed.weight.dtype in kernels.DTYPES
+            and kernels.available(self.net.center_embed.weight.dtype)
         )
 
     def _compiled_gradients(self) -> Callable:

@@ -56,11 +56,7 @@ def apply_sparse_adam(optimizer: torch.optim.Optimizer, updates: list[Update]) -
 def apply_sgd(optimizer: torch.optim.Optimizer, updates: list[Update]) -> None:
     """Plain SGD (word2vec's update) for gradients already scaled by -lr (``gradient_scale``):
     each row moves by the sum of its rows (``scatter_add_``; ``index_add_`` costs the same on CPU with torch 2.13)."""
-    for update in updates:
-        if callable(update):  # a compiled step (kernels.py)
-            update()
-            continue
-        param, rows, steps = update
+    for param, rows, steps in updates:
         param.scatter_add_(0, rows.unsqueeze(1).expand_as(steps), steps)
 
 

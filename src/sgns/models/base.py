@@ -9,8 +9,11 @@ as fastText's ``Model::update``: it says which ``example`` the data module must 
 - ``loss(batch)``: the per-example loss, differentiable (the reference path, through autograd);
 - ``row_gradients(batch, scale, with_loss)``: the same gradients in closed form, as table rows:
   h from the bag, the objective's gradients of h and of its output rows (``objectives.py``:
-  negative sampling or hierarchical softmax), and dL/dh back to every row of the bag.
-Tests check the second against autograd on the first, for every family and objective.
+  negative sampling or hierarchical softmax), and dL/dh back to every row of the bag;
+- ``sgd_update(batch, scale, with_loss, guard)``: that update with plain SGD applied, compiled
+  whole (``kernels.py``), for one process on the CPU.
+Tests check the second against autograd on the first, and the third against the second, for
+every family and objective.
 """
 
 from __future__ import annotations
@@ -23,13 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgns import kernels
 from sgns.errors import check_int
 from sgns.models.objectives import NegativeSampling, Objective
 
-# (table, rows, gradient rows), repeated rows adding up; or, for plain SGD on the CPU, a compiled
-# step (kernels.py) that apply_sgd runs
-Update = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | Callable[[], None]
+# (table, rows, gradient rows), repeated rows adding up
+Update = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class Segment(NamedTuple):
@@ -160,21 +161,11 @@ class WordModel(nn.Module):
             )
         return self.objective.loss(total, bag.targets, batch, self.outside_embed)
 
-    def hidden(self, bag: Bag, in_place: bool = False) -> torch.Tensor:
+    def hidden(self, bag: Bag) -> torch.Tensor:
         """h [N, d]: each input's mean (or sum) of its rows (an ``embedding_bag`` per table, no [E, d]
-        temporary; ``in_place``: a compiled loop that asks for the next rows while it sums these)."""
-        mean_of = bag.size if bag.size is not None and bag.mean else None
-        if in_place:
-            segments = [(table.weight, rows, sizes) for table, rows, sizes, _ in bag.segments]
-            return kernels.bag_hidden(segments, self._inputs_of(bag), mean_of)
+        temporary)."""
         h = self._embedding_bags(bag)
-        return h if mean_of is None else h / mean_of.unsqueeze(1).to(h.dtype)
-
-    @staticmethod
-    def _inputs_of(bag: Bag) -> int:
-        """N: the inputs of a bag (its first segment's sizes, or its rows when each input has one)."""
-        rows, sizes = bag.segments[0].rows, bag.segments[0].sizes
-        return len(rows) if sizes is None else len(sizes)
+        return h if bag.size is None or not bag.mean else h / bag.size.unsqueeze(1).to(h.dtype)
 
     @staticmethod
     def _embedding_bags(bag: Bag) -> torch.Tensor:
@@ -190,31 +181,34 @@ class WordModel(nn.Module):
 
     @torch.no_grad()
     def row_gradients(
-        self, batch: Batch, scale: float = 1.0, with_loss: bool = True, in_place: bool = False
+        self, batch: Batch, scale: float = 1.0, with_loss: bool = True
     ) -> tuple[torch.Tensor | None, list[Update]]:
         """Mean loss and the rows' updates of ``scale`` × the summed loss, in closed form: h once per
         input of the bag, the objective's gradients, and every row of the bag receiving its input's
-        dL/dh (repeated rows add up). ``in_place``: plain SGD (``scale`` = -lr) on the CPU in one
-        process; h is summed by a compiled loop, and the bag's rows (and the objective's, with shared
-        negatives or hierarchical softmax) come as compiled steps (``kernels.py``) that ``apply_sgd``
-        runs, instead of rows."""
+        dL/dh (repeated rows add up)."""
         bag = self.bag(batch, grouped=True)
-        h = self.hidden(bag, in_place)
+        h = self.hidden(bag)
         loss, grad_h, outputs = self.objective.gradients(
-            h, bag.targets, bag.owner, bag.runs, batch, self.outside_embed.weight, scale, with_loss, in_place
+            h, bag.targets, bag.owner, bag.runs, batch, self.outside_embed.weight, scale, with_loss
         )
         if bag.size is not None and not bag.mean:
             grad_h /= bag.size.clamp_min(1).unsqueeze(1).to(grad_h.dtype)
         inputs = []
         for table, rows, sizes, weights in bag.segments:
-            if in_place:
-                inputs.append(kernels.bag_step(table.weight, rows, sizes, grad_h))
-            elif sizes is None:
+            if sizes is None:
                 inputs.append((table.weight, rows, grad_h))
             else:
                 steps = grad_h.repeat_interleave(sizes, dim=0, output_size=len(rows))
                 inputs.append((table.weight, rows, steps if weights is None else steps * weights.unsqueeze(1)))
         return loss, inputs + outputs
+
+    def sgd_update(self, batch: Batch, scale: float, with_loss: bool, guard: Callable[[float], object]) -> float | None:
+        """The same update as ``row_gradients`` followed by ``apply_sgd``, for plain SGD (``scale`` =
+        -lr) in one process on the CPU, compiled whole (``kernels.py``): every value read before any
+        row moves, and, when the loss is computed, ``guard`` reading it (and raising to stop) in
+        between. Returns the mean loss (None unless ``with_loss``)."""
+        bag = self.bag(batch, grouped=True)
+        return self.objective.sgd_update(bag, batch, self.outside_embed.weight, scale, with_loss, guard)
 
     def word_vectors(self) -> torch.Tensor:
         """The trained word vectors [V, d]: the input rows."""

@@ -7,6 +7,8 @@ table (``outside_embed``: the words' output vectors, or the Huffman tree's inner
 - ``loss(h, targets, batch, output)``: the per-target loss [P], differentiable (the reference);
 - ``gradients(h, targets, owner, runs, batch, output, scale, with_loss)``: the mean loss and the
   gradients of ``scale`` × the summed loss for h [N, d] and for the output rows, as table rows;
+- ``sgd_update(bag, batch, output, scale, with_loss, guard)``: the whole update with plain SGD
+  applied, compiled (``kernels.py``: CPU, one process);
 - ``untrained_loss(batch, targets)``: its value before training, which the divergence guard reads;
 - ``needs_negatives``: whether the data module draws noise words for it.
 
@@ -19,6 +21,7 @@ table (``outside_embed``: the words' output vectors, or the Huffman tree's inner
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -31,7 +34,7 @@ from sgns.errors import check, check_choice
 from sgns.models.device import on_host
 
 if TYPE_CHECKING:
-    from sgns.models.base import Batch, Update
+    from sgns.models.base import Bag, Batch
 
 
 def sgns_loss(pos: torch.Tensor, neg: torch.Tensor, neg_weight: float = 1.0) -> torch.Tensor:
@@ -128,11 +131,14 @@ class Objective(nn.Module):
         output: torch.Tensor,
         scale: float,
         with_loss: bool,
-        in_place: bool = False,
     ) -> Gradients:
-        """``in_place``: the caller applies plain SGD (``scale`` = -lr) on the CPU in one process, so
-        the objective may return its output rows' step as a compiled step (a callable that
-        ``optim.apply_sgd`` runs) instead of rows."""
+        raise NotImplementedError
+
+    def sgd_update(
+        self, bag: Bag, batch: Batch, output: torch.Tensor, scale: float, with_loss: bool, guard: Callable
+    ) -> float | None:
+        """The whole SGD update of ``bag`` with this output layer, compiled (``kernels.py``); the mean
+        loss (None unless ``with_loss``), read by ``guard`` before any row moves."""
         raise NotImplementedError
 
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
@@ -149,10 +155,8 @@ class NegativeSampling(Objective):
         u_neg = output(batch.negatives.reshape(-1)).view(G, K, output.embedding_dim)
         return sgns_loss((h * output(targets)).sum(dim=-1), negative_scores(h, u_neg), batch.neg_weight)
 
-    def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss, in_place=False):
+    def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss):
         G, K = batch.negatives.shape
-        if in_place and G == 1:  # the same update, compiled (kernels.py): the positive pairs in a loop
-            return self._in_place(h, targets, owner, runs, batch, output, scale, with_loss)
         u_neg = output.index_select(0, batch.negatives.reshape(-1)).view(G, K, output.shape[1])
         u_o = output.index_select(0, targets)
         if G > 1 and owner is not None:  # k negatives per target: every target its own h, folded back
@@ -166,23 +170,8 @@ class NegativeSampling(Objective):
             )
         return loss, grad_h, [(output, targets, grad_o), (output, batch.negatives.reshape(-1), grad_neg)]
 
-    @staticmethod
-    def _in_place(h, targets, owner, runs, batch, output, scale, with_loss) -> Gradients:
-        """Shared negatives with plain SGD on the CPU: the positive pairs' scores and dL/dh in a
-        compiled loop, the negatives' as matrix products (K rows, in cache for the whole update) with
-        their gradients made in a compiled pass, and every output row's step compiled, to land once
-        the loss has been read."""
-        loss, grad_h, pairs = kernels.ns_positives(h, owner, targets, output, scale, with_loss)
-        negatives = batch.negatives[0]
-        u_neg = output.index_select(0, negatives)  # [K, d]
-        g_neg = torch.mm(h, u_neg.T)  # [N, K] scores, made their gradients in place:
-        negative_loss = kernels.ns_negatives(g_neg, runs, batch.neg_weight, scale, with_loss)
-        grad_h.addmm_(g_neg, u_neg)
-        step = kernels.ns_step(pairs, negatives, torch.mm(g_neg.T, h))
-        mean = None
-        if with_loss:
-            mean = torch.tensor((negative_loss + loss) / max(1, len(targets)), dtype=h.dtype)
-        return mean, grad_h, [step]
+    def sgd_update(self, bag, batch, output, scale, with_loss, guard):
+        return kernels.ns_update(bag, batch.negatives, batch.neg_weight, output, scale, with_loss, guard)
 
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
         """(1 + k) ln 2: every score 0 (word2vec starts the output rows at zero)."""
@@ -276,12 +265,7 @@ class HierarchicalSoftmax(Objective):
         decisions = decisions if weights is None else decisions * weights
         return torch.zeros(len(targets), dtype=scores.dtype, device=scores.device).index_add(0, which, decisions)
 
-    def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss, in_place=False):
-        if in_place:  # the same update, compiled (kernels.py): no [E, d] temporaries
-            loss, grad_h, step = kernels.hs_gradients(
-                h, owner, targets, self.points, self.codes, self.lengths, output, scale, with_loss
-            )
-            return loss, grad_h, [step]
+    def gradients(self, h, targets, owner, runs, batch, output, scale, with_loss):
         h_t = h if owner is None else h.index_select(0, owner)  # [P, d]
         which, nodes, codes, weights = self._paths(targets)
         h_e, u = h_t.index_select(0, which), output.index_select(0, nodes)  # [E, d]
@@ -296,6 +280,9 @@ class HierarchicalSoftmax(Objective):
         grad_t = torch.zeros_like(h_t).index_add_(0, which, g.unsqueeze(1) * u)
         grad_h = grad_t if owner is None else torch.zeros_like(h).index_add_(0, owner, grad_t)
         return loss, grad_h, [(output, nodes, g.unsqueeze(1) * h_e)]
+
+    def sgd_update(self, bag, batch, output, scale, with_loss, guard):
+        return kernels.hs_update(bag, self.points, self.codes, self.lengths, output, scale, with_loss, guard)
 
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
         """ln 2 per decision: every inner node starts at zero (word2vec's syn1)."""

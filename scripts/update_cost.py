@@ -77,7 +77,7 @@ def main() -> None:
                 started = time.perf_counter()
                 for update in cut[size]:
                     if args.compiled:
-                        module.net.sgd_update(update, -0.001, False, guard=None)
+                        module.net.sgd_update(update, [-0.001], False, guard=None)
                     else:
                         apply_sgd(None, module.net.row_gradients(update, -0.001, False)[1])
                 seconds[size].append((time.perf_counter() - started) / pairs * 1e6)

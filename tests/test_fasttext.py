@@ -108,8 +108,13 @@ def test_updates_keep_to_the_familys_limit(run, tmp_path, monkeypatch, caplog):
     """data.update_size above the subword family's 1,024 pairs is lowered, and said so: its
     n-gram rows would sum too many pairs' gradients (they diverge at 4,096 on real corpora)."""
     sizes = []
-    bag = FastText.bag  # (every update makes its bag once)
-    monkeypatch.setattr(FastText, "bag", lambda self, batch, *a, **k: (sizes.append(len(batch)), bag(self, batch, *a, **k))[1])
+    bag = FastText.bag  # (every update, or a step's updates joined, makes its bag once)
+
+    def record(self, batch, *args, **kwargs):
+        sizes.extend([len(batch)] if batch.offsets is None else batch.offsets.diff().tolist())
+        return bag(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(FastText, "bag", record)
     out = run[0].parent
     with caplog.at_level(logging.INFO, logger="sgns.data.datamodule"):
         train(compose_train(tmp_path / "run", [

@@ -14,7 +14,7 @@ from sgns import kernels
 from sgns.models import CBOW, Batch, FastText, SkipGram
 from sgns.models.objectives import make_objective
 
-LOOPS = ["ns_update", "hs_update", "matmul"]
+LOOPS = ["ns_updates", "hs_updates", "matmul"]
 
 
 def _warm_in_a_new_process() -> dict[str, list[int]]:
@@ -60,6 +60,6 @@ def test_warm_loads_every_loop_that_training_runs(objective):
         (FastText(V, 16, words=words, buckets=50, objective=make_objective(objective, counts)), pairs),
     ]:
         for with_loss in (True, False):
-            loss = net.sgd_update(batch, -0.025, with_loss, lambda _: None)
+            loss = net.sgd_update(batch, [-0.025], with_loss, lambda _: None)
             assert (loss is None) != with_loss and (loss is None or math.isfinite(loss))
     assert {name: len(getattr(loops, name).signatures) for name in LOOPS} == before

@@ -2,6 +2,7 @@
 loss (k negatives per example, K shared by the update, pairs side by side), and the fused SGD and
 SparseAdam steps equal torch's optimisers on them."""
 
+import itertools
 import math
 
 import pytest
@@ -178,7 +179,7 @@ def test_the_compiled_update_is_the_same_sgd_update(family, negatives, objective
             assert all(torch.equal(a, b) for a, b in zip(before, compiled_net.parameters()))
             read.append(value)
 
-        compiled_loss = compiled_net.sgd_update(batch, -0.2, with_loss, guard)
+        compiled_loss = compiled_net.sgd_update(batch, [-0.2], with_loss, guard)
         assert read == ([compiled_loss] if with_loss else []) and (compiled_loss is None) != with_loss
         if with_loss:
             assert compiled_loss == pytest.approx(loss.item(), rel=1e-12)
@@ -186,6 +187,33 @@ def test_the_compiled_update_is_the_same_sgd_update(family, negatives, objective
     for a, b, c in zip(rows_net.parameters(), compiled_net.parameters(), start.parameters()):
         assert torch.allclose(a, b, atol=1e-12)
         assert not torch.allclose(b, c)  # every table moved
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("negatives", NEGATIVES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_steps_updates_joined_are_those_updates_one_after_another(family, negatives, objective):
+    """A step's updates joined (``Batch.join``) run in one compiled call, each with its own step, as
+    if run one at a time: the same tables. An empty update among them changes nothing, and a run of
+    one centre (skip-gram) or a distinct centre (fastText) that continues across an update's edge
+    is two groups, one per update."""
+    one_by_one, joined = _pair(family, objective=objective)
+    batch = _batch(family, negatives, B=96, seed=3)
+    edges = [0, 30, 30, 31, 70, 96]  # (an empty update; an update of one example)
+    batch.center[29] = batch.center[30] = batch.center[31]  # (a centre on both sides of two edges)
+    updates = []
+    for u, (a, b) in enumerate(itertools.pairwise(edges)):
+        drawn = batch.negatives[a:b] if negatives == "per_example" else batch.negatives.roll(u, dims=1)
+        mask = None if batch.mask is None else batch.mask[a:b]
+        updates.append(Batch(batch.center[a:b], batch.context[a:b], drawn, batch.neg_weight, mask))
+    scales = [-0.2, -0.15, -0.1, -0.05, -0.01]
+    for update, scale in zip(updates, scales):
+        one_by_one.sgd_update(update, [scale], False, None)
+    joined.sgd_update(Batch.join(updates), scales, False, None)
+    start = _net(family, objective=objective)
+    for a, b, c in zip(one_by_one.parameters(), joined.parameters(), start.parameters()):
+        assert torch.allclose(a, b, atol=1e-12)
+        assert not torch.allclose(b, c)
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
@@ -199,7 +227,7 @@ def test_the_compiled_update_lands_nothing_the_guard_stops(family, objective):
         raise ArithmeticError(value)
 
     with pytest.raises(ArithmeticError):
-        net.sgd_update(_batch(family), -0.2, True, guard)
+        net.sgd_update(_batch(family), [-0.2], True, guard)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
 
 

@@ -1,9 +1,11 @@
-"""The update of plain SGD in one process on the CPU, compiled whole (numba): one call per update.
+"""The update of plain SGD in one process on the CPU, compiled whole (numba): one call per step.
 
 A torch update is a few dozen operations on [E, d] temporaries; on one thread, for the few
 hundred examples a lock-free worker's update holds, their dispatch and memory passes cost more
-than the arithmetic, and so did the Python between a dozen separate compiled loops. Here the same
-batched update is one compiled call (``loops.ns_update``, ``loops.hs_update``) over the rows:
+than the arithmetic, and so did the Python between a dozen separate compiled loops (in a running
+worker every Python line pays several times its cost in isolation: the loops evict it from the
+caches). Here the same batched updates run in one compiled call per step (``loops.ns_updates``,
+``loops.hs_updates``), update after update, each with its own alpha:
 - h, each input's sum (or mean) of its bag's rows (a CBOW window's, a fastText word's n-grams'),
   the rows a few further on requested from memory while the current ones are summed (fastText's
   800 MB n-gram table is far larger than the caches: 1.55x on its gather alone);
@@ -15,22 +17,22 @@ batched update is one compiled call (``loops.ns_update``, ``loops.hs_update``) o
   nearest the root summed per update and written once);
 - dL/dh added to every row of each input's bag, without the [E, d] copy of every row's step that
   ``scatter_add_`` needs.
-Every value is read before any row moves; when the loss is read, the divergence guard reads it
-between the two (``COMPUTE``, then ``APPLY``), else one call does both. It is the same update as
-the torch form, to float rounding (tests compare the two for every family and objective); it runs
-on one thread, so in a lock-free worker nothing waits. Used with SGD in one process on the CPU
-(a DDP rank sends its rows to the others instead), on tables of a type numba takes, where torch's
-BLAS is found; elsewhere the torch form.
+Every value of an update is read before any of its rows moves. An update whose loss is read runs
+alone, in two calls (``COMPUTE``, then ``APPLY``), the divergence guard between them. It is the
+same update as the torch form, to float rounding (tests compare the two for every family and
+objective, and a step's updates joined with the same updates one at a time); it runs on one
+thread, so in a lock-free worker nothing waits. Used with SGD in one process on the CPU (a DDP
+rank sends its rows to the others instead), on tables of a type numba takes, where torch's BLAS
+is found; elsewhere the torch form.
 
 The loops are in ``loops.py``. numba is imported at the first call, so commands that never train
 do not pay for it, and the compiled loops are cached next to them (``cache=True``).
 """
-
 from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from sgns.models.base import Bag
+    from sgns.models.base import Bag, Batch
 
 _compiled: ModuleType | None = None
 DTYPES = (torch.float32, torch.float64)  # the tables' types the loops take (numba has no bfloat16)
@@ -124,9 +126,12 @@ def _bag(bag: Bag) -> tuple[tuple[np.ndarray, ...], int]:
     return tuple(arrays), len(first.rows) if first.sizes is None else len(first.sizes)
 
 
-def _run(update: Callable[[int], float], targets: int, with_loss: bool, guard: Callable[[float], object]) -> float | None:
-    """The update's phases: with the loss, computed, read by ``guard`` (which raises to stop the
-    run) and then applied; without, both in one call. Returns the mean loss (None unless read)."""
+def _run(
+    update: Callable[[int], float], targets: int, with_loss: bool, guard: Callable[[float], object] | None
+) -> float | None:
+    """The phases of one update: with the loss, computed, read by ``guard`` (which raises to stop the
+    run) and then applied; without, both in one call (a step's updates one after another). Returns
+    the mean loss (None unless read)."""
     loops = load()
     if not with_loss:
         update(loops.BOTH)
@@ -137,63 +142,73 @@ def _run(update: Callable[[int], float], targets: int, with_loss: bool, guard: C
     return mean
 
 
+def _updates(batch: Batch, scales: Sequence[float], with_loss: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Where each update of ``batch`` begins and ends among its targets, and each one's step."""
+    offsets = _array(batch.offsets) if batch.offsets is not None else np.array([0, len(batch)], dtype=np.int64)
+    if with_loss and len(offsets) != 2:
+        raise ValueError("an update whose loss is read runs alone")
+    return offsets, np.asarray(scales, dtype=np.float64)
+
+
 def ns_update(
     bag: Bag,
-    negatives: torch.Tensor,
-    weight: float,
+    batch: Batch,
     output: torch.Tensor,
-    scale: float,
+    scales: Sequence[float],
     with_loss: bool,
-    guard: Callable[[float], object],
+    guard: Callable[[float], object] | None,
 ) -> float | None:
-    """Negative sampling's SGD update (``scale`` = -lr) of a bag's inputs against their targets and
-    ``negatives`` [G, K] (G = 1: shared by the update, each input's term counted ``bag.runs`` times;
-    else one row of k per target), each weighing ``weight``."""
+    """Negative sampling's SGD updates (step ``scales[u]`` = -lr) of a bag's inputs against their
+    targets and ``batch.negatives`` (shared by an update, each input's term counted ``bag.runs``
+    times; or one row of k per target), each weighing ``batch.neg_weight``."""
     segments, n = _bag(bag)
     output_ = output.detach().numpy()
-    G, K = negatives.shape
+    offsets, scales_ = _updates(batch, scales, with_loss)
+    shared, K = batch.shares_negatives(), batch.negatives.shape[1]
     targets = _array(bag.targets)
-    scratch = _scratch(output_.dtype, output_.shape[1], n, len(targets), n if G == 1 else G, K)
+    scratch = _scratch(output_.dtype, output_.shape[1], n, len(targets), n if shared else len(targets), K)
     args = (scratch, segments, _array(bag.size), bag.mean, targets, _array(bag.owner), _array(bag.runs))
-    args += (_array(negatives), float(weight), output_, float(scale), with_loss)
+    args += (_array(batch.negatives), shared, float(batch.neg_weight), output_, scales_, offsets, with_loss)
     gemm, line = blas(output.dtype), max(1, LINE // output_.itemsize)
-    return _run(lambda phase: load().ns_update(*args, phase, gemm, line), len(targets), with_loss, guard)
+    return _run(lambda phase: load().ns_updates(*args, phase, gemm, line), len(targets), with_loss, guard)
 
 
 def hs_update(
     bag: Bag,
-    points: torch.Tensor,
-    codes: torch.Tensor,
-    lengths: torch.Tensor,
+    batch: Batch,
+    paths: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     output: torch.Tensor,
-    scale: float,
+    scales: Sequence[float],
     with_loss: bool,
-    guard: Callable[[float], object],
+    guard: Callable[[float], object] | None,
 ) -> float | None:
-    """Hierarchical softmax's SGD update (``scale`` = -lr) of a bag's inputs against their targets'
-    paths (``points``, ``codes`` [V, L], ``lengths`` [V]) on the inner nodes ``output`` [V-1, d]."""
+    """Hierarchical softmax's SGD updates (step ``scales[u]`` = -lr) of a bag's inputs against their
+    targets' paths (``paths``: points, codes [V, L] and lengths [V]) on the inner nodes ``output``."""
     segments, n = _bag(bag)
     output_ = output.detach().numpy()
+    offsets, scales_ = _updates(batch, scales, with_loss)
+    points, codes, lengths = paths
     targets = _array(bag.targets)
     scratch = _scratch(output_.dtype, output_.shape[1], n, len(targets) * points.shape[1], 0, 0)
     args = (scratch, segments, _array(bag.size), bag.mean, targets, _array(bag.owner))
-    args += (points.numpy(), codes.numpy(), lengths.numpy(), output_, float(scale), with_loss)
+    args += (points.numpy(), codes.numpy(), lengths.numpy(), output_, scales_, offsets, with_loss)
     line = max(1, LINE // output_.itemsize)
-    return _run(lambda phase: load().hs_update(*args, phase, line), len(targets), with_loss, guard)
+    return _run(lambda phase: load().hs_updates(*args, phase, line), len(targets), with_loss, guard)
 
 
 def warm(dtype: torch.dtype) -> None:
     """Compile every loop for tables of ``dtype``, or read it from numba's cache, now (about 0.3 s,
     most of it numba's own start): lock-free workers forked after this inherit the loops instead
     of each loading them at its first update."""
-    from sgns.models.base import Bag, Segment
+    from sgns.models.base import Bag, Batch, Segment
 
     if not available(dtype):
         return
     table = torch.nn.Embedding(2, 1).to(dtype)
     one, ones = torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long)
-    points, codes = torch.zeros(2, 1, dtype=torch.int32), torch.zeros(2, 1, dtype=torch.int8)
+    batch = Batch(one, one, one.view(1, 1))
+    paths = (torch.zeros(2, 1, dtype=torch.int32), torch.zeros(2, 1, dtype=torch.int8), ones)
     for bag in (Bag([Segment(table, one)], one), Bag([Segment(table, one), Segment(table, one, ones)], one, ones)):
         for with_loss in (False, True):
-            ns_update(bag, one.view(1, 1), 1.0, table.weight, 0.0, with_loss, lambda _: None)
-            hs_update(bag, points, codes, ones, table.weight, 0.0, with_loss, lambda _: None)
+            ns_update(bag, batch, table.weight, [0.0], with_loss, lambda _: None)
+            hs_update(bag, batch, paths, table.weight, [0.0], with_loss, lambda _: None)

@@ -179,10 +179,10 @@ def log_sigmoid(x):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
-def ns_positives(h, owner, targets, output, scale, grad_h, g, with_loss, line):
+def ns_positives(h, owner, targets, output, scale, grad_h, g, with_loss, line, b0, b1):
     loss = 0.0
-    for p in range(len(targets)):
-        if p + AHEAD < len(targets):
+    for p in range(b0, b1):
+        if p + AHEAD < b1:
             fetch(output, targets[p + AHEAD], line)
         n = p if len(owner) == 0 else owner[p]  # (no owners: one target each)
         h_p, grad_p, row = h[n], grad_h[n], output[targets[p]]
@@ -220,10 +220,10 @@ def ns_shared(h, negatives, count, weight, output, scale, grad_h, u, scores, ste
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
-def ns_own(h, owner, negatives, weight, output, scale, grad_h, scores, with_loss):
+def ns_own(h, owner, negatives, weight, output, scale, grad_h, scores, with_loss, b0, b1):
     """k negatives per target (word2vec's own): each target's input against its own negatives."""
     loss = 0.0
-    for p in range(negatives.shape[0]):
+    for p in range(b0, b1):
         n = p if len(owner) == 0 else owner[p]
         h_p, grad_p = h[n], grad_h[n]
         for j in range(negatives.shape[1]):
@@ -241,87 +241,136 @@ def ns_own(h, owner, negatives, weight, output, scale, grad_h, scores, with_loss
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
-def ns_update(scratch, bag, size, mean, targets, owner, count, negatives, weight, output, scale, with_loss, phase, gemm, line):
-    """Negative sampling's SGD update of one batch, with its bag: phase ``COMPUTE`` reads the tables
-    (every value read before any row moves) and returns the summed loss (0 unless ``with_loss``);
-    ``APPLY`` then lands its steps, from what the first call left in ``scratch``; ``BOTH`` does both."""
+def part(values, start, end):
+    """values[start:end], or the empty array ("one each", "none") as it is."""
+    return values[start:end] if len(values) else values
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def update_bounds(bag, owner, b0, b1, n0, e0, f0):
+    """The end of update [b0, b1)'s inputs and of its rows in each segment, from where the previous
+    update's ended (the inputs of an update follow one another: one per target, or runs and distinct
+    centres that never cross an update's edge)."""
+    sizes, rows2, sizes2 = bag[2], bag[4], bag[5]
+    n1 = b1
+    if len(owner):
+        n1 = n0
+        for p in range(b0, b1):
+            n1 = max(n1, owner[p] + 1)
+    e1 = n1 if len(sizes) == 0 else e0 + sizes[n0:n1].sum()
+    f1 = 0 if len(rows2) == 0 else n1 if len(sizes2) == 0 else f0 + sizes2[n0:n1].sum()
+    return n1, e1, f1
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def bag_part(bag, n0, n1, e0, e1, f0, f1):
+    table, rows, sizes, table2, rows2, sizes2 = bag
+    return table, rows[e0:e1], part(sizes, n0, n1), table2, rows2[f0:f1], part(sizes2, n0, n1)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def ns_updates(
+    scratch, bag, size, mean, targets, owner, count, negatives, shared, weight, output, scales, offsets, with_loss,
+    phase, gemm, line,
+):  # fmt: skip
+    """Negative sampling's SGD updates of a step, one after another (update u: the targets
+    offsets[u] .. offsets[u + 1], step scales[u], shared negatives negatives[u] or each target's
+    row), with their bag: phase ``COMPUTE`` reads the tables (every value read before any row moves)
+    and returns the summed loss (0 unless ``with_loss``); ``APPLY`` then lands the steps, from what
+    the first call left in ``scratch``; ``BOTH`` does both, update by update."""
     h, grad_h, g, u, scores, steps = scratch
-    shared = negatives.shape[0] == 1
     loss = 0.0
-    if phase != APPLY:
-        hidden(h, grad_h, bag, size, mean, line)
-        loss = ns_positives(h, owner, targets, output, scale, grad_h, g, with_loss, line)
-        if shared:
-            loss += ns_shared(h, negatives[0], count, weight, output, scale, grad_h, u, scores, steps, with_loss, gemm)
-        else:
-            loss += ns_own(h, owner, negatives, weight, output, scale, grad_h, scores, with_loss)
-    if phase != COMPUTE:
-        for p in range(len(targets)):
-            row, h_p, step = output[targets[p]], h[p if len(owner) == 0 else owner[p]], g[p]
-            for k in range(len(row)):
-                row[k] += step * h_p[k]
-        if shared:
-            for j in range(negatives.shape[1]):
-                row = output[negatives[0, j]]
+    n1 = e1 = f1 = 0
+    for up in range(len(offsets) - 1):
+        b0, b1 = offsets[up], offsets[up + 1]
+        n0, e0, f0 = n1, e1, f1
+        n1, e1, f1 = update_bounds(bag, owner, b0, b1, n0, e0, f0)
+        inputs, h_u, grad_u, size_u = bag_part(bag, n0, n1, e0, e1, f0, f1), h[n0:n1], grad_h[n0:n1], part(size, n0, n1)
+        if phase != APPLY:
+            hidden(h_u, grad_u, inputs, size_u, mean, line)
+            loss += ns_positives(h, owner, targets, output, scales[up], grad_h, g, with_loss, line, b0, b1)
+            if shared:
+                loss += ns_shared(
+                    h_u, negatives[up], part(count, n0, n1), weight, output, scales[up], grad_u, u,
+                    scores[: n1 - n0], steps, with_loss, gemm,
+                )  # fmt: skip
+            else:
+                loss += ns_own(h, owner, negatives, weight, output, scales[up], grad_h, scores, with_loss, b0, b1)
+        if phase != COMPUTE:
+            for p in range(b0, b1):
+                row, h_p, step = output[targets[p]], h[p if len(owner) == 0 else owner[p]], g[p]
                 for k in range(len(row)):
-                    row[k] += steps[j, k]
-        else:
-            for p in range(negatives.shape[0]):
-                h_p = h[p if len(owner) == 0 else owner[p]]
+                    row[k] += step * h_p[k]
+            if shared:
                 for j in range(negatives.shape[1]):
-                    row, step = output[negatives[p, j]], scores[p, j]
+                    row = output[negatives[up, j]]
                     for k in range(len(row)):
-                        row[k] += step * h_p[k]
-        bag_update(grad_h, bag, size, mean)
+                        row[k] += steps[j, k]
+            else:
+                for p in range(b0, b1):
+                    h_p = h[p if len(owner) == 0 else owner[p]]
+                    for j in range(negatives.shape[1]):
+                        row, step = output[negatives[p, j]], scores[p, j]
+                        for k in range(len(row)):
+                            row[k] += step * h_p[k]
+            bag_update(grad_u, inputs, size_u, mean)
     return loss
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
-def hs_update(scratch, bag, size, mean, targets, owner, points, codes, lengths, output, scale, with_loss, phase, line):
-    """Hierarchical softmax's SGD update of one batch, in the phases of ``ns_update``: the decisions
+def hs_updates(
+    scratch, bag, size, mean, targets, owner, points, codes, lengths, output, scales, offsets, with_loss, phase, line
+):
+    """Hierarchical softmax's SGD updates of a step, in the phases of ``ns_updates``: the decisions
     along every target's path, then the inner nodes' steps (the ``HOT`` nearest the root summed and
     written once per update) and the bag's."""
     h, grad_h, g = scratch[0], scratch[1], scratch[2]
     loss = 0.0
-    if phase != APPLY:
-        hidden(h, grad_h, bag, size, mean, line)
-        e = 0
-        for p in range(len(targets)):
-            t = targets[p]
-            n = p if len(owner) == 0 else owner[p]
-            h_p, grad_p = h[n], grad_h[n]  # [d] views
-            for j in range(lengths[t]):
-                row = output[points[t, j]]
-                f = h_p[0] * 0
+    n1 = e1 = f1 = 0
+    for up in range(len(offsets) - 1):
+        b0, b1 = offsets[up], offsets[up + 1]
+        n0, e0, f0 = n1, e1, f1
+        n1, e1, f1 = update_bounds(bag, owner, b0, b1, n0, e0, f0)
+        inputs, h_u, grad_u, size_u = bag_part(bag, n0, n1, e0, e1, f0, f1), h[n0:n1], grad_h[n0:n1], part(size, n0, n1)
+        if phase != APPLY:
+            hidden(h_u, grad_u, inputs, size_u, mean, line)
+            e = 0
+            for p in range(b0, b1):
+                t = targets[p]
+                n = p if len(owner) == 0 else owner[p]
+                h_p, grad_p = h[n], grad_h[n]  # [d] views
+                for j in range(lengths[t]):
+                    row = output[points[t, j]]
+                    f = h_p[0] * 0
+                    for k in range(len(row)):
+                        f += h_p[k] * row[k]
+                    if with_loss:  # -log σ(f) for code 0, -log σ(-f) for code 1
+                        loss -= log_sigmoid(f if codes[t, j] == 0 else -f)
+                    # d(scale × loss) / d f: word2vec.c's -(1 - code - σ(f))
+                    g[e] = (1.0 / (1.0 + math.exp(-f)) - 1.0 + codes[t, j]) * scales[up]
+                    step = g[e]  # (in the tables' precision)
+                    e += 1
+                    for k in range(len(row)):
+                        grad_p[k] += step * row[k]
+        if phase != COMPUTE:
+            e = 0
+            hot = np.zeros((HOT, output.shape[1]), dtype=output.dtype)  # the top of the tree's steps, summed here
+            first_hot = output.shape[0] - HOT  # (the inner nodes near the root are the last made)
+            for p in range(b0, b1):
+                t = targets[p]
+                h_p = h[p if len(owner) == 0 else owner[p]]
+                for j in range(lengths[t]):
+                    node = points[t, j]
+                    row = hot[node - first_hot] if node >= first_hot else output[node]
+                    step = g[e]
+                    e += 1
+                    for k in range(len(row)):
+                        row[k] += step * h_p[k]
+            for i in range(max(0, -first_hot), HOT):  # written once per update, not once per target
+                row = output[first_hot + i]
                 for k in range(len(row)):
-                    f += h_p[k] * row[k]
-                if with_loss:  # -log σ(f) for code 0, -log σ(-f) for code 1
-                    loss -= log_sigmoid(f if codes[t, j] == 0 else -f)
-                # d(scale × loss) / d f: word2vec.c's -(1 - code - σ(f))
-                g[e] = (1.0 / (1.0 + math.exp(-f)) - 1.0 + codes[t, j]) * scale
-                step = g[e]  # (in the tables' precision)
-                e += 1
-                for k in range(len(row)):
-                    grad_p[k] += step * row[k]
-    if phase != COMPUTE:
-        e = 0
-        hot = np.zeros((HOT, output.shape[1]), dtype=output.dtype)  # the top of the tree's steps, summed here
-        first_hot = output.shape[0] - HOT  # (the inner nodes near the root are the last made)
-        for p in range(len(targets)):
-            t = targets[p]
-            h_p = h[p if len(owner) == 0 else owner[p]]
-            for j in range(lengths[t]):
-                node = points[t, j]
-                row = hot[node - first_hot] if node >= first_hot else output[node]
-                step = g[e]
-                e += 1
-                for k in range(len(row)):
-                    row[k] += step * h_p[k]
-        for i in range(max(0, -first_hot), HOT):  # written once per update, not once per target
-            row = output[first_hot + i]
-            for k in range(len(row)):
-                row[k] += hot[i, k]
-        bag_update(grad_h, bag, size, mean)
+                    row[k] += hot[i, k]
+            bag_update(grad_u, inputs, size_u, mean)
     return loss
 
 

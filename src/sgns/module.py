@@ -225,6 +225,13 @@ class Word2VecModule(L.LightningModule):
         total, examples = 0.0, 0
         done, run = self._steps()
         compiled = bool(step) and self._compiled_update(step[0])  # (the same for every update of a step)
+        if compiled and not with_loss:  # the step's updates one after another, in one compiled call
+            scales = []
+            for u in range(len(step)):
+                self._decay(optimizer, (done + u / len(step)) / run)
+                scales.append(gradient_scale(optimizer))
+            self.net.sgd_update(Batch.join(step), scales, False, None)
+            return total, examples
         for u, update in enumerate(step):
             self._decay(optimizer, (done + u / len(step)) / run)  # the share of the run trained
             loss, n = self._update(optimizer, update, with_loss, compiled)
@@ -248,7 +255,7 @@ class Word2VecModule(L.LightningModule):
             if not len(update):
                 return None, 0
             guard = functools.partial(self._check_loss, update=update)
-            return self.net.sgd_update(update, gradient_scale(optimizer), with_loss, guard), len(update)
+            return self.net.sgd_update(update, [gradient_scale(optimizer)], with_loss, guard), len(update)
         world = self.trainer.world_size
         if not self.hparams.fused:
             losses = self.net.loss(update)

@@ -18,7 +18,7 @@ every family and objective.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -55,6 +55,9 @@ class Batch:
     ``neg_weight``: k / K, so that K negatives stand for the k per example of the objective.
     ``words`` [E] and ``sizes`` [B]: on the host, windows' words flat, window by window, and each
     window's count (the data module makes them once per step; None: the family makes them).
+    ``offsets`` [U + 1]: a step's U updates joined (``join``), update u holding the examples
+    offsets[u] .. offsets[u + 1]; its negatives [U, K] when ``shared`` (one row per update), else
+    [B, k]. None: one update.
     """
 
     center: torch.Tensor
@@ -64,9 +67,39 @@ class Batch:
     mask: torch.Tensor | None = None
     words: torch.Tensor | None = None
     sizes: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
+    shared: bool | None = None
 
     def __len__(self) -> int:
         return len(self.center)
+
+    def shares_negatives(self) -> bool:
+        """Whether an update's examples share its negatives (else each example has its own row)."""
+        return len(self.negatives) == 1 if self.offsets is None else bool(self.shared)
+
+    def update_of_each(self) -> torch.Tensor | None:
+        """Each example's update [B] in a joined step (None: one update), for bags that group
+        examples: a group never crosses an update's edge."""
+        if self.offsets is None:
+            return None
+        counts = self.offsets.diff()
+        return torch.repeat_interleave(torch.arange(len(counts)), counts, output_size=len(self))
+
+    @classmethod
+    def join(cls, updates: Sequence[Batch]) -> Batch:
+        """The updates of a step, on the host, as one batch that keeps their edges (``offsets``): the
+        compiled CPU update runs them one after another in one call (``WordModel.sgd_update``)."""
+        first = updates[0]
+        lengths = torch.tensor([0] + [len(u) for u in updates], dtype=torch.long)
+
+        def cat(field: str) -> torch.Tensor | None:
+            parts = [getattr(u, field) for u in updates]
+            return None if any(p is None for p in parts) else torch.cat(parts)
+
+        return cls(
+            cat("center"), cat("context"), cat("negatives"), first.neg_weight, cat("mask"), cat("words"),
+            cat("sizes"), lengths.cumsum(0), all(len(u.negatives) == 1 for u in updates),
+        )  # fmt: skip
 
 
 @dataclass
@@ -202,13 +235,16 @@ class WordModel(nn.Module):
                 inputs.append((table.weight, rows, steps if weights is None else steps * weights.unsqueeze(1)))
         return loss, inputs + outputs
 
-    def sgd_update(self, batch: Batch, scale: float, with_loss: bool, guard: Callable[[float], object]) -> float | None:
-        """The same update as ``row_gradients`` followed by ``apply_sgd``, for plain SGD (``scale`` =
-        -lr) in one process on the CPU, compiled whole (``kernels.py``): every value read before any
-        row moves, and, when the loss is computed, ``guard`` reading it (and raising to stop) in
-        between. Returns the mean loss (None unless ``with_loss``)."""
+    def sgd_update(
+        self, batch: Batch, scales: Sequence[float], with_loss: bool, guard: Callable[[float], object] | None
+    ) -> float | None:
+        """The same update as ``row_gradients`` followed by ``apply_sgd``, for plain SGD (``scales[u]``
+        = -lr of update u) in one process on the CPU, compiled whole (``kernels.py``): every value
+        read before any row moves, and, when the loss is computed, ``guard`` reading it (and raising
+        to stop) in between. A step's updates joined (``Batch.join``) run one after another in one
+        call, without their loss. Returns the mean loss (None unless ``with_loss``)."""
         bag = self.bag(batch, grouped=True)
-        return self.objective.sgd_update(bag, batch, self.outside_embed.weight, scale, with_loss, guard)
+        return self.objective.sgd_update(bag, batch, self.outside_embed.weight, scales, with_loss, guard)
 
     def word_vectors(self) -> torch.Tensor:
         """The trained word vectors [V, d]: the input rows."""

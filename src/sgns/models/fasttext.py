@@ -124,8 +124,11 @@ class FastText(WordModel):
             ngrams = Segment(self.ngram_embed, rows, torch.full_like(count, self.ngram_slots), weights)
             return Bag([Segment(self.center_embed, batch.center), ngrams], batch.context, size=count + 1)
         if grouped:
-            centres, owner = torch.unique(batch.center, return_inverse=True)  # [R], [B]
+            V, update = self.center_embed.num_embeddings, batch.update_of_each()
+            key = batch.center if update is None else batch.center + update * V  # (by update, then centre)
+            centres, owner = torch.unique(key, return_inverse=True)  # [R], [B]
             runs = torch.bincount(owner, minlength=len(centres))
+            centres = centres if update is None else centres % V
         else:
             centres, owner, runs = batch.center, None, None
         rows, count = self._ngrams(centres)

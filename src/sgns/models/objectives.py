@@ -135,10 +135,17 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def sgd_update(
-        self, bag: Bag, batch: Batch, output: torch.Tensor, scale: float, with_loss: bool, guard: Callable
+        self,
+        bag: Bag,
+        batch: Batch,
+        output: torch.Tensor,
+        scales: Sequence[float],
+        with_loss: bool,
+        guard: Callable | None,
     ) -> float | None:
-        """The whole SGD update of ``bag`` with this output layer, compiled (``kernels.py``); the mean
-        loss (None unless ``with_loss``), read by ``guard`` before any row moves."""
+        """The whole SGD update of ``bag`` (or a step's updates, ``Batch.join``) with this output
+        layer, compiled (``kernels.py``); the mean loss (None unless ``with_loss``), read by ``guard``
+        before any row moves."""
         raise NotImplementedError
 
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
@@ -170,8 +177,8 @@ class NegativeSampling(Objective):
             )
         return loss, grad_h, [(output, targets, grad_o), (output, batch.negatives.reshape(-1), grad_neg)]
 
-    def sgd_update(self, bag, batch, output, scale, with_loss, guard):
-        return kernels.ns_update(bag, batch.negatives, batch.neg_weight, output, scale, with_loss, guard)
+    def sgd_update(self, bag, batch, output, scales, with_loss, guard):
+        return kernels.ns_update(bag, batch, output, scales, with_loss, guard)
 
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
         """(1 + k) ln 2: every score 0 (word2vec starts the output rows at zero)."""
@@ -281,8 +288,8 @@ class HierarchicalSoftmax(Objective):
         grad_h = grad_t if owner is None else torch.zeros_like(h).index_add_(0, owner, grad_t)
         return loss, grad_h, [(output, nodes, g.unsqueeze(1) * h_e)]
 
-    def sgd_update(self, bag, batch, output, scale, with_loss, guard):
-        return kernels.hs_update(bag, self.points, self.codes, self.lengths, output, scale, with_loss, guard)
+    def sgd_update(self, bag, batch, output, scales, with_loss, guard):
+        return kernels.hs_update(bag, batch, (self.points, self.codes, self.lengths), output, scales, with_loss, guard)
 
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
         """ln 2 per decision: every inner node starts at zero (word2vec's syn1)."""

@@ -27,8 +27,11 @@ class SkipGram(WordModel):
         negatives and their gradients: those are computed once per run of pairs (R runs, about B / 3)
         instead of once per pair. The same gradients, less work. (On a GPU the runs are not looked
         for: counting them would read back to the host.)"""
-        if grouped and len(batch.negatives) == 1 and on_host(batch.center):
-            runs, run, length = torch.unique_consecutive(batch.center, return_inverse=True, return_counts=True)
+        if grouped and batch.shares_negatives() and on_host(batch.center):
+            V, update = self.center_embed.num_embeddings, batch.update_of_each()
+            key = batch.center if update is None else batch.center + update * V  # (runs end at an update's edge)
+            runs, run, length = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
             if 4 * len(runs) <= 3 * len(batch.center):  # runs pay
-                return Bag([Segment(self.center_embed, runs)], batch.context, owner=run, runs=length)
+                centres = runs if update is None else runs % V
+                return Bag([Segment(self.center_embed, centres)], batch.context, owner=run, runs=length)
         return Bag([Segment(self.center_embed, batch.center)], batch.context)

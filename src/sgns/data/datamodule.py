@@ -261,22 +261,23 @@ class Word2VecDataModule(L.LightningDataModule):
             self.pair_order = family.pair_order
 
     def share_updates(self, workers: int) -> None:
-        """Lock-free workers: each takes updates of 1 / ``workers`` of data.update_size (within the
-        family's limit), so that the updates in flight at once hold data.update_size pairs together,
-        as one process's update does. (A worker computes its update from rows the others are
-        changing, so W updates of U pairs at once train like one of W x U: 2 skip-gram workers of
-        4,096 pairs lost 0.019 SimLex and 0.017 WS353 against one process, 2 of 2,048 lost 0.006
-        and 0.011 at the same speed; fastText's limit of 1,024, halved, cost a third of its speed
-        and won back less than the seeds' spread: docs/benchmarks.md.) Before the steps are made."""
+        """Lock-free workers: each takes updates of 1 / ``workers`` of data.update_size, or of the
+        family's limit where that is lower, so that the updates in flight at once hold what one
+        process's update holds. (A worker computes its update from rows the others are changing, so W
+        updates of U pairs at once train like one of W x U: 2 skip-gram workers of 4,096 pairs lost
+        0.019 SimLex and 0.017 WS353 against one process, 2 of 2,048 lost 0.006 and 0.011 at the same
+        speed; 2 fastText workers of 512 pairs, its limit of 1,024 shared, were faster than 2 of
+        1,024 and scored higher: docs/benchmarks.md.) Before the steps are made."""
         if workers > 1 and self.shared_by == 1:
             configured = self.hparams.update_size or self.hparams.batch_size
-            self.update_size = min(self.update_size or configured, -(-configured // workers))
+            in_flight = min(configured, self.update_size or configured)  # (a family's limit counts them all)
+            self.update_size = -(-in_flight // workers)
             self.shared_by = workers
             log.info(
-                "%d lock-free workers take updates of %s pairs each (data.update_size=%s in flight together)",
+                "%d lock-free workers take updates of %s pairs each (%s in flight together)",
                 workers,
                 f"{self.update_size:,}",
-                f"{configured:,}",
+                f"{in_flight:,}",
             )
 
     def cap_update_size(self, most: int | None) -> None:

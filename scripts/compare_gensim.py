@@ -157,25 +157,35 @@ def scaling(args: argparse.Namespace) -> None:
 def worker_scaling(args: argparse.Namespace, corpus: Path, tokens: int) -> None:
     """Ours alone with 1, 2, 4, ... ``--workers`` lock-free workers, each family of ``--models``, one
     thread each (``OMP_NUM_THREADS=1``; one worker would otherwise tune its threads): speed, the
-    speed-up over one worker, memory of all processes together, scores."""
+    speed-up over one worker, memory of all processes together, scores. With ``--repeats``, the
+    worker counts run in alternating order, and each repeat's speed-up is over its own one-worker run."""
     counts = sorted({1, args.workers, *(2**i for i in range(args.workers.bit_length()) if 2**i < args.workers)})
-    print("\n| ours: model | workers | train s | end-to-end s | raw words/s | speed-up | peak PSS, all processes MB | "
+    print("\n| ours: model | repeat | workers | train s | end-to-end s | raw words/s | speed-up | peak PSS, all processes MB | "
           "peak RSS, largest process MB | analogy@30k | WS353 ρ | SimLex ρ |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    speedups: dict[tuple[str, int], list[float]] = {}
     for model in args.models.split(","):
-        one = None
-        for workers in counts:
-            out = run_dir(args.out / f"workers-{model}-{workers}")
-            cmd = ours_command(args, corpus, out, model=model, workers=workers)
-            code, wall, rss, pss = run_measured_tree(cmd, out / "log.txt", env={"OMP_NUM_THREADS": "1"})
-            if code != 0:
-                sys.exit(f"ours failed (exit {code}); see {out / 'log.txt'}")
-            train_s = json.loads((out / "metrics.json").read_text())["train_s"]
-            one = one or train_s
-            scores = evaluate(out / "vectors.bin")
-            print(f"| {model} | {workers} | {train_s:.1f} | {wall:.1f} | {tokens * args.epochs / train_s:,.0f} | {one / train_s:.2f} | "
-                  f"{pss / 2**20:.0f} | {rss / 2**20:.0f} | {100 * scores['analogy']:.1f} % | {scores['ws353']:.3f} | "
-                  f"{scores['simlex']:.3f} |", flush=True)  # fmt: skip
+        for repeat in range(args.repeats):
+            seconds, rows = {}, {}
+            for workers in counts if repeat % 2 == 0 else counts[::-1]:
+                out = run_dir(args.out / f"workers-{model}-{workers}")
+                cmd = ours_command(args, corpus, out, model=model, workers=workers)
+                code, wall, rss, pss = run_measured_tree(cmd, out / "log.txt", env={"OMP_NUM_THREADS": "1"})
+                if code != 0:
+                    sys.exit(f"ours failed (exit {code}); see {out / 'log.txt'}")
+                seconds[workers] = json.loads((out / "metrics.json").read_text())["train_s"]
+                rows[workers] = (wall, rss, pss, evaluate(out / "vectors.bin"))
+            for workers in counts:
+                wall, rss, pss, scores = rows[workers]
+                train_s = seconds[workers]
+                speedups.setdefault((model, workers), []).append(seconds[1] / train_s)
+                print(f"| {model} | {repeat} | {workers} | {train_s:.1f} | {wall:.1f} | {tokens * args.epochs / train_s:,.0f} | "
+                      f"{seconds[1] / train_s:.2f} | {pss / 2**20:.0f} | {rss / 2**20:.0f} | {100 * scores['analogy']:.1f} % | "
+                      f"{scores['ws353']:.3f} | {scores['simlex']:.3f} |", flush=True)  # fmt: skip
+    print()
+    for (model, workers), values in speedups.items():
+        if workers > 1:
+            print(f"{model}: {workers} workers over 1: {', '.join(f'{v:.2f}' for v in values)} (median {median(values):.2f})")
 
 
 def run_dir(out: Path) -> Path:

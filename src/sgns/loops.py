@@ -263,9 +263,24 @@ def update_bounds(bag, owner, b0, b1, n0, e0, f0):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
-def bag_part(bag, n0, n1, e0, e1, f0, f1):
-    table, rows, sizes, table2, rows2, sizes2 = bag
-    return table, rows[e0:e1], part(sizes, n0, n1), table2, rows2[f0:f1], part(sizes2, n0, n1)
+def spans(bag, owner, offsets):
+    """Where each update's inputs, and its rows in each segment, begin and end: [U + 1] each."""
+    inputs, rows, rows2 = np.zeros(len(offsets), np.int64), np.zeros(len(offsets), np.int64), np.zeros(len(offsets), np.int64)
+    for up in range(len(offsets) - 1):
+        inputs[up + 1], rows[up + 1], rows2[up + 1] = update_bounds(
+            bag, owner, offsets[up], offsets[up + 1], inputs[up], rows[up], rows2[up]
+        )
+    return inputs, rows, rows2
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def update_views(bag, size, h, grad_h, walk, up):
+    """Update ``up``'s part of the bag, of h and dL/dh, and of the inputs' sizes."""
+    inputs, rows, rows2 = walk
+    n0, n1, e0, e1, f0, f1 = inputs[up], inputs[up + 1], rows[up], rows[up + 1], rows2[up], rows2[up + 1]
+    table, rows_, sizes, table2, rows2_, sizes2 = bag
+    part_bag = (table, rows_[e0:e1], part(sizes, n0, n1), table2, rows2_[f0:f1], part(sizes2, n0, n1))
+    return part_bag, h[n0:n1], grad_h[n0:n1], part(size, n0, n1)
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
@@ -279,13 +294,10 @@ def ns_updates(
     and returns the summed loss (0 unless ``with_loss``); ``APPLY`` then lands the steps, from what
     the first call left in ``scratch``; ``BOTH`` does both, update by update."""
     h, grad_h, g, u, scores, steps = scratch
-    loss = 0.0
-    n1 = e1 = f1 = 0
+    loss, walk = 0.0, spans(bag, owner, offsets)
     for up in range(len(offsets) - 1):
-        b0, b1 = offsets[up], offsets[up + 1]
-        n0, e0, f0 = n1, e1, f1
-        n1, e1, f1 = update_bounds(bag, owner, b0, b1, n0, e0, f0)
-        inputs, h_u, grad_u, size_u = bag_part(bag, n0, n1, e0, e1, f0, f1), h[n0:n1], grad_h[n0:n1], part(size, n0, n1)
+        b0, b1, n0, n1 = offsets[up], offsets[up + 1], walk[0][up], walk[0][up + 1]
+        inputs, h_u, grad_u, size_u = update_views(bag, size, h, grad_h, walk, up)
         if phase != APPLY:
             hidden(h_u, grad_u, inputs, size_u, mean, line)
             loss += ns_positives(h, owner, targets, output, scales[up], grad_h, g, with_loss, line, b0, b1)
@@ -325,13 +337,10 @@ def hs_updates(
     along every target's path, then the inner nodes' steps (the ``HOT`` nearest the root summed and
     written once per update) and the bag's."""
     h, grad_h, g = scratch[0], scratch[1], scratch[2]
-    loss = 0.0
-    n1 = e1 = f1 = 0
+    loss, walk = 0.0, spans(bag, owner, offsets)
     for up in range(len(offsets) - 1):
         b0, b1 = offsets[up], offsets[up + 1]
-        n0, e0, f0 = n1, e1, f1
-        n1, e1, f1 = update_bounds(bag, owner, b0, b1, n0, e0, f0)
-        inputs, h_u, grad_u, size_u = bag_part(bag, n0, n1, e0, e1, f0, f1), h[n0:n1], grad_h[n0:n1], part(size, n0, n1)
+        inputs, h_u, grad_u, size_u = update_views(bag, size, h, grad_h, walk, up)
         if phase != APPLY:
             hidden(h_u, grad_u, inputs, size_u, mean, line)
             e = 0

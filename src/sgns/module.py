@@ -224,16 +224,17 @@ class Word2VecModule(L.LightningModule):
         summed loss of the measured updates and their examples. (Lock-free workers run this alone.)"""
         total, examples = 0.0, 0
         done, run = self._steps()
+        shares = [(done + u / len(step)) / run for u in range(len(step))]  # of the run trained, at each update
         compiled = bool(step) and self._compiled_update(step[0])  # (the same for every update of a step)
         if compiled and not with_loss:  # the step's updates one after another, in one compiled call
             scales = []
-            for u in range(len(step)):
-                self._decay(optimizer, (done + u / len(step)) / run)
+            for share in shares:
+                self._decay(optimizer, share)
                 scales.append(gradient_scale(optimizer))
             self.net.sgd_update(Batch.join(step), scales, False, None)
             return total, examples
-        for u, update in enumerate(step):
-            self._decay(optimizer, (done + u / len(step)) / run)  # the share of the run trained
+        for update, share in zip(step, shares):
+            self._decay(optimizer, share)
             loss, n = self._update(optimizer, update, with_loss, compiled)
             if loss is not None:
                 total, examples = total + float(loss) * n, examples + n

@@ -10,8 +10,8 @@ as fastText's ``Model::update``: it says which ``example`` the data module must 
 - ``row_gradients(batch, scale, with_loss)``: the same gradients in closed form, as table rows:
   h from the bag, the objective's gradients of h and of its output rows (``objectives.py``:
   negative sampling or hierarchical softmax), and dL/dh back to every row of the bag;
-- ``sgd_update(batch, scale, with_loss, guard)``: that update with plain SGD applied, compiled
-  whole (``kernels.py``), for one process on the CPU.
+- ``sgd_update(batch, scales, with_loss, guard)``: that update with plain SGD applied, compiled
+  whole (``kernels.py``), for one process on the CPU (a step's updates joined: one call).
 Tests check the second against autograd on the first, and the third against the second, for
 every family and objective.
 """

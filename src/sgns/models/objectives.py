@@ -7,8 +7,8 @@ table (``outside_embed``: the words' output vectors, or the Huffman tree's inner
 - ``loss(h, targets, batch, output)``: the per-target loss [P], differentiable (the reference);
 - ``gradients(h, targets, owner, runs, batch, output, scale, with_loss)``: the mean loss and the
   gradients of ``scale`` × the summed loss for h [N, d] and for the output rows, as table rows;
-- ``sgd_update(bag, batch, output, scale, with_loss, guard)``: the whole update with plain SGD
-  applied, compiled (``kernels.py``: CPU, one process);
+- ``sgd_update(bag, batch, output, scales, with_loss, guard)``: the whole update (or a step's
+  updates joined) with plain SGD applied, compiled (``kernels.py``: CPU, one process);
 - ``untrained_loss(batch, targets)``: its value before training, which the divergence guard reads;
 - ``needs_negatives``: whether the data module draws noise words for it.
 

@@ -235,6 +235,24 @@ def test_steps_are_cut_into_updates_each_with_its_shared_negatives(planted, exam
     assert not torch.equal(steps[0][0].negatives, steps[0][-1].negatives if updates > 1 else steps[1][0].negatives)
 
 
+@pytest.mark.parametrize("example", ["pairs", "windows"])
+@pytest.mark.parametrize("shared", [16, 0])
+def test_a_steps_joined_updates_are_its_updates_joined(planted, example, shared):
+    """The step the data module hands over carries its updates already joined (``Step.joined``, taken
+    by the compiled CPU update): exactly what ``Batch.join`` makes of them, edges included."""
+    from sgns.models.base import Batch
+
+    path, _ = planted
+    dm = _module(path, example, sample=1e-2, shared_negatives=shared, update_size=16)
+    for step in list(dm.train_dataloader())[:3]:
+        expected = Batch.join(step)
+        assert step.joined is not None and len(step) > 1
+        for field in ("center", "context", "negatives", "mask", "words", "sizes", "offsets"):
+            mine, theirs = getattr(step.joined, field), getattr(expected, field)
+            assert (mine is None) == (theirs is None) and (mine is None or torch.equal(mine, theirs)), field
+        assert step.joined.shares_negatives() == expected.shares_negatives() == bool(shared)
+
+
 def _devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

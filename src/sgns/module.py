@@ -231,7 +231,8 @@ class Word2VecModule(L.LightningModule):
             for share in shares:
                 self._decay(optimizer, share)
                 scales.append(gradient_scale(optimizer))
-            self.net.sgd_update(Batch.join(step), scales, False, None)
+            joined = getattr(step, "joined", None)  # (the data module's, where it made one)
+            self.net.sgd_update(Batch.join(step) if joined is None else joined, scales, False, None)
             return total, examples
         for update, share in zip(step, shares):
             self._decay(optimizer, share)

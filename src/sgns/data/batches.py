@@ -34,7 +34,13 @@ from sgns.errors import check
 from sgns.models.base import Batch
 from sgns.models.device import on_host
 
-Step = list[Batch]  # a Lightning step: its optimiser updates, in order
+class Step(list):
+    """A Lightning step: its optimiser updates (``Batch``), in order. ``joined``: the same updates as
+    one batch that keeps their edges (what ``Batch.join`` makes), where the data module cut them as
+    consecutive pieces of the step's tensors (one rank): the compiled CPU update takes it without
+    copying them together again. None otherwise."""
+
+    joined: Batch | None = None
 
 
 def generator(*key: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -222,6 +228,7 @@ class Epochs(IterableDataset):
             self.update_size * self.world_size
         )  # (a step of windows may hold a window's worth more: the last update takes it)
         flat = len(parts) == 3 and on_host(parts[0])  # CBOW on the host: the step's window words in one piece
+        parts = (parts[0].long(), parts[1].long(), *parts[2:])  # (once a step: the updates are views)
         if flat:
             words, sizes = window_words(parts[1], parts[2])
             ends = sizes.cumsum(0)
@@ -239,14 +246,20 @@ class Epochs(IterableDataset):
             slices.append((lo, lo + base + (self.rank < extra)))
         if flat:
             bounds = torch.cat([ends.new_zeros(1), ends])[[i for piece in slices for i in piece]].tolist()
-        updates = []
+        updates = Step()
         for u, (lo, hi) in enumerate(slices):
             negatives = drawn[u : u + 1] if self.shared_negatives else drawn[lo:hi]
             centre, context, *mask = (p[lo:hi] for p in parts)
-            batch = Batch(centre.long(), context.long(), negatives, self.neg_weight, mask[0] if mask else None)
+            batch = Batch(centre, context, negatives, self.neg_weight, mask[0] if mask else None)
             if flat:  # (where the update's windows' words begin and end)
                 batch.words, batch.sizes = words[bounds[2 * u] : bounds[2 * u + 1]], sizes[lo:hi]
             updates.append(batch)
+        if self.world_size == 1:  # the updates are consecutive pieces of the step's tensors
+            whole = Batch(parts[0], parts[1], drawn, self.neg_weight, parts[2] if len(parts) == 3 else None)
+            if flat:
+                whole.words, whole.sizes = words, sizes
+            whole.offsets, whole.shared = torch.tensor(cuts), bool(self.shared_negatives)
+            updates.joined = whole
         return updates
 
 

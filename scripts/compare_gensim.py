@@ -154,38 +154,46 @@ def scaling(args: argparse.Namespace) -> None:
               f"{tokens * args.epochs / train_s:,.0f} | {rss / 2**20:.0f} | {100 * analogy:.1f} % |", flush=True)  # fmt: skip
 
 
-def worker_scaling(args: argparse.Namespace, corpus: Path, tokens: int) -> None:
+def worker_scaling(args: argparse.Namespace, corpus: Path, tokens: int, common: list[str]) -> None:
     """Ours alone with 1, 2, 4, ... ``--workers`` lock-free workers, each family of ``--models``, one
     thread each (``OMP_NUM_THREADS=1``; one worker would otherwise tune its threads): speed, the
-    speed-up over one worker, memory of all processes together, scores. With ``--repeats``, the
-    worker counts run in alternating order, and each repeat's speed-up is over its own one-worker run."""
+    speed-up over one worker, memory of all processes together, scores; and gensim with as many
+    workers, for the speed-up the same machine gives a peer. With ``--repeats``, the worker counts
+    run in alternating order, and each repeat's speed-up is over its own one-worker run."""
     counts = sorted({1, args.workers, *(2**i for i in range(args.workers.bit_length()) if 2**i < args.workers)})
-    print("\n| ours: model | repeat | workers | train s | end-to-end s | raw words/s | speed-up | peak PSS, all processes MB | "
+    at = common.index("--workers") + 1
+    print("\n| side: model | repeat | workers | train s | end-to-end s | raw words/s | speed-up | peak PSS, all processes MB | "
           "peak RSS, largest process MB | analogy@30k | WS353 ρ | SimLex ρ |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    speedups: dict[tuple[str, int], list[float]] = {}
+    speedups: dict[tuple[str, str, int], list[float]] = {}
     for model in args.models.split(","):
         for repeat in range(args.repeats):
             seconds, rows = {}, {}
             for workers in counts if repeat % 2 == 0 else counts[::-1]:
-                out = run_dir(args.out / f"workers-{model}-{workers}")
-                cmd = ours_command(args, corpus, out, model=model, workers=workers)
-                code, wall, rss, pss = run_measured_tree(cmd, out / "log.txt", env={"OMP_NUM_THREADS": "1"})
-                if code != 0:
-                    sys.exit(f"ours failed (exit {code}); see {out / 'log.txt'}")
-                seconds[workers] = json.loads((out / "metrics.json").read_text())["train_s"]
-                rows[workers] = (wall, rss, pss, evaluate(out / "vectors.bin"))
-            for workers in counts:
-                wall, rss, pss, scores = rows[workers]
-                train_s = seconds[workers]
-                speedups.setdefault((model, workers), []).append(seconds[1] / train_s)
-                print(f"| {model} | {repeat} | {workers} | {train_s:.1f} | {wall:.1f} | {tokens * args.epochs / train_s:,.0f} | "
-                      f"{seconds[1] / train_s:.2f} | {pss / 2**20:.0f} | {rss / 2**20:.0f} | {100 * scores['analogy']:.1f} % | "
-                      f"{scores['ws353']:.3f} | {scores['simlex']:.3f} |", flush=True)  # fmt: skip
+                for side in ("ours", "gensim") if (repeat + workers) % 2 else ("gensim", "ours"):
+                    out = run_dir(args.out / f"workers-{side}-{model}-{workers}")
+                    if side == "ours":
+                        cmd = ours_command(args, corpus, out, model=model, workers=workers)
+                    else:
+                        mine = [*common[:at], str(workers), *common[at + 1 :]]
+                        cmd = [sys.executable, __file__, "--worker", "gensim", "--out", str(out), "--family", model, *mine]
+                    code, wall, rss, pss = run_measured_tree(cmd, out / "log.txt", env={"OMP_NUM_THREADS": "1"})
+                    if code != 0:
+                        sys.exit(f"{side} failed (exit {code}); see {out / 'log.txt'}")
+                    seconds[side, workers] = json.loads((out / "metrics.json").read_text())["train_s"]
+                    rows[side, workers] = (wall, rss, pss, evaluate(out / "vectors.bin"))
+            for side in ("ours", "gensim"):
+                for workers in counts:
+                    wall, rss, pss, scores = rows[side, workers]
+                    train_s, speedup = seconds[side, workers], seconds[side, 1] / seconds[side, workers]
+                    speedups.setdefault((side, model, workers), []).append(speedup)
+                    print(f"| {side}: {model} | {repeat} | {workers} | {train_s:.1f} | {wall:.1f} | {tokens * args.epochs / train_s:,.0f} | "
+                          f"{speedup:.2f} | {pss / 2**20:.0f} | {rss / 2**20:.0f} | {100 * scores['analogy']:.1f} % | "
+                          f"{scores['ws353']:.3f} | {scores['simlex']:.3f} |", flush=True)  # fmt: skip
     print()
-    for (model, workers), values in speedups.items():
+    for (side, model, workers), values in speedups.items():
         if workers > 1:
-            print(f"{model}: {workers} workers over 1: {', '.join(f'{v:.2f}' for v in values)} (median {median(values):.2f})")
+            print(f"{side} {model}: {workers} workers over 1: {', '.join(f'{v:.2f}' for v in values)} (median {median(values):.2f})")
 
 
 def run_dir(out: Path) -> Path:
@@ -317,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "hs: hierarchical softmax (gensim hs=1, negative=0), our model.objective=hs")  # fmt: skip
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="gensim's workers and ours "
                         "(trainer.devices); default: the cores this process may use")  # fmt: skip
-    parser.add_argument("--worker-scaling", action="store_true", help="only ours, with 1, 2, 4, ... --workers workers")
+    parser.add_argument("--worker-scaling", action="store_true", help="each side with 1, 2, 4, ... --workers workers")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each, alternating which goes first")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--gensim-alpha", type=float, help="gensim's alpha (default: gensim's own, 0.025; word2vec.c "
@@ -352,7 +360,7 @@ def main() -> None:
               "--workers", str(args.workers), "--seed", str(args.seed), "--objective", args.objective]  # fmt: skip
     common += ["--gensim-alpha", str(args.gensim_alpha)] if args.gensim_alpha else []
     if args.worker_scaling:
-        return worker_scaling(args, corpus, tokens)
+        return worker_scaling(args, corpus, tokens, common)
     floors = {}
     for name, imports in FLOORS.items():  # peak RSS of a bare import of each side's libraries
         code, _, rss = run_measured([sys.executable, "-c", imports], args.out / f"floor-{name}.log")

@@ -25,7 +25,7 @@ def test_tensorboard_scalars_text_hparams_and_projector(planted, tmp_path):
     for tag in ["train/loss", "train/alpha", "train/words_per_s", "train/examples_per_s", "val/loss", "val/analogy",
                 "val/analogy_best", "val/ws353", "val/simlex", "hp/val/loss"]:  # fmt: skip
         assert tag in scalars, (tag, sorted(scalars))
-    assert len(events.Scalars("train/loss")) > 10  # per step, not per epoch
+    assert len(events.Scalars("train/loss")) > 2 * 2  # per step, not per epoch (the trainer's own worker's steps)
     assert len(events.Scalars("val/loss")) == 2  # per epoch
     text = [t for t in events.Tags()["tensors"] if t.startswith("neighbours")]
     assert text and groups[0][1] in str(events.Tensors(text[0])[-1].tensor_proto.string_val)

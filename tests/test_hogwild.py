@@ -84,28 +84,76 @@ def epochs(tmp_path_factory):
     return make
 
 
-@pytest.mark.parametrize("example", ["pairs", "windows"])
-def test_workers_share_every_epochs_chunks_and_together_see_each_example_once(epochs, example):
-    """W shares partition the epoch: their examples together are one process's, each share's step
-    count is what it yields, and every epoch deals the chunks anew."""
-    whole = epochs(example)
-    whole.set_epoch(1)
-    expected = sorted(map(tuple, torch.stack([torch.cat([u.center for s in whole for u in s]),
-                                              torch.cat([u.context[:, 0] if u.context.dim() > 1 else u.context
-                                                         for s in whole for u in s])], 1).tolist()))  # fmt: skip
-    seen, orders = [], []
+def _examples(steps):
+    """(centre, first context word) of every example of ``steps``."""
+    updates = [u for step in steps for u in step]
+    contexts = [u.context[:, 0] if u.context.dim() > 1 else u.context for u in updates]
+    return list(zip(torch.cat([u.center for u in updates]).tolist(), torch.cat(contexts).tolist()))
+
+
+def _claiming(epochs, example, claims=None, skips=(0, 0, 0)):
+    """Three workers of epoch 1 sharing one ``Claims`` (one process: the lock never waits)."""
+    shares = []
     for worker in range(3):
         share = epochs(example)
+        share.claims = claims or (shares[0].claims if shares else None)
         share.set_share(worker, 3)
-        share.set_epoch(1)
-        steps = list(share)
-        assert len(steps) == len(share) == share.share_lengths()[worker] > 0
-        orders.append(share._chunk_order())
-        share.set_epoch(2)
-        assert share._chunk_order() != orders[-1]
-        seen += [(int(c), int(o)) for s in steps for u in s for c, o in zip(u.center, u.context[:, 0] if u.context.dim() > 1 else u.context)]
+        share.set_epoch(1, skip=skips[worker])
+        shares.append(share)
+    return shares
+
+
+def _turns(iterators, rounds, seen):
+    """Round robin: workers 0 and 1 train a step a turn, worker 2 (a busy core) every third turn."""
+    trained = [0, 0, 0]
+    for turn in range(rounds):
+        for worker, steps in enumerate(iterators):
+            if worker == 2 and turn % 3:
+                continue
+            step = next(steps, None)
+            if step is not None:
+                seen += _examples([step])
+                trained[worker] += 1
+    return trained
+
+
+@pytest.mark.parametrize("example", ["pairs", "windows"])
+def test_workers_claim_every_epochs_chunks_and_together_see_each_example_once(epochs, example):
+    """Workers claim the epoch's chunks one at a time: together they see one process's examples
+    once, a slower worker claims fewer chunks, no worker's steps exceed the epoch's (its loader's
+    length), and the next epoch is dealt anew."""
+    whole = epochs(example)
+    whole.set_epoch(1)
+    expected = sorted(_examples(whole))
+    shares = _claiming(epochs, example)
+    seen = []
+    trained = _turns([iter(share) for share in shares], 10**6, seen)
     assert sorted(seen) == expected
-    assert sorted(c for order in orders for c in order) == list(range(whole.n_chunks))
+    owner = shares[0].claims.owner.tolist()
+    assert sorted(set(owner)) == [0, 1, 2] and owner.count(2) < min(owner.count(0), owner.count(1))
+    assert all(0 < n <= len(share) == len(whole) for n, share in zip(trained, shares))
+    assert len(whole) <= sum(trained) < len(whole) + 3  # (each worker's last step may be short)
+    shares[0].set_epoch(2)
+    next(iter(shares[0]))
+    assert shares[0].claims.state()["epoch"] == 2 and shares[0].claims.state()["owner"] == [0]
+
+
+@pytest.mark.parametrize("example", ["pairs", "windows"])
+def test_a_resumed_epoch_replays_each_workers_claims_from_its_position(epochs, example):
+    """A checkpoint mid-epoch holds each worker's position and the claims (read after the
+    positions): workers resumed from it replay their claims from their positions and claim on,
+    and the epoch's examples are each seen once over both runs."""
+    whole = epochs(example)
+    whole.set_epoch(1)
+    shares = _claiming(epochs, example)
+    seen = []
+    positions = _turns([iter(share) for share in shares], 4, seen)
+    state = shares[0].claims.state()
+    assert 0 < len(state["owner"]) < shares[0].n_chunks
+    resumed = _claiming(epochs, example, skips=positions)
+    resumed[0].claims.load(state)
+    _turns([iter(share) for share in resumed], 10**6, seen)
+    assert sorted(seen) == sorted(_examples(whole))
 
 
 def test_a_small_corpus_is_cut_into_chunks_for_every_worker(epochs):
@@ -141,7 +189,7 @@ def test_two_workers_learn_planted_groups_and_decay_alpha_to_its_end(planted, tm
     metrics = train(compose_train(tmp_path, _small(path, "trainer.devices=2", f"model={model}", "trainer.max_epochs=3",
                                                    *(["model.net.buckets=5000"] if model == "fasttext" else []))))  # fmt: skip
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)["hogwild"]
-    assert state["workers"] == 2 and min(state["trained"]) > 0.4 * sum(state["trained"])  # both trained their share
+    assert state["workers"] == 2 and min(state["trained"]) > 0  # both trained (the trainer's own process, with Lightning beside its steps, claims fewer chunks)
     # the decay counts both workers' steps: alpha ends near min_alpha, not half-way (one worker's count)
     assert metrics["train/alpha"] < 0.1 * (0.1 if model == "cbow" else 0.025)
     kv = KeyedVectors.load_word2vec_format(str(tmp_path / "vectors.txt"))
@@ -240,14 +288,16 @@ def test_a_kill_9_of_the_trainer_takes_its_workers_with_it(long_corpus, tmp_path
     assert _gone(worker), "a worker outlived its trainer"
 
 
-def test_ctrl_c_stops_the_workers_and_the_resumed_run_trains_each_share_to_its_end(long_corpus, tmp_path):
-    """A Ctrl-C mid-epoch: every worker stops between steps, the checkpoint holds their positions,
-    and the resumed run trains exactly the steps that were left: together every step of the run once."""
+def test_ctrl_c_stops_the_workers_and_the_resumed_run_trains_what_was_left(long_corpus, tmp_path):
+    """A Ctrl-C mid-epoch: every worker stops between steps, the checkpoint holds their positions
+    and claims, and the resumed run trains the steps that were left: together the run's steps once
+    (the workers' claims differ from run to run, and each worker's last step of an epoch may be
+    short, so as many as one process's steps, and at most one more a worker and epoch)."""
     whole = tmp_path / "whole"
     done = start_train_py(*_long(long_corpus, whole))
     _, err = done.communicate(timeout=300)
     assert done.returncode == 0, err[-2000:]
-    steps = torch.load(whole / "last.ckpt", weights_only=True)["hogwild"]["trained"]
+    steps = sum(torch.load(whole / "last.ckpt", weights_only=True)["hogwild"]["trained"])
 
     parts = tmp_path / "parts"
     proc = start_train_py(*_long(long_corpus, parts))
@@ -257,12 +307,13 @@ def test_ctrl_c_stops_the_workers_and_the_resumed_run_trains_each_share_to_its_e
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     stopped = torch.load(parts / "last.ckpt", weights_only=True)["hogwild"]
-    assert 0 < sum(stopped["trained"]) < sum(steps)
+    assert 0 < sum(stopped["trained"]) < steps
     command = err.split("Resume with: ")[1].strip().split()
     resumed = start_train_py(*command[2:])
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
-    assert torch.load(parts / "last.ckpt", weights_only=True)["hogwild"]["trained"] == steps
+    trained = sum(torch.load(parts / "last.ckpt", weights_only=True)["hogwild"]["trained"])
+    assert abs(trained - steps) <= 2 * (2 - 1), (trained, steps)  # (2 epochs, 2 workers)
     ours = KeyedVectors.load_word2vec_format(str(parts / "vectors.bin"), binary=True)
     assert np.isfinite(ours.vectors).all()
     assert {w for w, _ in ours.most_similar("g0w0", topn=4)} == {"g0w1", "g0w2", "g0w3", "g0w4"}

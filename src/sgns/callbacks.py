@@ -11,14 +11,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig
 
 from sgns.errors import check, check_choice, check_int, check_number, word_list
 from sgns.evaluation import evaluate_all, read_analogies, read_word_pairs
-from sgns.hogwild import workers
+from sgns.hogwild import epoch_steps, workers
 from sgns.lightning_internals import request_stop_as_on_sigterm
 from sgns.outputs import export_run
 from sgns.vectors import unit_rows
@@ -101,7 +101,7 @@ class WordVectorEvaluation(L.Callback):
 def raw_words(trainer: L.Trainer, steps: int) -> float:
     """Raw corpus words (before min_count and subsampling, as gensim counts them) that ``steps``
     training steps stand for: an epoch's steps stand for the whole corpus."""
-    return trainer.datamodule.corpus.raw_tokens * steps / max(1, trainer.num_training_batches)
+    return trainer.datamodule.corpus.raw_tokens * steps / max(1, len(trainer.datamodule.train_set))
 
 
 def examples(step) -> int:
@@ -121,6 +121,7 @@ class Throughput(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._since, self._pairs, self._batches = time.perf_counter(), 0, 0
+        self._done = pl_module.progress()[0]
 
     on_train_start = on_train_epoch_start  # a run resumed mid-epoch starts no epoch
 
@@ -130,10 +131,25 @@ class Throughput(L.Callback):
         if self._batches < self.every_n_steps:
             return
         seconds = time.perf_counter() - self._since
-        pl_module.log("train/words_per_s", raw_words(trainer, self._batches) / seconds, prog_bar=True)
-        everyone = trainer.world_size * workers(trainer)  # all ranks and lock-free workers
-        pl_module.log("train/examples_per_s", self._pairs * everyone / seconds)
-        self._since, self._pairs, self._batches = time.perf_counter(), 0, 0
+        steps = pl_module.progress()[0] - self._done  # every lock-free worker's steps (one process: its own)
+        pl_module.log("train/words_per_s", raw_words(trainer, steps) / seconds, prog_bar=True)
+        per_step = self._pairs * trainer.world_size / self._batches  # (all ranks')
+        pl_module.log("train/examples_per_s", per_step * steps / seconds)
+        self.on_train_epoch_start(trainer, pl_module)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, counting the steps of every lock-free worker: the trainer's own
+    process trains only the chunks it claims, and the bar's total is the epoch's steps."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        total = super().total_train_batches  # (unknown to a lock-free worker: the epoch's steps, then)
+        return len(self.trainer.datamodule.train_set) if math.isinf(total) and self.trainer.datamodule else total
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        done = min(epoch_steps(trainer, batch_idx + 1), self.total_train_batches)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, done - 1)
 
 
 class ThreadTuner(L.Callback):

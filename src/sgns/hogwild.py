@@ -1,8 +1,8 @@
 """Lock-free parallel training on the CPU ("Hogwild", as word2vec.c, gensim and fastText train).
 
 ``trainer.devices=W`` workers train the same tables at once, without locks and without any
-exchange per update: each walks its own share of every epoch's chunks (``Epochs.set_share``) and
-writes its updates straight into the shared rows. Two workers rarely touch the same row at the
+exchange per update: each claims the epoch's chunks one at a time (``batches.Claims``) and writes
+its updates straight into the shared rows. Two workers rarely touch the same row at the
 same moment, and when they do one update may be partly lost; that is the bargain every peer makes.
 
 - The trainer's own process is worker 0: Lightning's loop, the progress bar, logging, callbacks,
@@ -10,11 +10,13 @@ same moment, and when they do one update may be partly lost; that is the bargain
 - Workers 1..W-1 are forked at the start of every epoch over tables moved to anonymous shared
   memory (``share_tables``: one copy for all, and no /dev/shm needed). They run one thread each
   and the module's own updates (``Word2VecModule.train_updates``), without Lightning.
-- Within an epoch no worker waits for another. At the epoch's end worker 0 waits for the others,
-  so evaluation and the epoch-end checkpoint see the whole epoch.
+- Within an epoch no worker waits for another: a slower worker (a busy core) claims fewer chunks,
+  and the workers run out of chunks within a chunk of each other. At the epoch's end worker 0
+  waits for the others, so evaluation and the epoch-end checkpoint see the whole epoch.
 - Alpha decays with the steps of all workers together (shared counters), as word2vec.c's shared
   word count decays it.
-- A checkpoint holds every worker's position in its share; a resumed run continues from them.
+- A checkpoint holds every worker's claims and its position in them; a resumed run replays each
+  worker's claims from its position, then claims on.
   A step checkpoint copies tables that other workers are still writing, so it can hold part of
   a step that its positions do not count: the resumed run trains it again.
 - A worker that fails or dies ends the run with one line naming it; the last checkpoint is kept.
@@ -43,7 +45,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from sgns import kernels
 from sgns.errors import Word2VecError, check
-from sgns.lightning_internals import Launcher
+from sgns.lightning_internals import Launcher, is_last_batch
 from sgns.module import Word2VecModule, check_finite, wants_sparse_gradients
 
 STALL_S = 600.0  # a worker whose position has not moved for this long is taken for hung
@@ -73,6 +75,12 @@ def shared_copy(tensor: torch.Tensor) -> torch.Tensor:
     often 64 MB); the tensor keeps its mapping alive."""
     shared = torch.frombuffer(mmap.mmap(-1, max(1, tensor.nbytes)), dtype=tensor.dtype, count=tensor.numel())
     return shared.view(tensor.shape).copy_(tensor)
+
+
+def epoch_steps(trainer: L.Trainer, own: int) -> int:
+    """Steps of this epoch trained so far: by all lock-free workers together, else ``own`` (this process's)."""
+    pool = getattr(trainer.strategy, "pool", None)
+    return int(pool.positions.sum()) if pool is not None else own
 
 
 def share_parameters(module: torch.nn.Module) -> None:
@@ -122,14 +130,14 @@ def _describe(status: int) -> str:
 
 
 class WorkerPool:
-    """The W-1 forked workers of one epoch, and the counters all W share: each worker's position in
-    its share of the epoch, its steps trained since the run began, and the stop flag."""
+    """The W-1 forked workers of one epoch, and the counters all W share: each worker's steps of the
+    epoch (its position in its claims), its steps trained since the run began, and the stop flag."""
 
     def __init__(self, size: int):
         self.size = size
         counters = shared_copy(torch.zeros(2 * size + 1, dtype=torch.int64))
         self.positions, self.trained, self.stop_flag = counters[:size], counters[size : 2 * size], counters[2 * size :]
-        self.finished = shared_copy(torch.zeros(size, dtype=torch.float64))  # when each ended its share (monotonic s)
+        self.finished = shared_copy(torch.zeros(size, dtype=torch.float64))  # when each ran out of chunks (monotonic s)
         self.started = 0.0
         self.total = 1  # steps of the whole run, all workers together (the decay's denominator)
         self.running: dict[int, tuple[int, Any]] = {}  # rank -> (pid, read end of its pipe)
@@ -206,16 +214,16 @@ class WorkerPool:
                 if exc is not None and user_error(exc) is not None:  # bad input, divergence, memory: its one line
                     raise exc
                 raise RuntimeError(f"{where} failed:\n{text}") from exc
-            at = f"at step {int(self.positions[rank])} of its share of epoch {self.epoch}"
+            at = f"at its step {int(self.positions[rank])} of epoch {self.epoch}"
             raise Word2VecError(f"{where} {_describe(status)} {at}; training stopped, {self.kept()}")
 
     def share_seconds(self) -> list[float]:
-        """How long each worker took for its share of the last epoch (0: none): what worker 0's
-        Lightning loop costs shows as its share taking longer than the others'."""
+        """How long each worker trained in the last epoch, until the chunks ran out (0: none): as
+        each claims chunks when it needs them, they end within about a chunk of each other."""
         return [round(max(0.0, float(t) - self.started), 3) for t in self.finished]
 
     def join(self) -> None:
-        """Wait for every worker to finish its share; raise at once if one fails, dies or hangs."""
+        """Wait for every worker to train its claims; raise at once if one fails, dies or hangs."""
         self.finished[0] = time.monotonic()
         moved, last = time.monotonic(), self.positions.clone()
         while self.running:
@@ -343,8 +351,8 @@ class HogwildStrategy(SingleDeviceStrategy):
         torch.set_num_threads(1)  # one thread per worker: W processes on W cores
         self.pool = WorkerPool(self.workers)
         epochs = trainer.train_dataloader.dataset
-        # the run's steps, all workers together: the first epoch's shares x the epochs (as one process counts them)
-        per_epoch = sum(min(n, trainer.num_training_batches) for n in epochs.share_lengths(epoch=0))
+        # the run's steps, all workers together: the first epoch's x the epochs (as one process counts them)
+        per_epoch = min(epochs.steps(epoch=0), trainer.num_training_batches * self.workers)
         total = per_epoch * trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else math.inf
         self.pool.total = max(1, min(total, trainer.max_steps * self.workers if trainer.max_steps > 0 else math.inf))
         if self._resumed is not None:
@@ -354,6 +362,13 @@ class HogwildStrategy(SingleDeviceStrategy):
                 f"the checkpoint was trained by {saved} workers, this run has trainer.devices={self.workers}",
             )
             self.pool.trained.copy_(torch.tensor(self._resumed["trained"]))
+            check(
+                "claims" in self._resumed or not any(self._resumed["positions"]),
+                "the checkpoint's workers walked fixed shares of the chunks (an earlier version of sgns): "
+                "resume it with that version, or start again",
+            )
+            if "claims" in self._resumed:
+                epochs.claims.load(self._resumed["claims"])
         else:  # a checkpoint of one process (or none): each worker counts as far as it came
             self.pool.trained.fill_(trainer.global_step)
         module.shared_progress = self.pool.progress
@@ -372,8 +387,8 @@ class HogwildStrategy(SingleDeviceStrategy):
         output = super().training_step(*args, **kwargs)
         pool.positions[0] = batch_idx + 1
         pool.trained[0] += 1
-        if batch_idx + 1 >= trainer.num_training_batches:
-            pool.join()  # the epoch ends when every share is trained
+        if is_last_batch(trainer) or batch_idx + 1 >= trainer.num_training_batches:
+            pool.join()  # the epoch ends when every worker has trained its claims
             self.share_seconds = pool.share_seconds()
         return output
 
@@ -383,7 +398,7 @@ class HogwildStrategy(SingleDeviceStrategy):
         skips = resumed["positions"] if resumed and resumed["epoch"] == epochs.epoch else [0] * self.workers
         self._resumed = None
         skips[0] = batch_idx
-        limits = [min(n, trainer.num_training_batches) for n in epochs.share_lengths()]
+        limits = [trainer.num_training_batches] * self.workers  # (inf, unless limit_train_batches sets one)
         module, optimizer = self.lightning_module, self.optimizers[0]
         every = max(1, trainer.log_every_n_steps)
         pool = self.pool
@@ -394,7 +409,7 @@ class HogwildStrategy(SingleDeviceStrategy):
             for index, step in enumerate(epochs, start=skip):
                 if index >= limit or pool.stop_requested():
                     break
-                module.train_updates(step, optimizer, with_loss=(index + 1) % every == 0 or index + 1 == limit)
+                module.train_updates(step, optimizer, with_loss=(index + 1) % every == 0)
                 pool.positions[rank] = index + 1
                 pool.trained[rank] += 1
 
@@ -409,7 +424,9 @@ class HogwildStrategy(SingleDeviceStrategy):
         pool = self.pool
         if pool is not None:  # every worker's position: the tables copied after hold at least these steps
             trainer = self.lightning_module.trainer
-            checkpoint["hogwild"] = pool.state(trainer.train_dataloader.dataset.epoch)
+            epochs = trainer.train_dataloader.dataset
+            checkpoint["hogwild"] = pool.state(epochs.epoch)
+            checkpoint["hogwild"]["claims"] = epochs.claims.state()  # (after the positions: it holds their chunks)
             if pool.running:  # workers write on: the checkpoint is written from a copy, checked as the tables are
                 checkpoint["state_dict"] = {name: table.clone() for name, table in checkpoint["state_dict"].items()}
                 check_finite(checkpoint["state_dict"].items(), trainer.global_step)

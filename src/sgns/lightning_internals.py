@@ -12,7 +12,7 @@ import lightning as L
 # and every one of them runs the whole trainer in every process.
 from lightning.pytorch.strategies.launchers.launcher import _Launcher as Launcher  # noqa: E402
 
-__all__ = ["Launcher", "batches_done", "request_stop_as_on_sigterm"]
+__all__ = ["Launcher", "batches_done", "is_last_batch", "request_stop_as_on_sigterm"]
 
 
 def batches_done(trainer: L.Trainer) -> int:
@@ -20,6 +20,13 @@ def batches_done(trainer: L.Trainer) -> int:
     position that goes into a checkpoint. (No public counter: ``trainer.global_step`` counts
     optimiser steps over all epochs, not the loader's position within this one.)"""
     return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+def is_last_batch(trainer: L.Trainer) -> bool:
+    """Whether the step being trained is the epoch's last: its data loader has nothing after it. A
+    lock-free worker's loader has no length, so the fit loop fetches a step ahead and knows this
+    at the last step, where ``num_training_batches`` is inf. (No public flag.)"""
+    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
 
 
 def request_stop_as_on_sigterm(trainer: L.Trainer) -> None:

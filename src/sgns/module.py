@@ -18,6 +18,7 @@ from sgns.errors import Diverged, Word2VecError, check, check_choice, check_numb
 from sgns.models.base import Batch, Update, WordModel
 from sgns.models.device import on_host
 from sgns.models.objectives import OBJECTIVES, make_objective
+from sgns.lightning_internals import is_last_batch
 from sgns.optim import FUSED_UPDATES, gradient_scale
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -203,7 +204,7 @@ class Word2VecModule(L.LightningModule):
         reported at the end is the last epoch's) compute it."""
         trainer = self.trainer
         logged = (self.global_step + 1) % max(1, trainer.log_every_n_steps) == 0
-        return logged or batch_idx == trainer.num_training_batches - 1
+        return logged or batch_idx == trainer.num_training_batches - 1 or is_last_batch(trainer)
 
     def training_step(self, step: list[Batch], batch_idx: int) -> None:
         optimizer, wanted = self.optimizers(), self.reads_loss(batch_idx)
@@ -223,7 +224,7 @@ class Word2VecModule(L.LightningModule):
         """Every update of one step, each with alpha decayed to the progress of training; returns the
         summed loss of the measured updates and their examples. (Lock-free workers run this alone.)"""
         total, examples = 0.0, 0
-        done, run = self._steps()
+        done, run = self.progress()
         shares = [(done + u / len(step)) / run for u in range(len(step))]  # of the run trained, at each update
         compiled = bool(step) and self._compiled_update(step[0])  # (the same for every update of a step)
         if compiled and not with_loss:  # the step's updates one after another, in one compiled call
@@ -241,7 +242,7 @@ class Word2VecModule(L.LightningModule):
                 total, examples = total + float(loss) * n, examples + n
         return total, examples
 
-    def _steps(self) -> tuple[int, int]:
+    def progress(self) -> tuple[int, int]:
         """Steps trained so far and steps of the whole run: this process's, or all lock-free workers'
         together (``shared_progress``, set by their strategy; read once a step, not at every update)."""
         if self.shared_progress is not None:

@@ -50,6 +50,13 @@ class ResumableLoader(DataLoader):
         if state.get("epoch") == self.dataset.epoch:
             self.dataset.set_epoch(self.dataset.epoch, skip=state.get("batches", 0))
 
+    def __len__(self) -> int:
+        """The epoch's steps; unknown to a lock-free worker until its claims run out (``Claims``), so
+        Lightning fetches a step ahead to find its last one (``len(dataset)`` still bounds them)."""
+        if self.dataset.workers > 1:
+            raise TypeError("a lock-free worker's steps are known once the epoch's chunks are all claimed")
+        return super().__len__()
+
 
 class Word2VecDataModule(L.LightningDataModule):
     """Corpus preparation and the training steps of a model family: (centre, context) pairs for

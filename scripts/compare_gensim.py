@@ -42,12 +42,16 @@ DEFAULT_CORPUS = os.environ.get("SGNS_ENWIKI")  # the 40M-token Wikipedia text o
 
 
 def write_slice(source: str, max_tokens: int, target: Path) -> int:
-    """The first ``max_tokens`` whitespace tokens of ``source`` (0 = all), one line per line."""
-    if target.exists():
-        return int(target.with_suffix(".tokens").read_text())
+    """The first ``max_tokens`` whitespace tokens of ``source`` (0 = all), one line per line, in
+    ``target``, and their count in ``target.tokens``; a slice made before is read back. The slice is
+    written beside its place and renamed into it once complete, its count after it, so a run
+    stopped meanwhile (a full disk, Ctrl-C) leaves no partial slice for the next run to take."""
+    count = target.with_suffix(".tokens")
+    if target.exists() and count.exists():
+        return int(count.read_text())
     opener = gzip.open if source.endswith(".gz") else open
-    total = 0
-    with opener(source, "rt", encoding="utf-8") as inp, open(target, "w", encoding="utf-8") as out:
+    total, partial = 0, target.with_name(f".{target.name}.partial")
+    with opener(source, "rt", encoding="utf-8") as inp, open(partial, "w", encoding="utf-8") as out:
         for line in inp:
             tokens = line.split()
             if max_tokens and total + len(tokens) > max_tokens:
@@ -57,7 +61,8 @@ def write_slice(source: str, max_tokens: int, target: Path) -> int:
                 total += len(tokens)
             if max_tokens and total >= max_tokens:
                 break
-    target.with_suffix(".tokens").write_text(str(total))
+    os.replace(partial, target)
+    count.write_text(str(total))
     return total
 
 

@@ -1,0 +1,49 @@
+"""scripts/compare_gensim.py's corpus slice: what every benchmark script trains both sides on."""
+
+import gzip
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from compare_gensim import write_slice  # noqa: E402
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "source.txt.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as out:
+        for i in range(100):
+            out.write(f"w{i} a b  c\n")  # 4 tokens a line
+    return path
+
+
+def test_a_slice_holds_the_first_tokens_and_is_read_back(source, tmp_path):
+    target = tmp_path / "slice.txt"
+    assert write_slice(str(source), 10, target) == 10
+    assert target.read_text() == "w0 a b c\nw1 a b c\nw2 a\n"
+    target.with_suffix(".tokens").write_text("7")  # (made before: read back, not made again)
+    assert write_slice(str(source), 10, target) == 7
+
+
+def test_a_slice_stopped_midway_leaves_nothing_for_the_next_run_to_take(source, tmp_path, monkeypatch):
+    """A write that fails (a full disk) leaves no slice; so does one made before its count was
+    (a run stopped between the two): the next run makes the whole slice."""
+    target = tmp_path / "slice.txt"
+    real_open = open
+
+    def full_disk(path, *args, **kwargs):
+        handle = real_open(path, *args, **kwargs)
+        if "w" in (args[0] if args else kwargs.get("mode", "r")):
+            handle.write = lambda text: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+        return handle
+
+    monkeypatch.setattr("builtins.open", full_disk)
+    with pytest.raises(OSError):
+        write_slice(str(source), 0, target)
+    monkeypatch.undo()
+    assert not target.exists()
+    target.write_text("w0 a\n")  # a partial slice without its count
+    assert write_slice(str(source), 0, target) == 400
+    assert len(target.read_text().split()) == 400

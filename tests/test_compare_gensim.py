@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from compare_gensim import write_slice  # noqa: E402
+from compare_gensim import write_slice
 
 
 @pytest.fixture

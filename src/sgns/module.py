@@ -15,10 +15,10 @@ import torch
 
 from sgns import kernels
 from sgns.errors import Diverged, Word2VecError, check, check_choice, check_number
+from sgns.lightning_internals import is_last_batch
 from sgns.models.base import Batch, Update, WordModel
 from sgns.models.device import on_host
 from sgns.models.objectives import OBJECTIVES, make_objective
-from sgns.lightning_internals import is_last_batch
 from sgns.optim import FUSED_UPDATES, gradient_scale
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]

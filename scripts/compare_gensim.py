@@ -155,6 +155,7 @@ def scaling(args: argparse.Namespace) -> None:
             sys.exit(f"ours failed (exit {code}); see {out / 'log.txt'}")
         train_s = json.loads((out / "metrics.json").read_text())["train_s"]
         analogy = evaluate(out / "vectors.bin")["analogy"]
+        drop_models(out)
         print(f"| {tokens:,} | {dim} | {train_s:.1f} | {train_s / tokens * 1e6 / args.epochs:.2f} | "
               f"{tokens * args.epochs / train_s:,.0f} | {rss / 2**20:.0f} | {100 * analogy:.1f} % |", flush=True)  # fmt: skip
 
@@ -187,6 +188,7 @@ def worker_scaling(args: argparse.Namespace, corpus: Path, tokens: int, common: 
                         sys.exit(f"{side} failed (exit {code}); see {out / 'log.txt'}")
                     seconds[side, workers] = json.loads((out / "metrics.json").read_text())["train_s"]
                     rows[side, workers] = (wall, rss, pss, evaluate(out / "vectors.bin"))
+                    drop_models(out)
             for side in ("ours", "gensim"):
                 for workers in counts:
                     wall, rss, pss, scores = rows[side, workers]
@@ -199,6 +201,14 @@ def worker_scaling(args: argparse.Namespace, corpus: Path, tokens: int, common: 
     for (side, model, workers), values in speedups.items():
         if workers > 1:
             print(f"{side} {model}: {workers} workers over 1: {', '.join(f'{v:.2f}' for v in values)} (median {median(values):.2f})")
+
+
+def drop_models(out: Path) -> None:
+    """Once a run is scored, delete its checkpoint and whole model (fastText's: 860 MB each), which
+    no score reads again: a few dozen runs kept them and filled a disk. Its vectors, metrics and
+    log stay."""
+    for name in ("last.ckpt", "fasttext.bin"):
+        (out / name).unlink(missing_ok=True)
 
 
 def run_dir(out: Path) -> Path:
@@ -390,6 +400,7 @@ def main() -> None:
                        **evaluate(out / "vectors.bin")}  # fmt: skip
                 if model == "fasttext":
                     row |= {"rare@10": rare_word_score(out / "fasttext.bin", rare), "rare_pairs": len(rare)}
+                drop_models(out)
                 row["raw_wps"] = tokens * args.epochs / row["train_s"]
                 rows.append(row)
                 print(f"  {name} {model} (repeat {repeat}, busy {busy}): train {row['train_s']:.1f} s, analogy {row['analogy']:.4f}", flush=True)

@@ -23,7 +23,18 @@ from statistics import mean
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_gensim import (  # noqa: E402
-    DEFAULT_CORPUS, ROOT, build_parser, evaluate, ours_command, rare_word_pairs, rare_word_score, run_dir, run_measured, write_slice)
+    DEFAULT_CORPUS,
+    ROOT,
+    build_parser,
+    drop_models,
+    evaluate,
+    ours_command,
+    rare_word_pairs,
+    rare_word_score,
+    run_dir,
+    run_measured,
+    write_slice,
+)
 
 SCORES = ("analogy", "ws353", "simlex")
 
@@ -112,6 +123,7 @@ def ours_alone(args: argparse.Namespace, corpus: Path, out: Path, model: str, ep
     scores = evaluate(target / "vectors.bin")
     if model == "fasttext":
         scores["rare@10"] = rare_word_score(target / "fasttext.bin", rare_word_pairs(corpus, settings.min_count))
+    drop_models(target)
     return {"name": "ours", "model": model, "train_s": metrics["train_s"], **scores}
 
 

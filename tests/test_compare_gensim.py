@@ -47,3 +47,15 @@ def test_a_slice_stopped_midway_leaves_nothing_for_the_next_run_to_take(source, 
     target.write_text("w0 a\n")  # a partial slice without its count
     assert write_slice(str(source), 0, target) == 400
     assert len(target.read_text().split()) == 400
+
+
+def test_a_scored_run_keeps_its_vectors_not_its_checkpoint_or_model(tmp_path):
+    """The benchmark scripts keep no checkpoint or whole fastText model once a run is scored (a few
+    dozen fastText runs at 860 MB each filled a disk); the vectors, metrics and log stay."""
+    from compare_gensim import drop_models
+
+    for name in ("last.ckpt", "fasttext.bin", "vectors.bin", "metrics.json", "log.txt"):
+        (tmp_path / name).write_text("x")
+    drop_models(tmp_path)
+    drop_models(tmp_path)  # (a gensim run has no checkpoint)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "metrics.json", "vectors.bin"]

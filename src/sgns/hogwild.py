@@ -387,7 +387,7 @@ class HogwildStrategy(SingleDeviceStrategy):
         output = super().training_step(*args, **kwargs)
         pool.positions[0] = batch_idx + 1
         pool.trained[0] += 1
-        if is_last_batch(trainer) or batch_idx + 1 >= trainer.num_training_batches:
+        if is_last_batch(trainer, batch_idx):
             pool.join()  # the epoch ends when every worker has trained its claims
             self.share_seconds = pool.share_seconds()
         return output

@@ -22,11 +22,12 @@ def batches_done(trainer: L.Trainer) -> int:
     return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
-def is_last_batch(trainer: L.Trainer) -> bool:
-    """Whether the step being trained is the epoch's last: its data loader has nothing after it. A
-    lock-free worker's loader has no length, so the fit loop fetches a step ahead and knows this
-    at the last step, where ``num_training_batches`` is inf. (No public flag.)"""
-    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+def is_last_batch(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether step ``batch_idx`` is the epoch's last: the epoch's step limit (its length, or
+    ``limit_train_batches``) is reached, or its data loader has nothing after it. A lock-free
+    worker's loader has no length, so the fit loop fetches a step ahead and knows the latter at the
+    last step, where ``num_training_batches`` is inf. (No public flag for it.)"""
+    return batch_idx + 1 >= trainer.num_training_batches or bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
 
 
 def request_stop_as_on_sigterm(trainer: L.Trainer) -> None:

@@ -204,7 +204,7 @@ class Word2VecModule(L.LightningModule):
         reported at the end is the last epoch's) compute it."""
         trainer = self.trainer
         logged = (self.global_step + 1) % max(1, trainer.log_every_n_steps) == 0
-        return logged or batch_idx == trainer.num_training_batches - 1 or is_last_batch(trainer)
+        return logged or is_last_batch(trainer, batch_idx)
 
     def training_step(self, step: list[Batch], batch_idx: int) -> None:
         optimizer, wanted = self.optimizers(), self.reads_loss(batch_idx)

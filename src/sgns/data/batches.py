@@ -20,6 +20,7 @@ shuffling and negatives run on it, with no host round trip per step.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import tempfile
 from typing import Any, Iterator
@@ -92,8 +93,14 @@ class Claims:
             self.dealt[1] = k + 1
             return k
 
-    def _locked(self) -> Any:
-        return _RecordLock(self._lock)
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive POSIX record lock on the claims' file, between processes."""
+        fcntl.lockf(self._lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._lock, fcntl.LOCK_UN)
 
     def state(self) -> dict[str, Any]:
         """The epoch dealt and the worker of each of its claims so far (a checkpoint's)."""
@@ -105,19 +112,6 @@ class Claims:
         self.owner.fill_(-1)
         self.owner[: len(state["owner"])] = torch.tensor(state["owner"], dtype=torch.int32)
         self.dealt.copy_(torch.tensor([state["epoch"], len(state["owner"])]))
-
-
-class _RecordLock:
-    """``with``: an exclusive POSIX record lock on a file, between processes."""
-
-    def __init__(self, file: Any):
-        self.file = file
-
-    def __enter__(self) -> None:
-        fcntl.lockf(self.file, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.lockf(self.file, fcntl.LOCK_UN)
 
 
 class Epochs(IterableDataset):

@@ -367,8 +367,6 @@ class HogwildStrategy(SingleDeviceStrategy):
                 "the checkpoint's workers walked fixed shares of the chunks (an earlier version of sgns): "
                 "resume it with that version, or start again",
             )
-            if "claims" in self._resumed:
-                epochs.claims.load(self._resumed["claims"])
         else:  # a checkpoint of one process (or none): each worker counts as far as it came
             self.pool.trained.fill_(trainer.global_step)
         module.shared_progress = self.pool.progress
@@ -434,7 +432,11 @@ class HogwildStrategy(SingleDeviceStrategy):
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
-        self._resumed = checkpoint.get("hogwild")
+        self._resumed = resumed = checkpoint.get("hogwild")
+        if resumed is not None and resumed["workers"] == self.workers and "claims" in resumed:
+            # now: the trainer's own worker walks its chunks before training starts (Lightning
+            # fetches its first step ahead), and would deal the epoch afresh
+            self.lightning_module.trainer.datamodule.train_set.claims.load(resumed["claims"])
         return checkpoint
 
     def teardown(self) -> None:

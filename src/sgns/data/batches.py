@@ -11,7 +11,8 @@ and cuts them into optimiser updates of ``update_size``; each update carries its
 update (``shared_negatives``), or k per example (``shared_negatives=0``), with the weight k/K.
 
 Every chunk's randomness comes from a generator seeded by (seed, epoch, chunk), and every step's
-negatives from one seeded by (seed, epoch, step), so an epoch can be replayed exactly: that is
+negatives from one seeded by (seed, epoch, step) (and, among lock-free workers, which walk their
+own steps, the worker), so an epoch can be replayed exactly: that is
 how ``len()`` knows the number of steps before the epoch starts, and how a run resumed from a
 mid-epoch checkpoint continues with the very steps it would have seen. Batches are made on
 ``device``: on a GPU the chunk's token ids are copied there once, and subsampling, windows,
@@ -305,7 +306,10 @@ class Epochs(IterableDataset):
             ends = _pair_ends(parts)
         cuts = _cuts(ends, n, size, size)[: -(-self.batch_size // self.update_size)]
         cuts += [n] if cuts[-1] < n else []
-        gen = generator(self.seed, self.epoch, 1 << 40, index, device=self.device)
+        # (1 << 40: apart from the chunks' keys) lock-free workers each count their own steps from 0,
+        # so the worker is part of the key: otherwise their step i would draw the same negatives
+        own = (self.worker,) if self.workers > 1 else ()
+        gen = generator(self.seed, self.epoch, 1 << 40, index, *own, device=self.device)
         shape = (len(cuts) - 1, self.shared_negatives) if self.shared_negatives else (n, self.negatives)
         drawn = self.noise.sample(shape, gen)
         slices = []  # this rank's examples of each update

@@ -17,7 +17,6 @@ from scipy.stats import spearmanr
 from conftest import compose_train
 from sgns.cli import load_vectors, main
 from sgns.evaluation import evaluate_word_pairs
-from sgns.hogwild import cpu_cores
 from sgns.models.fasttext import FastText
 from sgns.train import train
 from sgns.vectors import SubwordVectors
@@ -107,8 +106,8 @@ def test_word_pairs_with_unknown_words_are_scored_apart(run, tmp_path):
 
 def test_updates_keep_to_the_familys_limit(run, tmp_path, monkeypatch, caplog):
     """data.update_size above the subword family's 1,024 pairs is lowered, and said so: its
-    n-gram rows would sum too many pairs' gradients (they diverge at 4,096 on real corpora). W
-    lock-free workers share the 1,024 pairs in flight."""
+    n-gram rows would sum too many pairs' gradients (they diverge at 4,096 on real corpora). Each
+    lock-free worker takes updates of that size, as one process does."""
     sizes = []
     bag = FastText.bag  # (every update, or a step's updates joined, makes its bag once)
 
@@ -124,8 +123,7 @@ def test_updates_keep_to_the_familys_limit(run, tmp_path, monkeypatch, caplog):
             "model=fasttext", "model.net.buckets=2000", "model.net.embedding_dim=8", "trainer.max_epochs=1", "+trainer.max_steps=2",
             "logger=none", "probe_words=[]", "data.val_fraction=0",
         ]))  # fmt: skip
-    each = -(-1024 // cpu_cores())  # (the default trainer's lock-free workers share the 1,024 in flight)
-    assert sizes and max(sizes) == each and len(sizes) == 2 * (8192 // each), sizes
+    assert sizes and max(sizes) == 1024 and len(sizes) == 2 * (8192 // 1024), sizes
     assert "data.update_size=4096 lowered to 1024" in caplog.text
 
 

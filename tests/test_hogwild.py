@@ -351,22 +351,6 @@ def test_a_divergence_stops_the_run_with_one_line_and_never_checkpoints_a_worker
     assert all(torch.isfinite(t).all() for t in state.values())
 
 
-@pytest.mark.parametrize("update_size, most, workers, each", [(4096, None, 2, 2048), (4096, 1024, 2, 512), (4096, 1024, 8, 128),
-                                                              (512, 1024, 2, 256), (None, None, 3, 342), (256, None, 1, 256)])  # fmt: skip
-def test_the_updates_in_flight_hold_data_update_size_pairs_together(update_size, most, workers, each):
-    """W workers each take 1/W of data.update_size, or of a family's limit where that is lower:
-    their updates in flight at once hold what one process's update holds. Once: setup may follow
-    the model again."""
-    from sgns.data import Word2VecDataModule
-
-    data = Word2VecDataModule(batch_size=1024, update_size=update_size)
-    data.cap_update_size(most)
-    data.share_updates(workers)
-    data.cap_update_size(most)
-    data.share_updates(workers)
-    assert data.update_size == each
-
-
 @pytest.mark.parametrize("error", [MemoryError, ZeroDivisionError])
 def test_a_workers_error_reaches_the_trainer(planted, tmp_path, monkeypatch, error):
     """An error of the user's kind in a worker (memory) is raised in the trainer as itself, so it

@@ -146,7 +146,6 @@ class Word2VecDataModule(L.LightningDataModule):
         self.update_size = update_size  # pairs per update: data.update_size, unless the family takes fewer
         self.pair_order = pair_order or WordModel.pair_order  # data.pair_order, or (null) the family's
         self.draws_negatives = True  # until follow_model: the model's objective may need none
-        self.shared_by = 1  # lock-free workers sharing each update's pairs (share_updates)
         self.earlier: tuple[list[str], np.ndarray | None] | None = None  # init_from's vocabulary (continue_from)
 
     # -- preparation ---------------------------------------------------------------------
@@ -233,7 +232,6 @@ class Word2VecDataModule(L.LightningDataModule):
         device = self.hparams.device
         if self.trainer is not None:
             self.follow_model(self.trainer.lightning_module)
-            self.share_updates(workers(self.trainer))
             if device == "auto":  # batches are made where training runs
                 device = self.trainer.strategy.root_device
         self.train_set.set_device("cpu" if device == "auto" else device)
@@ -266,26 +264,6 @@ class Word2VecDataModule(L.LightningDataModule):
                 family.pair_order,
             )
             self.pair_order = family.pair_order
-
-    def share_updates(self, workers: int) -> None:
-        """Lock-free workers: each takes updates of 1 / ``workers`` of data.update_size, or of the
-        family's limit where that is lower, so that the updates in flight at once hold what one
-        process's update holds. (A worker computes its update from rows the others are changing, so W
-        updates of U pairs at once train like one of W x U: 2 skip-gram workers of 4,096 pairs lost
-        0.019 SimLex and 0.017 WS353 against one process, 2 of 2,048 lost 0.006 and 0.011 at the same
-        speed; 2 fastText workers of 512 pairs, its limit of 1,024 shared, were faster than 2 of
-        1,024 and scored higher: docs/benchmarks.md.) Before the steps are made."""
-        if workers > 1 and self.shared_by == 1:
-            configured = self.hparams.update_size or self.hparams.batch_size
-            in_flight = min(configured, self.update_size or configured)  # (a family's limit counts them all)
-            self.update_size = -(-in_flight // workers)
-            self.shared_by = workers
-            log.info(
-                "%d lock-free workers take updates of %s pairs each (%s in flight together)",
-                workers,
-                f"{self.update_size:,}",
-                f"{in_flight:,}",
-            )
 
     def cap_update_size(self, most: int | None) -> None:
         """Take updates of at most ``most`` pairs (a family's limit), saying so when that lowers

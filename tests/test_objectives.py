@@ -62,6 +62,8 @@ def test_a_vocabulary_out_of_count_order_gets_each_words_path_of_the_sorted_tree
 
 
 def test_the_loss_is_the_sum_over_the_path_by_hand():
+    """Skip-gram with hierarchical softmax in word2vec.c's roles: the context word's row in, the
+    decisions along the centre's path out."""
     counts = [9, 5, 3, 2, 1]
     net = SkipGram(5, 4, objective=HierarchicalSoftmax(counts)).double()
     with torch.no_grad():
@@ -70,13 +72,13 @@ def test_the_loss_is_the_sum_over_the_path_by_hand():
     batch = Batch(torch.tensor([0, 3]), torch.tensor([4, 0]), torch.zeros(1, 0, dtype=torch.long))
     codes, points, lengths = huffman_tree(counts)
     for p, (c, o) in enumerate(zip([0, 3], [4, 0])):
-        h = net.center_embed.weight[c]
+        h = net.center_embed.weight[o]
         expected = 0.0
-        for j in range(lengths[o]):
-            x = float(h.detach() @ net.outside_embed.weight[points[o, j]].detach())
-            expected += math.log1p(math.exp(-(x if codes[o, j] == 0 else -x)))  # -log σ(±x)
+        for j in range(lengths[c]):
+            x = float(h.detach() @ net.outside_embed.weight[points[c, j]].detach())
+            expected += math.log1p(math.exp(-(x if codes[c, j] == 0 else -x)))  # -log σ(±x)
         assert net.loss(batch)[p].item() == pytest.approx(expected, rel=1e-12)
-    assert net.untrained_loss(batch) == pytest.approx((lengths[4] + lengths[0]) / 2 * math.log(2))
+    assert net.untrained_loss(batch) == pytest.approx((lengths[0] + lengths[3]) / 2 * math.log(2))
 
 
 @pytest.fixture(scope="module")

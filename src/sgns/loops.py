@@ -335,7 +335,9 @@ def hs_updates(
 ):
     """Hierarchical softmax's SGD updates of a step, in the phases of ``ns_updates``: the decisions
     along every target's path, then the inner nodes' steps (the ``HOT`` nearest the root summed and
-    written once per update) and the bag's."""
+    written once per update) and the bag's. Consecutive targets that are the same word (skip-gram's
+    centre, its pairs side by side) walk their path together: each node row is read, and written,
+    once for the run; the decision of pair r at node j sits at g[e + (r - p) L + j]."""
     h, grad_h, g = scratch[0], scratch[1], scratch[2]
     loss, walk = 0.0, spans(bag, owner, offsets)
     for up in range(len(offsets) - 1):
@@ -343,38 +345,50 @@ def hs_updates(
         inputs, h_u, grad_u, size_u = update_views(bag, size, h, grad_h, walk, up)
         if phase != APPLY:
             hidden(h_u, grad_u, inputs, size_u, mean, line)
-            e = 0
-            for p in range(b0, b1):
+            e, p = 0, b0
+            while p < b1:  # a run of pairs with one target: each node row read once for the run
                 t = targets[p]
-                n = p if len(owner) == 0 else owner[p]
-                h_p, grad_p = h[n], grad_h[n]  # [d] views
-                for j in range(lengths[t]):
+                q = p + 1
+                while q < b1 and targets[q] == t:
+                    q += 1
+                L = lengths[t]
+                for j in range(L):
                     row = output[points[t, j]]
-                    f = h_p[0] * 0
-                    for k in range(len(row)):
-                        f += h_p[k] * row[k]
-                    if with_loss:  # -log σ(f) for code 0, -log σ(-f) for code 1
-                        loss -= log_sigmoid(f if codes[t, j] == 0 else -f)
-                    # d(scale × loss) / d f: word2vec.c's -(1 - code - σ(f))
-                    g[e] = (1.0 / (1.0 + math.exp(-f)) - 1.0 + codes[t, j]) * scales[up]
-                    step = g[e]  # (in the tables' precision)
-                    e += 1
-                    for k in range(len(row)):
-                        grad_p[k] += step * row[k]
+                    for r in range(p, q):
+                        n = r if len(owner) == 0 else owner[r]
+                        h_p, grad_p = h[n], grad_h[n]
+                        f = h_p[0] * 0
+                        for k in range(len(row)):
+                            f += h_p[k] * row[k]
+                        if with_loss:  # -log σ(f) for code 0, -log σ(-f) for code 1
+                            loss -= log_sigmoid(f if codes[t, j] == 0 else -f)
+                        at = e + (r - p) * L + j  # d(scale × loss) / d f: word2vec.c's -(1 - code - σ(f))
+                        g[at] = (1.0 / (1.0 + math.exp(-f)) - 1.0 + codes[t, j]) * scales[up]
+                        step = g[at]
+                        for k in range(len(row)):
+                            grad_p[k] += step * row[k]
+                e += (q - p) * L
+                p = q
         if phase != COMPUTE:
-            e = 0
+            e, p = 0, b0
             hot = np.zeros((HOT, output.shape[1]), dtype=output.dtype)  # the top of the tree's steps, summed here
             first_hot = output.shape[0] - HOT  # (the inner nodes near the root are the last made)
-            for p in range(b0, b1):
+            while p < b1:
                 t = targets[p]
-                h_p = h[p if len(owner) == 0 else owner[p]]
-                for j in range(lengths[t]):
+                q = p + 1
+                while q < b1 and targets[q] == t:
+                    q += 1
+                L = lengths[t]
+                for j in range(L):
                     node = points[t, j]
                     row = hot[node - first_hot] if node >= first_hot else output[node]
-                    step = g[e]
-                    e += 1
-                    for k in range(len(row)):
-                        row[k] += step * h_p[k]
+                    for r in range(p, q):
+                        h_p = h[r if len(owner) == 0 else owner[r]]
+                        step = g[e + (r - p) * L + j]
+                        for k in range(len(row)):
+                            row[k] += step * h_p[k]
+                e += (q - p) * L
+                p = q
             for i in range(max(0, -first_hot), HOT):  # written once per update, not once per target
                 row = output[first_hot + i]
                 for k in range(len(row)):

@@ -247,6 +247,15 @@ def part(values, start, end):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def run_end(targets, p, end):
+    """Where the run of consecutive targets equal to targets[p] ends (at most ``end``)."""
+    q = p + 1
+    while q < end and targets[q] == targets[p]:
+        q += 1
+    return q
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
 def update_bounds(bag, owner, b0, b1, n0, e0, f0):
     """The end of update [b0, b1)'s inputs and of its rows in each segment, from where the previous
     update's ended (the inputs of an update follow one another: one per target, or runs and distinct
@@ -347,10 +356,7 @@ def hs_updates(
             hidden(h_u, grad_u, inputs, size_u, mean, line)
             e, p = 0, b0
             while p < b1:  # a run of pairs with one target: each node row read once for the run
-                t = targets[p]
-                q = p + 1
-                while q < b1 and targets[q] == t:
-                    q += 1
+                t, q = targets[p], run_end(targets, p, b1)
                 L = lengths[t]
                 for j in range(L):
                     row = output[points[t, j]]
@@ -362,7 +368,8 @@ def hs_updates(
                             f += h_p[k] * row[k]
                         if with_loss:  # -log σ(f) for code 0, -log σ(-f) for code 1
                             loss -= log_sigmoid(f if codes[t, j] == 0 else -f)
-                        at = e + (r - p) * L + j  # d(scale × loss) / d f: word2vec.c's -(1 - code - σ(f))
+                        at = e + (r - p) * L + j
+                        # d(scale × loss) / d f: word2vec.c's -(1 - code - σ(f))
                         g[at] = (1.0 / (1.0 + math.exp(-f)) - 1.0 + codes[t, j]) * scales[up]
                         step = g[at]
                         for k in range(len(row)):
@@ -374,10 +381,7 @@ def hs_updates(
             hot = np.zeros((HOT, output.shape[1]), dtype=output.dtype)  # the top of the tree's steps, summed here
             first_hot = output.shape[0] - HOT  # (the inner nodes near the root are the last made)
             while p < b1:
-                t = targets[p]
-                q = p + 1
-                while q < b1 and targets[q] == t:
-                    q += 1
+                t, q = targets[p], run_end(targets, p, b1)
                 L = lengths[t]
                 for j in range(L):
                     node = points[t, j]

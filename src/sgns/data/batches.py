@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
@@ -240,13 +241,10 @@ class Epochs(IterableDataset):
         window draws once and counts them without making the examples."""
         epoch = self.epoch if epoch is None else epoch
         if epoch not in self._chunk_pairs:
-            chunks = range(self.n_chunks)
-            if self.workers > 1:  # every worker waits for the count: as many threads (the draws release the GIL)
-                with ThreadPoolExecutor(self.workers) as pool:
-                    counts = list(pool.map(lambda chunk: self._chunk_pair_count(epoch, chunk), chunks))
-            else:
-                counts = [self._chunk_pair_count(epoch, chunk) for chunk in chunks]
-            self._chunk_pairs[epoch] = counts
+            count = functools.partial(self._chunk_pair_count, epoch)
+            # every lock-free worker waits for the count: a thread for each (the draws release the GIL)
+            with ThreadPoolExecutor(self.workers) as pool:
+                self._chunk_pairs[epoch] = list(pool.map(count, range(self.n_chunks)))
             # kept: this epoch's, and the first one's (the decay counts the run's steps from it)
             self._chunk_pairs = {e: v for e, v in self._chunk_pairs.items() if e in (0, epoch)}
         return self._chunk_pairs[epoch]

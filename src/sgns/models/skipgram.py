@@ -30,11 +30,12 @@ class SkipGram(WordModel):
         return "center" if isinstance(self.objective, HierarchicalSoftmax) else "context"
 
     def bag(self, batch: Batch, grouped: bool) -> Bag:
-        """One row: the centre's. With negatives shared by the update, the pairs of one centre that
-        come side by side (``data.pair_order=sides``) share their centre's h, its scores against the
-        negatives and their gradients: those are computed once per run of pairs (R runs, about B / 3)
-        instead of once per pair. The same gradients, less work. (On a GPU the runs are not looked
-        for: counting them would read back to the host.)"""
+        """One row: the centre's (hierarchical softmax: the context's, see ``target``). With
+        negatives shared by the update, the pairs of one centre that come side by side
+        (``data.pair_order=sides``) share their centre's h, its scores against the negatives and
+        their gradients: those are computed once per run of pairs (R runs, about B / 3) instead of
+        once per pair. The same gradients, less work. (On a GPU the runs are not looked for:
+        counting them would read back to the host.)"""
         if self.target == "center":  # (hierarchical softmax: the context's row in)
             return Bag([Segment(self.center_embed, batch.context)], batch.center)
         if grouped and batch.shares_negatives() and on_host(batch.center):

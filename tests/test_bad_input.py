@@ -105,6 +105,8 @@ CASES = [
     (["data.window=100000"], "data.window=100000 is wider than the longest sentence allowed"),
     (["data.negatives=0"], "data.negatives must be an integer >= 1"),
     (["data.negatives=100000"], "or raise data.shared_negatives: each of its K=32 negatives weighs k/K = 3125."),
+    (["data.shared_negatives=many"], "data.shared_negatives must be auto or an integer >= 0, got 'many'"),
+    (["data.shared_negatives=-1"], "data.shared_negatives must be auto or an integer >= 0, got -1"),
     (["data.batch_size=0"], "data.batch_size must be an integer >= 1"),
     (["data.batch_size=1.5"], "data.batch_size must be an integer >= 1"),
     (["data.sample=-0.1"], "data.sample must be a finite number >= 0"),

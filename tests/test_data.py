@@ -235,6 +235,21 @@ def test_steps_are_cut_into_updates_each_with_its_shared_negatives(planted, exam
     assert not torch.equal(steps[0][0].negatives, steps[0][-1].negatives if updates > 1 else steps[1][0].negatives)
 
 
+@pytest.mark.parametrize(
+    "update_size, world_size, expected",
+    [(256, 1, 32), (2048, 1, 32), (2049, 1, 33), (8192, 1, 128), (4096, 2, 128), (None, 1, 32)],
+)
+def test_shared_negatives_auto_grow_with_the_whole_update(planted, update_size, world_size, expected):
+    """data.shared_negatives=auto (the default): one shared negative per 64 of an update's pairs, all
+    ranks' shares counted, never fewer than 32; 8,192 pairs with 32 diverged (docs/benchmarks.md)."""
+    path, _ = planted
+    dm = _module(path, shared_negatives="auto", update_size=update_size)  # (None: one update of the step's 64)
+    assert Word2VecDataModule(path=str(path)).hparams.shared_negatives == "auto"
+    dm.train_set.set_rank(0, world_size)
+    step = next(iter(dm.train_dataloader()))
+    assert all(u.negatives.shape == (1, expected) and u.neg_weight == 4 / expected for u in step)
+
+
 @pytest.mark.parametrize("example", ["pairs", "windows"])
 @pytest.mark.parametrize("shared", [16, 0])
 def test_a_steps_joined_updates_are_its_updates_joined(planted, example, shared):

@@ -8,7 +8,8 @@ together), window by window (``windows``: each centre's whole window together) o
 (``pairs``). Steps and updates are measured in (centre, context) pairs
 for both families (a CBOW window counts its words): a Lightning step takes ``batch_size`` pairs
 and cuts them into optimiser updates of ``update_size``; each update carries its negatives: K shared by the
-update (``shared_negatives``), or k per example (``shared_negatives=0``), with the weight k/K.
+update (``shared_negatives``; by default one per 64 of the update's pairs, at least 32), or k per
+example (``shared_negatives=0``), with the weight k/K.
 
 Every chunk's randomness comes from a generator seeded by (seed, epoch, chunk), and every step's
 negatives from one seeded by (seed, epoch, step) (and, among lock-free workers, which walk their
@@ -128,7 +129,7 @@ class Epochs(IterableDataset):
         example: str,
         window: int,
         negatives: int,
-        shared_negatives: int,
+        shared_negatives: int | None,
         batch_size: int,
         update_size: int | None,
         chunk_tokens: int,
@@ -140,7 +141,7 @@ class Epochs(IterableDataset):
         self.ids, self.starts = corpus.ids, corpus.starts  # numpy, possibly memory-mapped
         self.keep_prob = torch.as_tensor(keep_prob, dtype=torch.float64)
         self.noise, self.example, self.window = noise, example, window
-        self.negatives, self.shared_negatives = negatives, shared_negatives
+        self.negatives, self._shared_negatives = negatives, shared_negatives
         self.batch_size, self.update_size = batch_size, update_size or batch_size
         self.seed, self.shuffle = seed, shuffle
         self.pair_order = pair_order if shuffle and example == "pairs" and pair_order != "pairs" else "plain"
@@ -162,6 +163,15 @@ class Epochs(IterableDataset):
     @property
     def n_chunks(self) -> int:
         return len(self.chunk_sentences) - 1
+
+    @property
+    def shared_negatives(self) -> int:
+        """K: as set, or (None, ``data.shared_negatives=auto``) grown with the update (all ranks' shares)."""
+        return (
+            auto_shared_negatives(self.update_size * self.world_size)
+            if self._shared_negatives is None
+            else self._shared_negatives
+        )
 
     @property
     def neg_weight(self) -> float:
@@ -339,6 +349,18 @@ class Epochs(IterableDataset):
             whole.offsets, whole.shared = torch.tensor(cuts), bool(self.shared_negatives)
             updates.joined = whole
         return updates
+
+
+# A shared negative's row takes the gradients of every example of the update, k/K each: with a pair
+# per 64 of the update's pairs that is 320 examples' worth per negative at any size. At 8,192 pairs
+# the default 32 negatives diverged and 128 trained the whole corpus as the default's 2,048 pairs do
+# (docs/benchmarks.md). Smaller updates keep 32, the measured default there.
+PAIRS_PER_SHARED_NEGATIVE, FEWEST_SHARED_NEGATIVES = 64, 32
+
+
+def auto_shared_negatives(update_pairs: int) -> int:
+    """``data.shared_negatives=auto``: K for an update of ``update_pairs`` pairs."""
+    return max(FEWEST_SHARED_NEGATIVES, -(-update_pairs // PAIRS_PER_SHARED_NEGATIVE))
 
 
 def window_words(context: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,7 +87,7 @@ class Word2VecDataModule(L.LightningDataModule):
         update_vocab: bool = False,
         window: int = 5,
         negatives: int = 5,
-        shared_negatives: int = 32,
+        shared_negatives: int | str = "auto",
         ns_exponent: float = 0.75,
         sample: float = 1e-3,
         batch_size: int = 1024,
@@ -107,7 +107,6 @@ class Word2VecDataModule(L.LightningDataModule):
             ("min_count", min_count, 1),
             ("chunk_tokens", chunk_tokens, 1),
             ("max_sentence_length", max_sentence_length, 1),
-            ("shared_negatives", shared_negatives, 0),
             ("val_max_tokens", val_max_tokens, 1),
             ("seed", seed, 0),
         ]:
@@ -116,6 +115,10 @@ class Word2VecDataModule(L.LightningDataModule):
             window <= max_sentence_length,
             f"data.window={window} is wider than the longest sentence allowed "
             f"(data.max_sentence_length={max_sentence_length})",
+        )
+        check(
+            shared_negatives == "auto" or (type(shared_negatives) is int and shared_negatives >= 0),
+            f"data.shared_negatives must be auto or an integer >= 0, got {shared_negatives!r}",
         )
         for name, value in [
             ("max_vocab_size", max_vocab_size),
@@ -199,9 +202,8 @@ class Word2VecDataModule(L.LightningDataModule):
 
     def _epochs(self, corpus, **overrides: Any) -> Epochs:
         h = self.hparams
-        negatives = (
-            (h.negatives, h.shared_negatives) if self.draws_negatives else (0, 0)
-        )  # (none for hierarchical softmax)
+        shared = None if h.shared_negatives == "auto" else h.shared_negatives  # (None: grown with the update)
+        negatives = (h.negatives, shared) if self.draws_negatives else (0, 0)  # (none for hierarchical softmax)
         options = dict(
             window=h.window,
             negatives=negatives[0],

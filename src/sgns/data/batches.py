@@ -129,7 +129,7 @@ class Epochs(IterableDataset):
         example: str,
         window: int,
         negatives: int,
-        shared_negatives: int | None,
+        shared_negatives: int | str,
         batch_size: int,
         update_size: int | None,
         chunk_tokens: int,
@@ -166,12 +166,10 @@ class Epochs(IterableDataset):
 
     @property
     def shared_negatives(self) -> int:
-        """K: as set, or (None, ``data.shared_negatives=auto``) grown with the update (all ranks' shares)."""
-        return (
-            auto_shared_negatives(self.update_size * self.world_size)
-            if self._shared_negatives is None
-            else self._shared_negatives
-        )
+        """K: as set, or (``auto``) grown with the update, all ranks' shares counted."""
+        if self._shared_negatives == "auto":
+            return auto_shared_negatives(self.update_size * self.world_size)
+        return self._shared_negatives
 
     @property
     def neg_weight(self) -> float:

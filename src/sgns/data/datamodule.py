@@ -202,8 +202,7 @@ class Word2VecDataModule(L.LightningDataModule):
 
     def _epochs(self, corpus, **overrides: Any) -> Epochs:
         h = self.hparams
-        shared = None if h.shared_negatives == "auto" else h.shared_negatives  # (None: grown with the update)
-        negatives = (h.negatives, shared) if self.draws_negatives else (0, 0)  # (none for hierarchical softmax)
+        negatives = (h.negatives, h.shared_negatives) if self.draws_negatives else (0, 0)  # (none for HS)
         options = dict(
             window=h.window,
             negatives=negatives[0],

@@ -139,6 +139,8 @@ CASES = [
     (["data=nonsense"], "Could not find 'data/nonsense'; choose one of: enwiki, jsonl, lee"),
     # model settings, checked before the corpus is read (the corpus here does not exist)
     (["model.compile=3", "data.path={in}/missing.txt"], "model.compile must be true or false"),
+    (["model.step_bound=newton", "data.path={in}/missing.txt"], "model.step_bound must be one of"),
+    (["model.step_bound=curvature", "model/optimizer=sparse_adam", "data.path={in}/missing.txt"], "model.step_bound=curvature cuts plain SGD's closed-form step: it needs model.optimizer=sgd"),
     (["model.compile=true", "model.fused=false", "model/optimizer=adamw", "trainer.devices=1", "data.path={in}/missing.txt"], "model.compile=true compiles the closed-form update: it needs model.fused=true"),
     (["model.compile=true", "trainer.devices=2", "data.path={in}/missing.txt"], "model.compile=true is for one device (trainer=gpu, or trainer.devices=1 on the CPU)"),
     (["model.net.embedding_dim=0", "data.path={in}/missing.txt"], "model.net.embedding_dim must be an integer >= 1"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import logging
 import math
 from typing import Any, Callable, Iterable, Sequence
 
@@ -17,12 +18,16 @@ from sgns import kernels
 from sgns.errors import Diverged, Word2VecError, check, check_choice, check_number
 from sgns.lightning_internals import is_last_batch
 from sgns.models.base import Batch, Update, WordModel
+from sgns.models.bound import BOUND_ABOVE, STEP_BOUNDS
 from sgns.models.device import on_host
 from sgns.models.objectives import OBJECTIVES, make_objective
 from sgns.optim import FUSED_UPDATES, gradient_scale
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 NetFactory = Callable[..., WordModel]
+
+
+log = logging.getLogger(__name__)
 
 
 def _unpack(factory: Callable) -> tuple[Any, dict]:
@@ -91,6 +96,7 @@ class Word2VecModule(L.LightningModule):
         fused: bool = True,
         objective: str = "ns",
         compile: bool = False,
+        step_bound: str = "auto",
         vocab_size: int | None = None,
         words: Sequence[str] | None = None,
         counts: Sequence[int] | None = None,
@@ -102,6 +108,7 @@ class Word2VecModule(L.LightningModule):
         check(isinstance(compile, bool), f"model.compile must be true or false, got {compile!r}")
         check(not compile or fused, "model.compile=true compiles the closed-form update: it needs model.fused=true")
         check_choice("model.objective", objective, OBJECTIVES)
+        check_choice("model.step_bound", step_bound, STEP_BOUNDS)
         # the settings are checked now, not after the corpus is prepared: a net of one word is made
         # (its own checks run; on the meta device, so a large table costs nothing) and the
         # optimiser's keys are bound to its signature
@@ -125,6 +132,11 @@ class Word2VecModule(L.LightningModule):
             not fused or wants_sparse_gradients(optimizer),
             f"model.fused=true supports SparseAdam and plain SGD, not {cls.__name__}; use model.fused=false",
         )
+        check(
+            step_bound != "curvature" or (fused and cls is torch.optim.SGD),
+            "model.step_bound=curvature cuts plain SGD's closed-form step: it needs model.optimizer=sgd and "
+            "model.fused=true",
+        )
         self.save_hyperparameters(ignore=["net", "optimizer", "vocab_size"], logger=False)
         self.net_factory, self.optimizer_factory = net, optimizer
         self.net: WordModel | None = None
@@ -133,6 +145,7 @@ class Word2VecModule(L.LightningModule):
         # lock-free workers (hogwild.py): all workers' steps trained so far, and the whole run's
         self.shared_progress: Callable[[], tuple[int, int]] | None = None
         self._compiled: Callable | None = None  # model.compile: the compiled row_gradients, made at the first update
+        self.bounded = False  # model.step_bound, resolved when training starts (auto: by the update's size)
         if vocab_size is not None:
             self.build(vocab_size, words, counts)
 
@@ -171,6 +184,7 @@ class Word2VecModule(L.LightningModule):
             "model.min_alpha": h.min_alpha,
             "model.fused": h.fused,
             "model.objective": h.objective,
+            "model.step_bound": h.step_bound,
             "model.optimizer": cls.__name__,
             **{f"model.optimizer.{k}": _plain(v) for k, v in sorted(kwargs.items())},
         }
@@ -192,6 +206,13 @@ class Word2VecModule(L.LightningModule):
             or self.trainer.datamodule.updates_per_step == 1,
             "model.fused=false under DDP takes one update per step: set data.update_size=null",
         )
+        self.bounded = self.bounds_steps(self.trainer)
+        if self.bounded and self.hparams.step_bound == "auto":
+            log.info(
+                "model.step_bound=auto: updates of more than %d pairs, so each row's step is cut to its "
+                "Newton step (models/bound.py; model.step_bound=none: not)",
+                BOUND_ABOVE,
+            )
         if self.device.type == "cpu":  # tiny gradients of rare rows must not fall into slow denormal arithmetic
             torch.set_flush_denormal(True)
 
@@ -271,9 +292,10 @@ class Word2VecModule(L.LightningModule):
             return None, 0
         if self.hparams.compile:  # (the step as a tensor: alpha's decay recompiles nothing)
             scale = update.center.new_tensor(gradient_scale(optimizer), dtype=torch.float64)
-            loss, rows = self._compiled_gradients()(update, scale, with_loss)
+            bound = None if not self.bounded else -scale * self.trainer.world_size
+            loss, rows = self._compiled_gradients()(update, scale, with_loss, bound)
         else:
-            loss, rows = self.net.row_gradients(update, gradient_scale(optimizer), with_loss)
+            loss, rows = self.net.row_gradients(update, gradient_scale(optimizer), with_loss, self._bound(optimizer))
         n = len(update)
         if world > 1:  # (every rank joins every exchange, even with nothing to send)
             loss, rows, n = self._gather_rows(loss, n, rows)
@@ -288,11 +310,29 @@ class Word2VecModule(L.LightningModule):
         h = self.hparams
         return not h.compile and self.trainer.world_size == 1 and on_host(update.center) and self.compiled_on_cpu()
 
+    def bounds_steps(self, trainer: L.Trainer | None) -> bool:
+        """Whether the curvature bound cuts the rows' steps (``model.step_bound``, ``models/bound.py``):
+        ``curvature``, or ``auto`` with plain SGD on updates of more than ``BOUND_ABOVE`` pairs (all
+        ranks' shares counted), where updates without it lose quality or diverge."""
+        h = self.hparams
+        if h.step_bound != "auto":
+            return h.step_bound == "curvature"
+        data = None if trainer is None else trainer.datamodule
+        if not h.fused or _unpack(self.optimizer_factory)[0] is not torch.optim.SGD or data is None:
+            return False
+        return (data.update_size or data.hparams.batch_size) * trainer.world_size > BOUND_ABOVE
+
+    def _bound(self, optimizer: torch.optim.Optimizer) -> float | None:
+        """The bound's alpha: this update's, times the ranks that each see their share of it (None: no bound)."""
+        return -gradient_scale(optimizer) * self.trainer.world_size if self.bounded else None
+
     def compiled_on_cpu(self) -> bool:
         """Whether this module's update, on the CPU in one process, runs compiled (``kernels.py``):
-        the closed form with plain SGD, on tables of a type numba takes."""
+        the closed form with plain SGD, on tables of a type numba takes, without the curvature bound
+        (``models/bound.py``: torch's form alone computes it)."""
         return (
-            self.hparams.fused
+            not self.bounded
+            and self.hparams.fused
             and _unpack(self.optimizer_factory)[0] is torch.optim.SGD
             and kernels.available(self.net.center_embed.weight.dtype)
         )

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgns.errors import check_int
+from sgns.models.bound import bound_inputs, bound_outputs
 from sgns.models.objectives import NegativeSampling, Objective
 
 # (table, rows, gradient rows), repeated rows adding up
@@ -214,16 +215,19 @@ class WordModel(nn.Module):
 
     @torch.no_grad()
     def row_gradients(
-        self, batch: Batch, scale: float = 1.0, with_loss: bool = True
+        self, batch: Batch, scale: float = 1.0, with_loss: bool = True, bound: float | None = None
     ) -> tuple[torch.Tensor | None, list[Update]]:
         """Mean loss and the rows' updates of ``scale`` × the summed loss, in closed form: h once per
         input of the bag, the objective's gradients, and every row of the bag receiving its input's
-        dL/dh (repeated rows add up)."""
+        dL/dh (repeated rows add up). ``bound``: the step (alpha) of plain SGD (``scale`` = -bound),
+        each distinct row's summed step then cut to its Newton step (``bound.py``); None: no cut."""
         bag = self.bag(batch, grouped=True)
         h = self.hidden(bag)
+        output = self.outside_embed.weight
         loss, grad_h, outputs = self.objective.gradients(
-            h, bag.targets, bag.owner, bag.runs, batch, self.outside_embed.weight, scale, with_loss
+            h, bag.targets, bag.owner, bag.runs, batch, output, scale, with_loss
         )
+        unsummed = grad_h if bound is None else grad_h.clone()  # (the bound reads dL/dh itself)
         if bag.size is not None and not bag.mean:
             grad_h /= bag.size.clamp_min(1).unsqueeze(1).to(grad_h.dtype)
         inputs = []
@@ -233,6 +237,10 @@ class WordModel(nn.Module):
             else:
                 steps = grad_h.repeat_interleave(sizes, dim=0, output_size=len(rows))
                 inputs.append((table.weight, rows, steps if weights is None else steps * weights.unsqueeze(1)))
+        if bound is not None:
+            decisions = self.objective.decisions(h, bag.targets, bag.owner, bag.runs, batch, output)
+            inputs = bound_inputs(bag, unsummed, decisions, output, inputs, bound)
+            outputs = bound_outputs(h, decisions, outputs, bound)
         return loss, inputs + outputs
 
     def sgd_update(

@@ -10,6 +10,8 @@ table (``outside_embed``: the words' output vectors, or the Huffman tree's inner
 - ``sgd_update(bag, batch, output, scales, with_loss, guard)``: the whole update (or a step's
   updates joined) with plain SGD applied, compiled (``kernels.py``: CPU, one process);
 - ``untrained_loss(batch, targets)``: its value before training, which the divergence guard reads;
+- ``decisions(h, targets, owner, runs, batch, output)``: every score's input, output row and weight
+  in the curvature (``bound.py``: the step bound of large updates);
 - ``needs_negatives``: whether the data module draws noise words for it.
 
 - ``NegativeSampling`` (``ns``, the default): -log σ(h·u_o) - (k/K) Σ_j log σ(-h·u_j).
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -112,6 +114,26 @@ def negative_sampling(
 Gradients = tuple  # (mean loss or None, the gradient of h [N, d], the output rows' updates: list[Update])
 
 
+class Decisions(NamedTuple):
+    """An update's scores s = h_n·u_r, as the curvature of the loss along a step sees them: the loss's
+    second derivative in s is ``weight`` (σ'(s) times what the term counts for). ``inputs`` [M] (the
+    input n), ``rows`` [M] (the output row r) and ``weights`` [M], one per score; and the shared
+    negatives' scores, every input against ``shared_rows`` [K], weighing ``shared_weights`` [N, K]
+    (None: none shared)."""
+
+    inputs: torch.Tensor
+    rows: torch.Tensor
+    weights: torch.Tensor
+    shared_rows: torch.Tensor | None = None
+    shared_weights: torch.Tensor | None = None
+
+
+def sigmoid_slope(scores: torch.Tensor) -> torch.Tensor:
+    """σ'(s) = σ(s) (1 - σ(s)): the second derivative of -log σ(±s), whichever the sign."""
+    p = torch.sigmoid(scores)
+    return p * (1 - p)
+
+
 class Objective(nn.Module):
     """An output layer (see the module's note). A module, so that its buffers follow the model's device."""
 
@@ -151,6 +173,17 @@ class Objective(nn.Module):
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
         raise NotImplementedError
 
+    def decisions(
+        self,
+        h: torch.Tensor,
+        targets: torch.Tensor,
+        owner: torch.Tensor | None,
+        runs: torch.Tensor | None,
+        batch: Batch,
+        output: torch.Tensor,
+    ) -> Decisions:
+        raise NotImplementedError
+
 
 class NegativeSampling(Objective):
     """word2vec's negative sampling: the target's output row against K noise rows (``batch.negatives``)."""
@@ -183,6 +216,23 @@ class NegativeSampling(Objective):
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
         """(1 + k) ln 2: every score 0 (word2vec starts the output rows at zero)."""
         return (1 + batch.neg_weight * batch.negatives.shape[1]) * math.log(2)
+
+    def decisions(self, h, targets, owner, runs, batch, output):
+        inputs = owner if owner is not None else torch.arange(len(targets), device=targets.device)
+        h_pos = h.index_select(0, inputs)  # [P, d]
+        positive = sigmoid_slope((h_pos * output.index_select(0, targets)).sum(dim=1))
+        G, K = batch.negatives.shape
+        if G == 1:  # shared by the update: every input against the K rows, its term counted ``runs`` times
+            rows = batch.negatives[0]
+            weights = sigmoid_slope(h @ output.index_select(0, rows).T) * batch.neg_weight  # [N, K]
+            return Decisions(inputs, targets, positive, rows, weights if runs is None else weights * runs.unsqueeze(1))
+        u_neg = output.index_select(0, batch.negatives.reshape(-1)).view(G, K, -1)  # k of target p's own
+        negative = sigmoid_slope(torch.bmm(u_neg, h_pos.unsqueeze(2)).squeeze(2)) * batch.neg_weight  # [P, k]
+        return Decisions(
+            torch.cat([inputs, inputs.repeat_interleave(K)]),
+            torch.cat([targets, batch.negatives.reshape(-1)]),
+            torch.cat([positive, negative.reshape(-1)]),
+        )
 
 
 def huffman_tree(counts: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -290,6 +340,12 @@ class HierarchicalSoftmax(Objective):
 
     def sgd_update(self, bag, batch, output, scales, with_loss, guard):
         return kernels.hs_update(bag, batch, (self.points, self.codes, self.lengths), output, scales, with_loss, guard)
+
+    def decisions(self, h, targets, owner, runs, batch, output):
+        which, nodes, _, weights = self._paths(targets)
+        inputs = which if owner is None else owner.index_select(0, which)
+        slope = sigmoid_slope((h.index_select(0, inputs) * output.index_select(0, nodes)).sum(dim=1))
+        return Decisions(inputs, nodes, slope if weights is None else slope * weights)
 
     def untrained_loss(self, batch: Batch, targets: torch.Tensor) -> float:
         """ln 2 per decision: every inner node starts at zero (word2vec's syn1)."""

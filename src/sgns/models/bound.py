@@ -24,9 +24,9 @@ its input's whole dL/dh: a² is replaced by a A, A the bag's summed shares. By C
 window alone this is exactly h's own condition, alpha × (h's curvature along its step) <= 1.
 Without it fastText diverged at 32,768 pairs.
 
-A row that occurs a few times has alpha κ far below 1 and keeps its step: at the default update
-sizes the bound changes almost nothing, and ``auto`` leaves it off there. Under DDP a rank sees
-1/W of the update's scores, so it bounds with W × alpha.
+A row that occurs a few times has alpha κ far below 1 and keeps its step. ``auto`` leaves the
+bound off at the default update sizes, where the summed steps train as well as word2vec's own.
+Under DDP a rank sees 1/W of the update's scores, so it bounds with W × alpha.
 
 It runs in the torch form (the compiled CPU loops leave it out, so an update under the bound takes
 the torch form), on a device without reading anything back to the host: distinct rows by sorting

@@ -182,6 +182,8 @@ class Objective(nn.Module):
         batch: Batch,
         output: torch.Tensor,
     ) -> Decisions:
+        """The update's scores, as the curvature bound reads them (``bound.py``): the same inputs as
+        ``gradients``, before any row moves."""
         raise NotImplementedError
 
 

@@ -12,18 +12,22 @@ from test_models import _batch, _pair
 
 
 @pytest.mark.parametrize(
-    "family, objective",
-    [("skipgram", "ns"), *[pytest.param(f, o, marks=pytest.mark.slow) for f, o in
-                           [("cbow", "ns"), ("fasttext", "ns"), ("skipgram", "hs"), ("cbow", "hs"), ("fasttext", "hs")]]],
+    "family, objective, bound",
+    [("skipgram", "ns", None), ("skipgram", "ns", 4.0), *[pytest.param(f, o, b, marks=pytest.mark.slow) for f, o, b in
+     [("cbow", "ns", None), ("fasttext", "ns", None), ("skipgram", "hs", None), ("cbow", "hs", None),
+      ("fasttext", "hs", None), ("cbow", "ns", 4.0), ("fasttext", "hs", 4.0)]]],
 )  # fmt: skip
-def test_the_compiled_update_is_the_eager_one(family, objective, monkeypatch):
+def test_the_compiled_update_is_the_eager_one(family, objective, bound, monkeypatch):
+    """(``bound``: with the curvature bound, at a step large enough that it cuts rows.)"""
     monkeypatch.setattr(device, "DEVICE_PATH_ON_CPU", True)
     eager, compiled = _pair(family, objective=objective)
     step = torch.compile(compiled.row_gradients)
+    scale = -0.2 if bound is None else -bound
     for seed in range(3):
         batch = _batch(family, "shared", seed=seed)
-        loss, rows = eager.row_gradients(batch, scale=-0.2)
-        compiled_loss, compiled_rows = step(batch, torch.tensor(-0.2, dtype=torch.float64), True)
+        loss, rows = eager.row_gradients(batch, scale=scale, bound=bound)
+        tensor = torch.tensor(scale, dtype=torch.float64)
+        compiled_loss, compiled_rows = step(batch, tensor, True, None if bound is None else -tensor)
         apply_sgd(None, rows)
         apply_sgd(None, compiled_rows)
         assert compiled_loss.item() == pytest.approx(loss.item(), rel=1e-9)

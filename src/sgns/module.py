@@ -209,9 +209,9 @@ class Word2VecModule(L.LightningModule):
         self.bounded = self.bounds_steps(self.trainer)
         if self.bounded and self.hparams.step_bound == "auto":
             log.info(
-                "model.step_bound=auto: updates of more than %d pairs, so each row's step is cut to its "
+                "model.step_bound=auto: updates of more than %s pairs, so each row's step is cut to its "
                 "Newton step (models/bound.py; model.step_bound=none: not)",
-                BOUND_ABOVE,
+                f"{BOUND_ABOVE:,}",
             )
         if self.device.type == "cpu":  # tiny gradients of rare rows must not fall into slow denormal arithmetic
             torch.set_flush_denormal(True)

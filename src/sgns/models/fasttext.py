@@ -59,8 +59,9 @@ class FastText(WordModel):
     needs_words = True  # the n-gram rows come from the vocabulary's spellings
     # An n-gram row is shared by every word that holds it, so an update sums the gradients of all
     # its pairs on it where fastText applies them one at a time: on the 10M-token benchmark slice
-    # 4,096-pair updates lost 0.013 of SimLex and 8,192 0.039, whatever the shared negatives; 1,024
-    # beat gensim's analogy (docs/benchmarks.md)
+    # 4,096-pair updates lost 0.013 of SimLex and 8,192 0.039, whatever the shared negatives, and
+    # 32,768 under the curvature bound (model.step_bound) 17 points of analogy; 1,024 beat gensim's
+    # analogy (docs/benchmarks.md)
     max_update_size = 1024
     TABLES: ClassVar[dict[str, str]] = {**WordModel.TABLES, "ngrams": "ngram_embed"}
     # A centre's input vector (about 20 n-gram rows) is made, and its rows updated, once per

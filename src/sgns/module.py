@@ -290,12 +290,13 @@ class Word2VecModule(L.LightningModule):
             return loss, len(update)
         if not len(update) and world == 1:
             return None, 0
+        scale = gradient_scale(optimizer)
         if self.hparams.compile:  # (the step as a tensor: alpha's decay recompiles nothing)
-            scale = update.center.new_tensor(gradient_scale(optimizer), dtype=torch.float64)
-            bound = None if not self.bounded else -scale * self.trainer.world_size
-            loss, rows = self._compiled_gradients()(update, scale, with_loss, bound)
-        else:
-            loss, rows = self.net.row_gradients(update, gradient_scale(optimizer), with_loss, self._bound(optimizer))
+            scale = update.center.new_tensor(scale, dtype=torch.float64)
+        # the curvature bound's alpha: this update's, times the ranks that each see their share of it
+        bound = -scale * world if self.bounded else None
+        gradients = self._compiled_gradients() if self.hparams.compile else self.net.row_gradients
+        loss, rows = gradients(update, scale, with_loss, bound)
         n = len(update)
         if world > 1:  # (every rank joins every exchange, even with nothing to send)
             loss, rows, n = self._gather_rows(loss, n, rows)
@@ -321,10 +322,6 @@ class Word2VecModule(L.LightningModule):
         if not h.fused or _unpack(self.optimizer_factory)[0] is not torch.optim.SGD or data is None:
             return False
         return (data.update_size or data.hparams.batch_size) * trainer.world_size > BOUND_ABOVE
-
-    def _bound(self, optimizer: torch.optim.Optimizer) -> float | None:
-        """The bound's alpha: this update's, times the ranks that each see their share of it (None: no bound)."""
-        return -gradient_scale(optimizer) * self.trainer.world_size if self.bounded else None
 
     def compiled_on_cpu(self) -> bool:
         """Whether this module's update, on the CPU in one process, runs compiled (``kernels.py``):

@@ -43,6 +43,11 @@ class Segment(NamedTuple):
     sizes: torch.Tensor | None = None
     weights: torch.Tensor | None = None
 
+    def owners(self, inputs: int) -> torch.Tensor:
+        """Each row's input [E], of ``inputs``."""
+        owner = torch.arange(inputs, device=self.rows.device)
+        return owner if self.sizes is None else torch.repeat_interleave(owner, self.sizes, output_size=len(self.rows))
+
 
 @dataclass
 class Batch:
@@ -175,17 +180,15 @@ class WordModel(nn.Module):
         """Per-example loss [B], differentiable (the reference path)."""
         bag = self.bag(batch, grouped=False)
         total = None
-        for table, rows, sizes, weights in bag.segments:
+        for segment in bag.segments:
+            table, rows, sizes, weights = segment
             vectors = table(rows)  # [E, d]
             if weights is not None:
                 vectors = vectors * weights.unsqueeze(1)
             if sizes is not None:
-                owner = torch.repeat_interleave(
-                    torch.arange(len(sizes), device=rows.device), sizes, output_size=len(rows)
-                )
                 vectors = torch.zeros(
                     len(sizes), vectors.shape[1], dtype=vectors.dtype, device=vectors.device
-                ).index_add(0, owner, vectors)
+                ).index_add(0, segment.owners(len(sizes)), vectors)
             total = vectors if total is None else total + vectors
         if bag.size is not None:
             size = bag.size.unsqueeze(1).to(total.dtype)

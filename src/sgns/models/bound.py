@@ -150,11 +150,9 @@ def bound_inputs(
     first = torch.cumsum(count, 0) - count
     shared = None if decisions.shared_rows is None else output.index_select(0, decisions.shared_rows)
     segments = []  # each segment's input of each row and ∂h / ∂row: 1 / size for a mean, the row's weight for a sum
-    for table, rows, sizes, weights in bag.segments:
-        owner = torch.arange(N, device=rows.device)
-        if sizes is not None:
-            owner = torch.repeat_interleave(owner, sizes, output_size=len(rows))
-        share = torch.ones(len(rows), dtype=grad_h.dtype, device=rows.device) if weights is None else weights
+    for segment in bag.segments:
+        owner, weights = segment.owners(N), segment.weights
+        share = torch.ones(len(owner), dtype=grad_h.dtype, device=owner.device) if weights is None else weights
         if bag.size is not None and bag.mean:
             share = share / bag.size.index_select(0, owner).to(share.dtype)
         segments.append((owner, share))
@@ -165,7 +163,7 @@ def bound_inputs(
     for owner, share in segments:
         bag_share.index_add_(0, owner, share)
     cut = []
-    for (table, rows, sizes, weights), (param, _, steps), (owner, share) in zip(bag.segments, inputs, segments):
+    for (param, rows, steps), (owner, share) in zip(inputs, segments):
         unique, inverse, length, e = _directions(rows, steps)
         # a row twice in one input (a word twice in a window) moves its h by both shares at once
         pair, at = _distinct(owner * len(unique) + inverse)  # (an empty slot: input N, share 0)

@@ -18,6 +18,14 @@ min_count and subsampling x epochs / training seconds, for both. Both sides trai
 the peak RSS of a bare import of its libraries, measured in the same run. ``--busy N`` runs every
 repeat a second time with N CPU-bound processes (busy loops) beside the trainer, as on a shared
 machine or a laptop doing something else.
+
+gensim reads the corpus in its fastest mode, ``corpus_file`` (``--gensim-input corpus_file``, the
+default): the speed users get from it. That mode's learning rate does not decay as gensim documents
+it: each of its W worker threads trains 1/W of the corpus but measures its progress against the
+whole (``word2vec_corpusfile.pyx``: ``total_words / expected_words`` for its own words), so an epoch
+ends at alpha − (alpha − min_alpha)(e − 1 + 1/W)/E instead of min_alpha (1 epoch, 2 workers: 0.0125,
+not 0.0001). ``--gensim-input lines`` trains gensim from a ``LineSentence`` iterator instead, where
+alpha reaches min_alpha as in word2vec.c, at the iterator mode's speed.
 """
 
 from __future__ import annotations
@@ -252,17 +260,23 @@ class Busy:
 
 
 def gensim_worker(args: argparse.Namespace) -> None:
-    """Child process: gensim's fast corpus_file mode, vocabulary scan timed apart from training."""
+    """Child process: gensim in ``--gensim-input`` mode, vocabulary scan timed apart from training."""
     from gensim.models import FastText, Word2Vec
+    from gensim.models.word2vec import LineSentence
 
     t0 = time.perf_counter()
     name, sg = FAMILIES[args.family].split(" sg=")
     model = (Word2Vec if name == "Word2Vec" else FastText)(
         vector_size=args.dim, window=args.window, negative=0 if args.objective == "hs" else args.negatives, sample=args.sample,
         min_count=args.min_count, sg=int(sg), hs=int(args.objective == "hs"), workers=args.workers, seed=args.seed, **({"alpha": args.gensim_alpha} if args.gensim_alpha else {}))  # fmt: skip
-    model.build_vocab(corpus_file=args.corpus)
-    t1 = time.perf_counter()
-    model.train(corpus_file=args.corpus, total_words=model.corpus_total_words, epochs=args.epochs)
+    if args.gensim_input == "corpus_file":
+        model.build_vocab(corpus_file=args.corpus)
+        t1 = time.perf_counter()
+        model.train(corpus_file=args.corpus, total_words=model.corpus_total_words, epochs=args.epochs)
+    else:  # an iterator: alpha decays with the sentences all threads have taken, to min_alpha
+        model.build_vocab(LineSentence(args.corpus))
+        t1 = time.perf_counter()
+        model.train(LineSentence(args.corpus), total_examples=model.corpus_count, epochs=args.epochs)
     t2 = time.perf_counter()
     model.wv.save_word2vec_format(str(args.out / "vectors.bin"), binary=True)
     if name == "FastText":  # the whole model: vectors for words outside the vocabulary
@@ -345,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--gensim-alpha", type=float, help="gensim's alpha (default: gensim's own, 0.025; word2vec.c "
                                                             "uses 0.05 for CBOW)")  # fmt: skip
+    parser.add_argument("--gensim-input", default="corpus_file", choices=["corpus_file", "lines"],
+                        help="gensim's fast corpus_file mode (its alpha stops short of min_alpha with several workers: "
+                        "see above) or a LineSentence iterator (alpha decays to min_alpha)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "bench")
     parser.add_argument("--scaling", action="store_true", help="also time ours at 10M/20M/40M tokens and at d=300")
     parser.add_argument("--busy", type=int, default=0, help="also run every repeat beside N busy-loop processes")
@@ -369,10 +386,11 @@ def main() -> None:
     tokens = write_slice(args.corpus, args.max_tokens, corpus)
     print(f"corpus: {corpus} ({tokens:,} tokens); d={args.dim} window={args.window} k={args.negatives} "
           f"sample={args.sample} min_count={args.min_count} epochs={args.epochs} objective={args.objective}"
-          + (f" gensim alpha={args.gensim_alpha}" if args.gensim_alpha else ""), flush=True)  # fmt: skip
+          + (f" gensim alpha={args.gensim_alpha}" if args.gensim_alpha else "") + f" gensim input={args.gensim_input}", flush=True)  # fmt: skip
     common = ["--corpus", str(corpus), "--epochs", str(args.epochs), "--dim", str(args.dim), "--window", str(args.window),
               "--negatives", str(args.negatives), "--sample", str(args.sample), "--min-count", str(args.min_count),
-              "--workers", str(args.workers), "--seed", str(args.seed), "--objective", args.objective]  # fmt: skip
+              "--workers", str(args.workers), "--seed", str(args.seed), "--objective", args.objective,
+              "--gensim-input", args.gensim_input]  # fmt: skip
     common += ["--gensim-alpha", str(args.gensim_alpha)] if args.gensim_alpha else []
     if args.worker_scaling:
         return worker_scaling(args, corpus, tokens, common)

@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--models", default="skipgram", help="comma-separated: skipgram, cbow, fasttext")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "convergence")
     parser.add_argument("--ours-only", action="store_true", help="train and score ours alone")
+    parser.add_argument("--gensim-input", default="corpus_file", choices=["corpus_file", "lines"],
+                        help="compare_gensim.py's: gensim's corpus_file mode or a LineSentence iterator")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for our trainer (after --)")
     args = parser.parse_args()
     if args.corpus is None:
@@ -70,6 +72,7 @@ def main() -> None:
                     link.symlink_to(corpus.with_suffix(suffix).resolve())
             cmd = [sys.executable, str(ROOT / "scripts" / "compare_gensim.py"), "--corpus", str(corpus), "--max-tokens", "0",
                    "--epochs", str(epochs), "--seed", str(seed), "--models", args.models, "--out", str(out),
+                   "--gensim-input", args.gensim_input,
                    *(["--", *args.overrides] if args.overrides else [])]  # fmt: skip
             print(f"epochs {epochs}, seed {seed}: {' '.join(cmd[1:])}", flush=True)
             done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -1,9 +1,12 @@
-"""scripts/compare_gensim.py's corpus slice: what every benchmark script trains both sides on."""
+"""scripts/compare_gensim.py's corpus slice, what every benchmark script trains both sides on, and its gensim side."""
 
 import gzip
+import json
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -59,3 +62,24 @@ def test_a_scored_run_keeps_its_vectors_not_its_checkpoint_or_model(tmp_path):
     drop_models(tmp_path)
     drop_models(tmp_path)  # (a gensim run has no checkpoint)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "metrics.json", "vectors.bin"]
+
+
+@pytest.mark.parametrize("gensim_input", ["corpus_file", "lines"])
+def test_the_gensim_side_trains_from_either_input(tmp_path, gensim_input):
+    """compare_gensim.py's gensim side, from its fast corpus_file mode or from a LineSentence iterator
+    (whose alpha decays to min_alpha): the same vocabulary, vectors written, training timed."""
+    from gensim.models import KeyedVectors
+
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(f"w{i}" for i in rng.integers(0, 30, 40)) for _ in range(50)) + "\nrare\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_gensim.py"
+    subprocess.run([sys.executable, str(script), "--worker", "gensim", "--out", str(out), "--corpus", str(corpus),
+                    "--dim", "8", "--min-count", "2", "--workers", "1", "--gensim-input", gensim_input], check=True)  # fmt: skip
+    vectors = KeyedVectors.load_word2vec_format(str(out / "vectors.bin"), binary=True)
+    assert sorted(vectors.index_to_key) == sorted(f"w{i}" for i in range(30))  # "rare" (once) is under min_count
+    assert vectors.vector_size == 8
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["raw_tokens"] == 50 * 40 + 1 and metrics["train_s"] > 0

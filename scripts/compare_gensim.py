@@ -131,6 +131,8 @@ def run_measured_tree(cmd: list[str], log: Path, sample_s: float = 0.1, env: dic
 FLOORS = {"ours": "import torch, lightning, hydra, torchmetrics, datasets", "gensim": "import gensim"}
 
 
+GENSIM_INPUTS = ("corpus_file", "lines")  # --gensim-input: gensim's fast mode or a LineSentence iterator
+
 FAMILIES = {"skipgram": "Word2Vec sg=1", "cbow": "Word2Vec sg=0", "fasttext": "FastText sg=1"}  # our model=... and gensim's side
 
 
@@ -269,14 +271,13 @@ def gensim_worker(args: argparse.Namespace) -> None:
     model = (Word2Vec if name == "Word2Vec" else FastText)(
         vector_size=args.dim, window=args.window, negative=0 if args.objective == "hs" else args.negatives, sample=args.sample,
         min_count=args.min_count, sg=int(sg), hs=int(args.objective == "hs"), workers=args.workers, seed=args.seed, **({"alpha": args.gensim_alpha} if args.gensim_alpha else {}))  # fmt: skip
-    if args.gensim_input == "corpus_file":
-        model.build_vocab(corpus_file=args.corpus)
-        t1 = time.perf_counter()
-        model.train(corpus_file=args.corpus, total_words=model.corpus_total_words, epochs=args.epochs)
-    else:  # an iterator: alpha decays with the sentences all threads have taken, to min_alpha
-        model.build_vocab(LineSentence(args.corpus))
-        t1 = time.perf_counter()
-        model.train(LineSentence(args.corpus), total_examples=model.corpus_count, epochs=args.epochs)
+    lines = args.gensim_input == "lines"
+    source = {"corpus_iterable": LineSentence(args.corpus)} if lines else {"corpus_file": args.corpus}
+    model.build_vocab(**source)
+    t1 = time.perf_counter()
+    # an iterator's alpha decays with the sentences all threads have taken, to min_alpha; corpus_file seeks by words
+    total = {"total_examples": model.corpus_count} if lines else {"total_words": model.corpus_total_words}
+    model.train(**source, **total, epochs=args.epochs)
     t2 = time.perf_counter()
     model.wv.save_word2vec_format(str(args.out / "vectors.bin"), binary=True)
     if name == "FastText":  # the whole model: vectors for words outside the vocabulary
@@ -359,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--gensim-alpha", type=float, help="gensim's alpha (default: gensim's own, 0.025; word2vec.c "
                                                             "uses 0.05 for CBOW)")  # fmt: skip
-    parser.add_argument("--gensim-input", default="corpus_file", choices=["corpus_file", "lines"],
+    parser.add_argument("--gensim-input", default=GENSIM_INPUTS[0], choices=GENSIM_INPUTS,
                         help="gensim's fast corpus_file mode (its alpha stops short of min_alpha with several workers: "
                         "see above) or a LineSentence iterator (alpha decays to min_alpha)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "bench")

@@ -24,6 +24,7 @@ from statistics import mean
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_gensim import (  # noqa: E402
     DEFAULT_CORPUS,
+    GENSIM_INPUTS,
     ROOT,
     build_parser,
     drop_models,
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--models", default="skipgram", help="comma-separated: skipgram, cbow, fasttext")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "convergence")
     parser.add_argument("--ours-only", action="store_true", help="train and score ours alone")
-    parser.add_argument("--gensim-input", default="corpus_file", choices=["corpus_file", "lines"],
+    parser.add_argument("--gensim-input", default=GENSIM_INPUTS[0], choices=GENSIM_INPUTS,
                         help="compare_gensim.py's: gensim's corpus_file mode or a LineSentence iterator")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for our trainer (after --)")
     args = parser.parse_args()

@@ -23,6 +23,10 @@ HOT = 255
 # Rows requested this far ahead of the one being read: enough to keep the memory system busy
 # (a row of d = 100 floats is 7 cache lines), few enough that the requests are not dropped.
 AHEAD = 8
+# Inner nodes requested this far ahead along a path (hierarchical softmax): a node's decisions take
+# about as long as one row's load from memory; 4 was the fastest of 1 to 8 (1.35x with the
+# float32 dot product, against none: scripts/update_cost.py --model skipgram --objective hs).
+NODES_AHEAD = 4
 # Fast maths without assuming finite values: sums may be reordered (they vectorise) and fused into
 # FMAs, but NaN and inf propagate as IEEE says, so a diverged update's loss reaches the divergence
 # guard as what it is; and a division by zero gives inf, as numpy's does, not an exception.
@@ -174,6 +178,16 @@ def bag_update(grad_h, bag, size, mean):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
+def dot(a, b):
+    """a · b summed in the tables' own precision, as word2vec.c's: float32 products vectorise twice as
+    wide as float64 ones (a sum started from the integer 0 would be float64: 2.4x the time of one)."""
+    f = a[0] * b[0]
+    for k in range(1, len(a)):
+        f += a[k] * b[k]
+    return f
+
+
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
 def log_sigmoid(x):
     return min(x, 0.0) - math.log1p(math.exp(-abs(x)))
 
@@ -186,9 +200,7 @@ def ns_positives(h, owner, targets, output, scale, grad_h, g, with_loss, line, b
             fetch(output, targets[p + AHEAD], line)
         n = p if len(owner) == 0 else owner[p]  # (no owners: one target each)
         h_p, grad_p, row = h[n], grad_h[n], output[targets[p]]
-        f = h_p[0] * 0  # (the tables' precision: float32 products vectorise)
-        for k in range(len(row)):
-            f += h_p[k] * row[k]
+        f = dot(h_p, row)
         if with_loss:
             loss -= log_sigmoid(f)
         g[p] = (1.0 / (1.0 + math.exp(-f)) - 1.0) * scale  # d(scale × loss) / d f
@@ -228,9 +240,7 @@ def ns_own(h, owner, negatives, weight, output, scale, grad_h, scores, with_loss
         h_p, grad_p = h[n], grad_h[n]
         for j in range(negatives.shape[1]):
             row = output[negatives[p, j]]
-            f = h_p[0] * 0
-            for k in range(len(row)):
-                f += h_p[k] * row[k]
+            f = dot(h_p, row)
             if with_loss:
                 loss -= weight * log_sigmoid(-f)
             step = weight * scale / (1.0 + math.exp(-f))
@@ -349,6 +359,7 @@ def hs_updates(
     once for the run; the decision of pair r at node j sits at g[e + (r - p) L + j]."""
     h, grad_h, g = scratch[0], scratch[1], scratch[2]
     loss, walk = 0.0, spans(bag, owner, offsets)
+    first_hot = output.shape[0] - HOT  # (the inner nodes near the root are the last made: in the caches)
     for up in range(len(offsets) - 1):
         b0, b1 = offsets[up], offsets[up + 1]
         inputs, h_u, grad_u, size_u = update_views(bag, size, h, grad_h, walk, up)
@@ -358,14 +369,14 @@ def hs_updates(
             while p < b1:  # a run of pairs with one target: each node row read once for the run
                 t, q = targets[p], run_end(targets, p, b1)
                 L = lengths[t]
-                for j in range(L):
+                for j in range(L):  # (the node NODES_AHEAD further on requested from memory meanwhile)
+                    if j + NODES_AHEAD < L and points[t, j + NODES_AHEAD] < first_hot:
+                        fetch(output, points[t, j + NODES_AHEAD], line)
                     row = output[points[t, j]]
                     for r in range(p, q):
                         n = r if len(owner) == 0 else owner[r]
                         h_p, grad_p = h[n], grad_h[n]
-                        f = h_p[0] * 0
-                        for k in range(len(row)):
-                            f += h_p[k] * row[k]
+                        f = dot(h_p, row)
                         if with_loss:  # -log σ(f) for code 0, -log σ(-f) for code 1
                             loss -= log_sigmoid(f if codes[t, j] == 0 else -f)
                         at = e + (r - p) * L + j
@@ -379,11 +390,12 @@ def hs_updates(
         if phase != COMPUTE:
             e, p = 0, b0
             hot = np.zeros((HOT, output.shape[1]), dtype=output.dtype)  # the top of the tree's steps, summed here
-            first_hot = output.shape[0] - HOT  # (the inner nodes near the root are the last made)
             while p < b1:
                 t, q = targets[p], run_end(targets, p, b1)
                 L = lengths[t]
                 for j in range(L):
+                    if j + NODES_AHEAD < L and points[t, j + NODES_AHEAD] < first_hot:
+                        fetch(output, points[t, j + NODES_AHEAD], line)
                     node = points[t, j]
                     row = hot[node - first_hot] if node >= first_hot else output[node]
                     for r in range(p, q):

@@ -17,7 +17,8 @@ from gensim.models import KeyedVectors
 from conftest import compose_train, planted_corpus, start_train_py
 from sgns.errors import Diverged, Word2VecError
 from sgns.lightning_internals import request_stop_as_on_sigterm
-from sgns.module import check_finite
+from sgns.models import CBOW, Batch
+from sgns.module import Word2VecModule, check_finite
 from sgns.train import Stopped, train
 from sgns.vectors import WordVectors
 
@@ -371,3 +372,37 @@ def test_the_check_before_a_checkpoint_finds_nan_and_inf_and_nothing_else(bad):
             check_finite([("net.center_embed.weight", table)], step=7)
     else:
         check_finite([("net.center_embed.weight", table)], step=7)
+
+
+def _guarded_cbow_hs(V=16):
+    module = Word2VecModule(CBOW, torch.optim.SGD, objective="hs")
+    module.build(V, counts=list(range(V, 0, -1)))
+    return module
+
+
+def _windows(n, target=0):
+    return Batch(torch.full((n,), target), torch.ones(n, 2, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long))
+
+
+def test_the_divergence_guard_judges_a_mean_of_enough_examples():
+    """One example's loss may be twice its untrained value with nothing diverging (CBOW with
+    hierarchical softmax at updates of 16 pairs, a window or three each, was stopped so at its first
+    step): losses of fewer than ``JUDGED`` examples are pooled with the next ones. A mean above the
+    bar over that many stops the run, and so, at once, do a loss too large for any pool and NaN."""
+    module = _guarded_cbow_hs()
+    untrained = module.net.untrained_loss(_windows(1))
+    for _ in range(3 * module.JUDGED):  # one window at a time, every other one 2.2x its untrained loss
+        module._check_loss(torch.tensor(untrained * (2.2 if _ % 2 else 0.5)), _windows(1))
+    module = _guarded_cbow_hs()
+    with pytest.raises(Diverged, match=f"training diverged: loss {untrained * 2.2:.4g} "):  # the pool's mean
+        for seen in range(1, module.JUDGED + 1):  # every window 2.2x: stopped within JUDGED, not at the first
+            module._check_loss(torch.tensor(untrained * 2.2), _windows(1))
+    assert 1 < seen <= module.JUDGED
+    with pytest.raises(Diverged):  # as large as JUDGED examples at the bar: before its update
+        _guarded_cbow_hs()._check_loss(torch.tensor(untrained * 2.01 * module.JUDGED), _windows(1))
+    with pytest.raises(Diverged):
+        _guarded_cbow_hs()._check_loss(torch.tensor(float("nan")), _windows(1))
+    module = _guarded_cbow_hs()  # an update of JUDGED examples or more is judged alone, as before
+    module._check_loss(torch.tensor(untrained * 1.9), _windows(module.JUDGED))
+    with pytest.raises(Diverged):
+        module._check_loss(torch.tensor(untrained * 2.1), _windows(module.JUDGED))

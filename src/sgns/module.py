@@ -86,6 +86,10 @@ class Word2VecModule(L.LightningModule):
     """
 
     DIVERGED = 2.0  # × the untrained loss ((1 + k) ln 2 for negative sampling): worse than knowing nothing
+    # Examples a loss is judged on, at least: one example's loss may be twice its untrained value (a
+    # confident wrong decision) with nothing diverging (CBOW with hierarchical softmax at updates of 16
+    # pairs, a window or three each, was stopped so and trains to the default's scores without the stop).
+    JUDGED = 64
 
     def __init__(
         self,
@@ -142,6 +146,7 @@ class Word2VecModule(L.LightningModule):
         self.net: WordModel | None = None
         self.automatic_optimization = False  # a step is several updates, each its own optimiser step
         self._epoch_loss = [0.0, 0]
+        self._unjudged = [0.0, 0.0, 0]  # the losses read since the divergence guard last judged (_check_loss)
         # lock-free workers (hogwild.py): all workers' steps trained so far, and the whole run's
         self.shared_progress: Callable[[], tuple[int, int]] | None = None
         self._compiled: Callable | None = None  # model.compile: the compiled row_gradients, made at the first update
@@ -352,10 +357,16 @@ class Word2VecModule(L.LightningModule):
             group["lr"] = group["initial_lr"] * factor
 
     def _check_loss(self, loss: torch.Tensor, update: Batch) -> torch.Tensor:
-        """Stop on a loss that is not finite or far above the untrained (1 + k) ln 2: the run diverged."""
-        value = float(loss)
-        untrained = self.net.untrained_loss(update)
-        if not math.isfinite(value) or value > self.DIVERGED * untrained:
+        """Stop on a loss that is not finite, or far above the untrained loss ((1 + k) ln 2): the run
+        diverged. The mean is judged over ``JUDGED`` examples at least, an update's pooled with those
+        after it until they are that many; fewer are judged as if the missing ones had lost nothing, so
+        that a few examples' noise waits for the next ones and a loss far enough above stops at once."""
+        n, pool = max(1, len(update)), self._unjudged  # pool: loss × examples, untrained × examples, examples
+        pool[:] = pool[0] + float(loss) * n, pool[1] + self.net.untrained_loss(update) * n, pool[2] + n
+        value, untrained, pooled = pool[0] / pool[2], pool[1] / pool[2], pool[2]
+        if pooled >= self.JUDGED:
+            self._unjudged = [0.0, 0.0, 0]
+        if not math.isfinite(value) or value > self.DIVERGED * untrained * max(1.0, self.JUDGED / pooled):
             raise Diverged(
                 f"training diverged: loss {value:.4g} at step {self.global_step} (untrained: {untrained:.4f}); "
                 "stopping before the update (the last checkpoint is kept). Lower model.alpha or data.update_size"

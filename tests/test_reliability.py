@@ -380,8 +380,8 @@ def _guarded_cbow_hs(V=16):
     return module
 
 
-def _windows(n, target=0):
-    return Batch(torch.full((n,), target), torch.ones(n, 2, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long))
+def _windows(n):
+    return Batch(torch.zeros(n, dtype=torch.long), torch.ones(n, 2, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long))
 
 
 def test_the_divergence_guard_judges_a_mean_of_enough_examples():
@@ -391,8 +391,8 @@ def test_the_divergence_guard_judges_a_mean_of_enough_examples():
     bar over that many stops the run, and so, at once, do a loss too large for any pool and NaN."""
     module = _guarded_cbow_hs()
     untrained = module.net.untrained_loss(_windows(1))
-    for _ in range(3 * module.JUDGED):  # one window at a time, every other one 2.2x its untrained loss
-        module._check_loss(torch.tensor(untrained * (2.2 if _ % 2 else 0.5)), _windows(1))
+    for i in range(3 * module.JUDGED):  # one window at a time, every other one 2.2x its untrained loss
+        module._check_loss(torch.tensor(untrained * (2.2 if i % 2 else 0.5)), _windows(1))
     module = _guarded_cbow_hs()
     with pytest.raises(Diverged, match=f"training diverged: loss {untrained * 2.2:.4g} "):  # the pool's mean
         for seen in range(1, module.JUDGED + 1):  # every window 2.2x: stopped within JUDGED, not at the first

@@ -362,10 +362,12 @@ class Word2VecModule(L.LightningModule):
         after it until they are that many; fewer are judged as if the missing ones had lost nothing, so
         that a few examples' noise waits for the next ones and a loss far enough above stops at once."""
         n, pool = max(1, len(update)), self._unjudged  # pool: loss × examples, untrained × examples, examples
-        pool[:] = pool[0] + float(loss) * n, pool[1] + self.net.untrained_loss(update) * n, pool[2] + n
+        pool[0] += float(loss) * n
+        pool[1] += self.net.untrained_loss(update) * n
+        pool[2] += n
         value, untrained, pooled = pool[0] / pool[2], pool[1] / pool[2], pool[2]
         if pooled >= self.JUDGED:
-            self._unjudged = [0.0, 0.0, 0]
+            pool[:] = [0.0, 0.0, 0]
         if not math.isfinite(value) or value > self.DIVERGED * untrained * max(1.0, self.JUDGED / pooled):
             raise Diverged(
                 f"training diverged: loss {value:.4g} at step {self.global_step} (untrained: {untrained:.4f}); "
